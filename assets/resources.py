@@ -1,0 +1,73 @@
+"""Dagster resources: typed wrappers over the domain library's external systems."""
+
+from typing import Self
+
+import dagster as dg
+from pydantic import Field
+
+from cotir_pipeline.settings import CotirSettings, Profile
+from cotir_pipeline.store import ObjectStore, StoreError, open_store
+
+
+class ObjectStoreResource(dg.ConfigurableResource):
+    """The object store every stage writes through (a local folder or S3)."""
+
+    url: str = Field(description="file:///abs/path or s3://bucket/prefix (COTIR_STORE).")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (COTIR_S3_ENDPOINT_URL); None = AWS."
+    )
+    s3_region: str | None = Field(default=None, description="S3 region (COTIR_S3_REGION).")
+    s3_addressing_style: str = Field(default="path", description="path, virtual or auto.")
+    max_attempts: int = Field(default=6, description="Attempts per request on transient errors.")
+    multipart_threshold_mib: int = Field(default=64, description="Upload in parts from here.")
+    multipart_part_mib: int = Field(default=16, description="Part size of multipart uploads.")
+
+    @classmethod
+    def from_settings(cls, settings: CotirSettings) -> Self:
+        """The resource for the store the settings name."""
+        return cls(
+            url=settings.store,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            s3_region=settings.s3_region,
+            s3_addressing_style=settings.s3_addressing_style,
+            max_attempts=settings.store_max_attempts,
+            multipart_threshold_mib=settings.store_multipart_threshold_mib,
+            multipart_part_mib=settings.store_multipart_part_mib,
+        )
+
+    def open(self) -> ObjectStore:
+        """A client for the store; no network until the first request."""
+        settings = CotirSettings(
+            store=self.url,
+            s3_endpoint_url=self.s3_endpoint_url,
+            s3_region=self.s3_region,
+            s3_addressing_style=self.s3_addressing_style,  # type: ignore[arg-type]
+            store_max_attempts=self.max_attempts,
+            store_multipart_threshold_mib=self.multipart_threshold_mib,
+            store_multipart_part_mib=self.multipart_part_mib,
+        )
+        return open_store(settings)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Fail the step at once, with the setting to fix, if the store is unusable."""
+        try:
+            self.open().check()
+        except StoreError as error:
+            raise dg.Failure(description=str(error), allow_retries=False) from None
+
+
+class ProfileResource(dg.ConfigurableResource):
+    """Which profile (demo or full) the code location was loaded with."""
+
+    profile: str = Field(default=Profile.DEMO.value, description="COTIR_PROFILE: demo or full.")
+    home: str = Field(description="COTIR_HOME: local working folder (caches, default store).")
+
+    @classmethod
+    def from_settings(cls, settings: CotirSettings) -> Self:
+        """The resource for the loaded settings."""
+        return cls(profile=settings.profile.value, home=str(settings.home))
+
+    @property
+    def is_demo(self) -> bool:
+        """Whether the embedded demo profile is active."""
+        return self.profile == Profile.DEMO.value

@@ -1,0 +1,1 @@
+"""Local development services (real Ceph radosgw S3, ...) for tests and developers."""

@@ -1,0 +1,149 @@
+"""One typed settings object for the whole project, read from ``COTIR_*`` variables.
+
+Every entry point (the ``cotir`` command, the Dagster code location, the training
+launcher) calls :func:`load_settings` once at start, so a bad value fails early with
+a one-line message that names the variable, instead of a traceback from deep inside
+a run.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "COTIR_"
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message starts with the variable's name."""
+
+
+class Profile(StrEnum):
+    """Which coherent set of resources a run uses (see DESIGN.md, "Profiles")."""
+
+    DEMO = "demo"
+    FULL = "full"
+
+
+def env_name(field_name: str) -> str:
+    """Environment variable that sets ``field_name`` (e.g. ``store`` -> ``COTIR_STORE``)."""
+    return f"{ENV_PREFIX}{field_name.upper()}"
+
+
+class CotirSettings(BaseSettings):
+    """All project settings; each field is set by ``COTIR_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        frozen=True,
+        use_enum_values=False,
+    )
+
+    profile: Profile = Field(
+        default=Profile.DEMO,
+        description="demo: one CPU machine, no network, no downloaded weights; "
+        "full: real sources, vLLM servers, real weights, GPUs.",
+    )
+    home: Path = Field(
+        default=Path(".cotir"),
+        description="Local working folder (default store, caches); relative paths are "
+        "resolved against the current directory at load time.",
+    )
+    store: str = Field(
+        default="",
+        description="Where every stage writes: file:///abs/path, a plain path, or "
+        "s3://bucket/prefix. Empty means <home>/store.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible server (Ceph radosgw, MinIO, ...); "
+        "unset means AWS. Credentials come from the usual AWS_* variables or files.",
+    )
+    s3_region: str | None = Field(default=None, description="S3 region name.")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="path",
+        description="path works with every S3-compatible server; virtual is AWS's default.",
+    )
+    store_max_attempts: int = Field(
+        default=6, ge=1, le=20, description="Attempts per store request on transient errors."
+    )
+    store_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    store_read_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    store_multipart_threshold_mib: int = Field(
+        default=64, ge=5, le=5 * 1024, description="Objects at least this big upload in parts."
+    )
+    store_multipart_part_mib: int = Field(
+        default=16, ge=5, le=5 * 1024, description="Part size of multipart uploads (S3 minimum 5)."
+    )
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("s3_endpoint_url", mode="after")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http(s)://host[:port], got {value!r}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError as error:
+            raise ValueError(f"bad port in {value!r}") from error
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_store(self) -> CotirSettings:
+        if not self.store:
+            object.__setattr__(self, "store", (self.home / "store").as_uri())
+        # Parse now so that a malformed URL fails at start, not at the first write.
+        from cotir_pipeline.store.location import parse_store_url
+
+        try:
+            location = parse_store_url(self.store)
+        except ValueError as error:
+            raise SettingsError(f"{env_name('store')}: {error}") from None
+        object.__setattr__(self, "store", location.url)
+        return self
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def load_settings() -> CotirSettings:
+    """Read and validate the settings from the environment.
+
+    Raises :class:`SettingsError` with one line per bad variable, e.g.
+    ``COTIR_PROFILE: input should be 'demo' or 'full' (got 'prod')``.
+    """
+    try:
+        return CotirSettings()
+    except SettingsError:
+        raise
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            location = item.get("loc") or ()
+            name = env_name(str(location[0])) if location else "COTIR_*"
+            message = _first_line(str(item.get("msg", "invalid value")))
+            message = message.removeprefix("Value error, ")
+            if isinstance(item.get("ctx", {}).get("error"), SettingsError):
+                problems.append(message)
+                continue
+            if location and "input" in item:
+                given = os.environ.get(name)
+                if given is not None:
+                    message = f"{message} (got {given!r})"
+            problems.append(f"{name}: {message[:1].lower()}{message[1:]}")
+        raise SettingsError("; ".join(problems)) from None
