@@ -143,7 +143,7 @@ def load_settings() -> CotirSettings:
                 continue
             if location and "input" in item:
                 given = os.environ.get(name)
-                if given is not None:
+                if given is not None and repr(given) not in message:
                     message = f"{message} (got {given!r})"
             problems.append(f"{name}: {message[:1].lower()}{message[1:]}")
         raise SettingsError("; ".join(problems)) from None

@@ -1,0 +1,85 @@
+"""Shared fixtures: a real S3 server (Ceph radosgw on loopback) and object stores.
+
+The S3 server is started once per test session by the project's own launcher
+(:mod:`cotir_pipeline.devservices.radosgw`). When Ceph is not installed the S3
+tests are skipped with the reason, except under CI (``CI=true``), where a
+missing service is an error: CI installs it, so its absence is a bug.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cotir_pipeline.devservices.radosgw import LocalRadosGateway, S3Endpoint, missing_ceph_binaries
+from cotir_pipeline.store import LocalObjectStore, ObjectStore, S3ObjectStore
+from cotir_test_support import MIB, REPO_ROOT, skip_or_fail
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Folder for screenshots and other test artifacts (kept after the run)."""
+    folder = Path(os.environ.get("COTIR_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """A real S3 endpoint: single-node Ceph with radosgw on 127.0.0.1, for the whole session."""
+    missing = missing_ceph_binaries()
+    if missing:
+        skip_or_fail(f"Ceph binaries not found: {', '.join(missing)}")
+    gateway = LocalRadosGateway(tmp_path_factory.mktemp("ceph"))
+    endpoint = gateway.start()
+    print(f"\n[s3] radosgw ready at {endpoint.endpoint_url}")
+    try:
+        yield endpoint
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture
+def s3_credentials(s3_endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> S3Endpoint:
+    """Put the radosgw user's keys where boto3 looks for them."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_endpoint.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_endpoint.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_endpoint.region)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return s3_endpoint
+
+
+@pytest.fixture
+def make_s3_store(s3_credentials: S3Endpoint) -> Callable[..., S3ObjectStore]:
+    """Factory for S3 stores in a fresh bucket, so tests never see each other's objects."""
+
+    def make(**options: object) -> S3ObjectStore:
+        bucket = f"test-{uuid.uuid4().hex[:20]}"
+        store = S3ObjectStore(
+            bucket,
+            "runs/t1",
+            endpoint_url=s3_credentials.endpoint_url,
+            region=s3_credentials.region,
+            **options,  # type: ignore[arg-type]
+        )
+        store.ensure_bucket()
+        return store
+
+    return make
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> ObjectStore:
+    """Each behaviour test runs once on a local folder and once on radosgw."""
+    if request.param == "local":
+        return LocalObjectStore(tmp_path / "store")
+    request.applymarker(pytest.mark.s3)
+    make_s3_store = request.getfixturevalue("make_s3_store")
+    # A small multipart threshold so the multipart path is exercised with small files.
+    return make_s3_store(multipart_threshold=5 * MIB, multipart_part_size=5 * MIB)

@@ -1,0 +1,104 @@
+"""The Dagster code location: it loads, validates, and the demo job materializes the DAG."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.definitions import build_definitions, defs
+from cotir_pipeline.settings import CotirSettings
+from cotir_pipeline.store import LocalObjectStore
+from cotir_test_support import REPO_ROOT, free_port
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> CotirSettings:
+    return CotirSettings(home=tmp_path / "home", store=(tmp_path / "store").as_uri())
+
+
+def test_definitions_load_through_the_lazy_entry_point(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("COTIR_STORE", (tmp_path / "s").as_uri())
+    definitions = defs()
+    assert isinstance(definitions, dg.Definitions)
+    keys = {key.to_user_string() for key in definitions.resolve_asset_graph().get_all_asset_keys()}
+    assert "pipeline_environment" in keys
+    assert definitions.resolve_job_def("demo") is not None
+
+
+def test_a_bad_setting_fails_the_code_location_load_with_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COTIR_PROFILE", "nightly")
+    with pytest.raises(Exception, match="COTIR_PROFILE: input should be 'demo' or 'full'"):
+        defs()
+
+
+def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
+    environment = {**os.environ, "DAGSTER_HOME": str(tmp_path), "COTIR_HOME": str(tmp_path)}
+    (tmp_path / "dagster.yaml").symlink_to(REPO_ROOT / "dagster.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSettings) -> None:
+    definitions = build_definitions(settings)
+    all_keys = definitions.resolve_asset_graph().get_all_asset_keys()
+    job = definitions.resolve_job_def("demo")
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = job.execute_in_process(instance=instance)
+        assert first.success
+        materialized = {event.asset_key for event in first.get_asset_materialization_events()}
+        assert materialized == set(all_keys)
+        checks = [
+            event.event_specific_data
+            for event in first.all_events
+            if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ]
+        assert checks and all(check.passed for check in checks)  # type: ignore[union-attr]
+
+        metadata = first.asset_materializations_for_node("pipeline_environment")[0].metadata
+        assert metadata["newly_written"].value is True
+        store = LocalObjectStore(Path(settings.store.removeprefix("file://")))
+        stored = [info.key for info in store.list("provenance/")]
+        assert stored == [metadata["key"].value]
+        record = json.loads(store.get_text(stored[0]))
+        assert record["packages"]["dagster"] == dg.__version__
+        assert record["settings"]["profile"] == "demo"
+
+        second = job.execute_in_process(instance=instance)
+        again = second.asset_materializations_for_node("pipeline_environment")[0].metadata
+        assert again["newly_written"].value is False
+        assert again["digest"].value == metadata["digest"].value
+        assert [info.key for info in store.list("provenance/")] == stored
+
+
+def test_an_unreachable_store_fails_the_run_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = CotirSettings(
+        home=tmp_path, store="s3://cotir/demo", s3_endpoint_url=f"http://127.0.0.1:{free_port()}"
+    )
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "any")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")
+    job = build_definitions(settings).resolve_job_def("demo")
+    result = job.execute_in_process(raise_on_error=False)
+    assert not result.success
+    failures = [event for event in result.all_events if event.is_failure]
+    messages = " ".join(str(event.event_specific_data) for event in failures)
+    assert "COTIR_S3_ENDPOINT_URL: cannot reach" in messages
