@@ -12,7 +12,7 @@ import sys
 import click
 
 from cotir_pipeline.provenance import package_versions
-from cotir_pipeline.settings import CotirSettings, SettingsError, load_settings
+from cotir_pipeline.settings import CotirSettings, Profile, SettingsError, load_settings
 from cotir_pipeline.store import StoreError, open_store
 
 EXIT_BAD_SETTING = 2
@@ -74,6 +74,16 @@ def doctor(as_json: bool) -> None:
         checks.append({"check": "store", "status": "ok", "detail": settings.store})
     except StoreError as error:
         checks.append({"check": "store", "status": "failed", "detail": str(error)})
+    if settings.weights_dir is not None:
+        checks.append({"check": "weights", "status": "ok", "detail": str(settings.weights_dir)})
+    elif settings.profile is Profile.FULL:
+        checks.append(
+            {"check": "weights", "status": "failed", "detail": "COTIR_WEIGHTS_DIR: not set"}
+        )
+    else:
+        checks.append(
+            {"check": "weights", "status": "ok", "detail": "not needed by the demo profile"}
+        )
     for name, version in package_versions().items():
         checks.append(
             {

@@ -61,6 +61,11 @@ class CotirSettings(BaseSettings):
         description="Where every stage writes: file:///abs/path, a plain path, or "
         "s3://bucket/prefix. Empty means <home>/store.",
     )
+    weights_dir: Path | None = Field(
+        default=None,
+        description="Folder with local model weights (diffusers folders, CoTIR checkpoints, "
+        "metric weights); nothing is ever downloaded. Required by the full profile.",
+    )
     s3_endpoint_url: str | None = Field(
         default=None,
         description="Endpoint of an S3-compatible server (Ceph radosgw, MinIO, ...); "
@@ -87,6 +92,16 @@ class CotirSettings(BaseSettings):
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("weights_dir", mode="after")
+    @classmethod
+    def _existing_weights_dir(cls, value: Path | None) -> Path | None:
+        if value is None or str(value) == "":
+            return None
+        resolved = value.expanduser().resolve()
+        if not resolved.is_dir():
+            raise ValueError(f"{resolved} is not a folder")
+        return resolved
 
     @field_validator("s3_endpoint_url", mode="after")
     @classmethod

@@ -9,6 +9,7 @@ missing service is an error: CI installs it, so its absence is a bug.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,25 @@ import pytest
 from cotir_pipeline.devservices.radosgw import LocalRadosGateway, S3Endpoint, missing_ceph_binaries
 from cotir_pipeline.store import LocalObjectStore, ObjectStore, S3ObjectStore
 from cotir_test_support import MIB, REPO_ROOT, skip_or_fail
+
+#: One line per service the session started, printed in pytest's closing summary so
+#: a CI log shows which real services the tests ran against.
+SERVICE_REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List the services this session started (radosgw, dagster dev, Chromium)."""
+    if SERVICE_REPORT:
+        terminalreporter.section("services started by the tests")
+        for line in SERVICE_REPORT:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def service_report() -> list[str]:
+    """Append a line here for each real service a fixture starts."""
+    return SERVICE_REPORT
+
 
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
@@ -34,8 +54,11 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint
     if missing:
         skip_or_fail(f"Ceph binaries not found: {', '.join(missing)}")
     gateway = LocalRadosGateway(tmp_path_factory.mktemp("ceph"))
+    started = time.monotonic()
     endpoint = gateway.start()
-    print(f"\n[s3] radosgw ready at {endpoint.endpoint_url}")
+    SERVICE_REPORT.append(
+        f"S3: Ceph radosgw at {endpoint.endpoint_url}, ready in {time.monotonic() - started:.1f} s"
+    )
     try:
         yield endpoint
     finally:
@@ -72,14 +95,13 @@ def make_s3_store(s3_credentials: S3Endpoint) -> Callable[..., S3ObjectStore]:
     return make
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> ObjectStore:
     """Each behaviour test runs once on a local folder and once on radosgw."""
     if request.param == "local":
         return LocalObjectStore(tmp_path / "store")
-    request.applymarker(pytest.mark.s3)
     make_s3_store = request.getfixturevalue("make_s3_store")
     # A small multipart threshold so the multipart path is exercised with small files.
     return make_s3_store(multipart_threshold=5 * MIB, multipart_part_size=5 * MIB)

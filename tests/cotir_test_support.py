@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -228,9 +229,7 @@ class DagsterDevServer:
             except subprocess.TimeoutExpired:
                 continue
         # Children (webserver, daemon) share the group; make sure none outlives the test.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._log.close()
         self._process = None

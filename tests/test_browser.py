@@ -16,7 +16,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def dagster_ui(
+    tmp_path_factory: pytest.TempPathFactory, service_report: list[str]
+) -> Iterator[str]:
     """``dagster dev`` serving this repo's workspace on a free loopback port."""
     root = tmp_path_factory.mktemp("dagster-ui")
     server = DagsterDevServer(
@@ -24,7 +26,10 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log_path=root / "dagster-dev.log",
         environment={"COTIR_HOME": str(root / "cotir"), "COTIR_PROFILE": "demo"},
     )
+    started = time.monotonic()
     url = server.start()
+    elapsed = time.monotonic() - started
+    service_report.append(f"Dagster: dagster dev at {url}, ready in {elapsed:.1f} s")
     try:
         yield url
     finally:
@@ -32,7 +37,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser(service_report: list[str]) -> Iterator[object]:
     """Headless Debian Chromium driven by Playwright (never a downloaded browser)."""
     executable = chromium_executable()
     if executable is None:
@@ -41,6 +46,7 @@ def browser() -> Iterator[object]:
 
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        service_report.append(f"Browser: {executable} {instance.version} (headless)")
         try:
             yield instance
         finally:
@@ -52,7 +58,7 @@ def _dismiss_first_visit_dialog(page: object) -> None:
     dialog = page.get_by_role("dialog")  # type: ignore[attr-defined]
     try:
         dialog.get_by_role("button", name="Skip").click(timeout=15_000)
-    except Exception:  # noqa: BLE001 - no dialog on this visit is fine
+    except Exception:  # no dialog on this visit is fine
         return
     dialog.wait_for(state="hidden", timeout=10_000)
 

@@ -70,7 +70,8 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
             for event in first.all_events
             if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
         ]
-        assert checks and all(check.passed for check in checks)  # type: ignore[union-attr]
+        assert checks
+        assert all(check.passed for check in checks)  # type: ignore[union-attr]
 
         metadata = first.asset_materializations_for_node("pipeline_environment")[0].metadata
         assert metadata["newly_written"].value is True

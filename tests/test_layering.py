@@ -39,7 +39,9 @@ def test_imports_point_down_only(package: str) -> None:
     files = _python_files(package)
     assert files, f"no modules found under {package}/"
     violations = {
-        str(path.relative_to(REPO_ROOT)): sorted(_imported_top_levels(path) & FORBIDDEN_IMPORTS[package])
+        str(path.relative_to(REPO_ROOT)): sorted(
+            _imported_top_levels(path) & FORBIDDEN_IMPORTS[package]
+        )
         for path in files
     }
     assert {name: bad for name, bad in violations.items() if bad} == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,28 @@ def test_cli_reports_an_unreachable_endpoint_in_one_line(tmp_path: Path) -> None
     assert "failed" in store_lines[0]
     assert "COTIR_S3_ENDPOINT_URL: cannot reach" in store_lines[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_weights_dir_must_be_an_existing_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("COTIR_WEIGHTS_DIR", str(tmp_path / "absent"))
+    with pytest.raises(SettingsError, match=r"^COTIR_WEIGHTS_DIR: .*absent is not a folder"):
+        load_settings()
+
+
+def test_missing_weights_name_the_setting_and_the_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from cotir_pipeline.weights import MissingWeightsError, require_weights
+
+    with pytest.raises(MissingWeightsError, match=r"^COTIR_WEIGHTS_DIR: not set"):
+        require_weights(load_settings(), "FLUX.1-Kontext-dev", what="FLUX.1 Kontext backbone")
+    (tmp_path / "weights" / "FLUX.1-Kontext-dev").mkdir(parents=True)
+    monkeypatch.setenv("COTIR_WEIGHTS_DIR", str(tmp_path / "weights"))
+    settings = load_settings()
+    found = require_weights(settings, "FLUX.1-Kontext-dev", what="FLUX.1 Kontext backbone")
+    assert found == tmp_path / "weights" / "FLUX.1-Kontext-dev"
+    expected = str(tmp_path / "weights" / "CoTIR" / "lora.pt")
+    with pytest.raises(MissingWeightsError, match=re.escape(expected)):
+        require_weights(settings, "CoTIR/lora.pt", what="CoTIR LoRA")

@@ -84,7 +84,7 @@ def test_delete_is_idempotent_and_prefix_delete(store: ObjectStore) -> None:
     ["", "/abs", "trailing/", "a//b", "a/../b", "..", "./a", "a b", "a\\b", ".cotir-partial-x"],
 )
 def test_unsafe_keys_are_rejected(store: ObjectStore, bad_key: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="object key"):
         store.put_bytes(bad_key, b"x")
 
 

@@ -42,7 +42,7 @@ def test_delete_prunes_empty_folders_but_not_the_root(tmp_path: Path) -> None:
 def test_unwritable_root_names_the_setting(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(StoreUnavailableError, match="^COTIR_STORE: cannot write to"):
+    with pytest.raises(StoreUnavailableError, match=r"^COTIR_STORE: cannot write to"):
         LocalObjectStore(blocker / "store").check()
 
 

@@ -70,7 +70,9 @@ def test_failed_multipart_upload_leaves_nothing_visible(make_s3_store: StoreFact
     assert uploads == [], "the failed multipart upload was not aborted"
 
 
-def test_transient_errors_are_retried(s3_credentials: S3Endpoint, make_s3_store: StoreFactory) -> None:
+def test_transient_errors_are_retried(
+    s3_credentials: S3Endpoint, make_s3_store: StoreFactory
+) -> None:
     seeded = make_s3_store()
     with FaultInjectingProxy(s3_credentials.endpoint_url, failures=3) as proxy:
         store = S3ObjectStore(
@@ -127,7 +129,8 @@ def test_open_store_from_settings(
 
 
 def test_missing_bucket_names_the_setting(s3_credentials: S3Endpoint) -> None:
-    store = S3ObjectStore(f"absent-{uuid.uuid4().hex[:12]}", endpoint_url=s3_credentials.endpoint_url)
+    bucket = f"absent-{uuid.uuid4().hex[:12]}"
+    store = S3ObjectStore(bucket, endpoint_url=s3_credentials.endpoint_url)
     with pytest.raises(StoreUnavailableError, match=r"^COTIR_STORE: bucket 'absent-\w+' does not"):
         store.check()
 
@@ -138,7 +141,7 @@ def test_wrong_credentials_name_the_variables(
     bucket = make_s3_store().bucket
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     store = S3ObjectStore(bucket, endpoint_url=s3_credentials.endpoint_url)
-    with pytest.raises(StoreUnavailableError, match="^AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"):
+    with pytest.raises(StoreUnavailableError, match=r"^AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"):
         store.check()
 
 
@@ -149,6 +152,6 @@ def test_unreachable_endpoint_fails_fast_naming_the_setting(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")
     store = S3ObjectStore("cotir", endpoint_url=f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()
-    with pytest.raises(StoreUnavailableError, match="^COTIR_S3_ENDPOINT_URL: cannot reach"):
+    with pytest.raises(StoreUnavailableError, match=r"^COTIR_S3_ENDPOINT_URL: cannot reach"):
         store.check()
     assert time.monotonic() - started < 30

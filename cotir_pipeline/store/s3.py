@@ -87,7 +87,7 @@ class S3ObjectStore(ObjectStore):
             region_name=self.region,
             signature_version="s3v4",
             s3={"addressing_style": self.addressing_style},
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             connect_timeout=connect_timeout_s,
             read_timeout=self.read_timeout_s,
             # Newer botocore adds CRC checksums with aws-chunked bodies by default;
