@@ -277,9 +277,8 @@ class LocalRadosGateway:
         wd = self.workdir
         self._prepare_workdir()
         mon_port = _free_port(self.host)
-        rgw_port = _free_port(self.host)
         fsid = str(uuid.uuid4())
-        self.conf_path.write_text(self._render_conf(fsid, mon_port, rgw_port))
+        self.conf_path.write_text(self._render_conf(fsid, mon_port))
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("CEPH_")}
         self._env["CEPH_CONF"] = str(self.conf_path)
         # Sparse block file beside (not inside) the OSD data dir.
@@ -309,10 +308,7 @@ class LocalRadosGateway:
                     f"ceph-osd.{_OSD_ID}.log")
         self._wait("wait for osd up", "osd", self._osd_up)
 
-        self._spawn("radosgw", ["radosgw", "-c", str(self.conf_path), "-f", "-n", _RGW_NAME],
-                    f"ceph-{_RGW_NAME}.log")
-        url = f"http://{self.host}:{rgw_port}"
-        self._wait("wait for radosgw http", "radosgw", lambda: self._http_answers(url))
+        url = self._start_radosgw()
 
         alphabet = string.ascii_uppercase + string.digits
         access_key = "".join(secrets.choice(alphabet) for _ in range(20))
@@ -346,7 +342,36 @@ class LocalRadosGateway:
         for name in ("mon", "osd", "rgw", "run", "log", "crash"):
             (wd / name).mkdir()
 
-    def _render_conf(self, fsid: str, mon_port: int, rgw_port: int) -> str:
+    def _start_radosgw(self, attempts: int = 3) -> str:
+        """Start radosgw on a free port, retrying if another process grabbed the port."""
+        log_path = self.log_dir / f"ceph-{_RGW_NAME}.log"
+        for attempt in range(1, attempts + 1):
+            port = _free_port(self.host)
+            log_offset = log_path.stat().st_size if log_path.exists() else 0
+            self._spawn("radosgw", [
+                "radosgw", "-c", str(self.conf_path), "-f", "-n", _RGW_NAME,
+                "--rgw-frontends", f"beast endpoint={self.host}:{port}",
+            ], log_path.name)
+            url = f"http://{self.host}:{port}"
+            try:
+                self._wait("wait for radosgw http", "radosgw",
+                           lambda url=url: self._http_answers(url))
+            except _StartError:
+                daemon = self._daemons["radosgw"]
+                if daemon.alive() or attempt == attempts:
+                    raise
+                with log_path.open("rb") as fh:
+                    fh.seek(log_offset)
+                    if b"failed to bind" not in fh.read():
+                        raise
+                _log.warning("radosgw could not bind port %d; retrying on another", port)
+                del self._daemons["radosgw"]
+                daemon.stop(_STOP_TIMEOUT_S["radosgw"])
+                continue
+            return url
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _render_conf(self, fsid: str, mon_port: int) -> str:
         wd = self.workdir
         host = self.host
         return f"""\
@@ -418,7 +443,7 @@ osd op num shards = 2
 osd op num threads per shard = 1
 
 [{_RGW_NAME}]
-rgw frontends = beast endpoint={host}:{rgw_port}
+# rgw frontends (beast on {host}:<free port>) is passed on radosgw's command line.
 rgw thread pool size = 32
 rgw enable usage log = false
 """
@@ -482,7 +507,7 @@ rgw enable usage log = false
             except Exception as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             if self._remaining() <= 0:
-                raise _StartError(step, f"not ready after {self.startup_timeout_s:.0f}s"
+                raise _StartError(step, f"not ready after {self.startup_timeout_s:g}s"
                                   + (f" (last error: {last_error})" if last_error else "")
                                   + "\n" + daemon.log_tail())
             time.sleep(min(delay, max(0.0, self._remaining())))

@@ -1,0 +1,1 @@
+"""Source datasets: the catalog (data + schema), fetch adapters and LQ/HQ pairing."""
