@@ -64,9 +64,7 @@ REQUIRED_BINARIES: tuple[str, ...] = (
 )
 
 #: How to install the binaries on Debian 12.
-APT_INSTALL_COMMAND = (
-    "sudo apt-get install -y ceph-mon ceph-osd radosgw ceph-common"
-)
+APT_INSTALL_COMMAND = "sudo apt-get install -y ceph-mon ceph-osd radosgw ceph-common"
 
 _log = logging.getLogger(__name__)
 
@@ -133,8 +131,14 @@ def _tail(path: Path, lines: int = 40) -> str:
 class _Daemon:
     """A ceph daemon running in the foreground in its own process group."""
 
-    def __init__(self, kind: str, proc: subprocess.Popen[bytes], out: IO[bytes],
-                 out_path: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        kind: str,
+        proc: subprocess.Popen[bytes],
+        out: IO[bytes],
+        out_path: Path,
+        log_path: Path,
+    ) -> None:
         self.kind = kind
         self.proc = proc
         self.out = out
@@ -188,8 +192,14 @@ class LocalRadosGateway:
     stops radosgw, then the OSD, then the monitor. Also a context manager.
     """
 
-    def __init__(self, workdir: Path, *, host: str = "127.0.0.1",
-                 startup_timeout_s: float = 180.0, block_size_gib: int = 10) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        host: str = "127.0.0.1",
+        startup_timeout_s: float = 180.0,
+        block_size_gib: int = 10,
+    ) -> None:
         if block_size_gib < 2:
             raise ValueError("block_size_gib must be at least 2 (BlueStore needs room)")
         self.workdir = Path(workdir).absolute()
@@ -239,12 +249,14 @@ class LocalRadosGateway:
         except BaseException as exc:
             self.stop()
             if isinstance(exc, _StartError):
-                raise RuntimeError(
-                    f"LocalRadosGateway in {self.workdir}: {exc}"
-                ) from None
+                raise RuntimeError(f"LocalRadosGateway in {self.workdir}: {exc}") from None
             raise
-        _log.info("radosgw ready at %s after %.1fs (work dir %s)",
-                  self._endpoint.endpoint_url, time.monotonic() - t0, self.workdir)
+        _log.info(
+            "radosgw ready at %s after %.1fs (work dir %s)",
+            self._endpoint.endpoint_url,
+            time.monotonic() - t0,
+            self.workdir,
+        )
         return self._endpoint
 
     def stop(self) -> None:
@@ -267,8 +279,12 @@ class LocalRadosGateway:
     def __enter__(self) -> S3Endpoint:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None,
-                 exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # ------------------------------------------------------------------ internals
@@ -285,27 +301,63 @@ class LocalRadosGateway:
         with (wd / "osd.block").open("wb") as fh:
             fh.truncate(self.block_size_gib * 1024**3)
 
-        self._run("create monmap", [
-            "monmaptool", "-c", str(self.conf_path), "--create", "--clobber",
-            "--fsid", fsid, "--addv", _MON_ID, f"[v2:{self.host}:{mon_port}]",
-            str(wd / "monmap"),
-        ])
-        self._run("mon mkfs", [
-            "ceph-mon", "-c", str(self.conf_path), "--mkfs", "-i", _MON_ID,
-            "--monmap", str(wd / "monmap"),
-        ])
-        self._spawn("mon", ["ceph-mon", "-c", str(self.conf_path), "-f", "-i", _MON_ID],
-                    f"ceph-mon.{_MON_ID}.log")
+        self._run(
+            "create monmap",
+            [
+                "monmaptool",
+                "-c",
+                str(self.conf_path),
+                "--create",
+                "--clobber",
+                "--fsid",
+                fsid,
+                "--addv",
+                _MON_ID,
+                f"[v2:{self.host}:{mon_port}]",
+                str(wd / "monmap"),
+            ],
+        )
+        self._run(
+            "mon mkfs",
+            [
+                "ceph-mon",
+                "-c",
+                str(self.conf_path),
+                "--mkfs",
+                "-i",
+                _MON_ID,
+                "--monmap",
+                str(wd / "monmap"),
+            ],
+        )
+        self._spawn(
+            "mon",
+            ["ceph-mon", "-c", str(self.conf_path), "-f", "-i", _MON_ID],
+            f"ceph-mon.{_MON_ID}.log",
+        )
         self._wait("wait for monitor", "mon", self._mon_ready)
 
         osd_uuid = str(uuid.uuid4())
         self._run("register osd", self._ceph("osd", "new", osd_uuid, str(_OSD_ID)))
-        self._run("osd mkfs", [
-            "ceph-osd", "-c", str(self.conf_path), "--mkfs", "-i", str(_OSD_ID),
-            "--osd-uuid", osd_uuid,
-        ], timeout_s=120.0)
-        self._spawn("osd", ["ceph-osd", "-c", str(self.conf_path), "-f", "-i", str(_OSD_ID)],
-                    f"ceph-osd.{_OSD_ID}.log")
+        self._run(
+            "osd mkfs",
+            [
+                "ceph-osd",
+                "-c",
+                str(self.conf_path),
+                "--mkfs",
+                "-i",
+                str(_OSD_ID),
+                "--osd-uuid",
+                osd_uuid,
+            ],
+            timeout_s=120.0,
+        )
+        self._spawn(
+            "osd",
+            ["ceph-osd", "-c", str(self.conf_path), "-f", "-i", str(_OSD_ID)],
+            f"ceph-osd.{_OSD_ID}.log",
+        )
         self._wait("wait for osd up", "osd", self._osd_up)
 
         url = self._start_radosgw()
@@ -313,11 +365,26 @@ class LocalRadosGateway:
         alphabet = string.ascii_uppercase + string.digits
         access_key = "".join(secrets.choice(alphabet) for _ in range(20))
         secret_key = secrets.token_urlsafe(30)[:40]
-        self._run("create s3 user", [
-            "radosgw-admin", "-c", str(self.conf_path), "user", "create",
-            "--uid", _S3_UID, "--display-name", "cotir dev",
-            "--access-key", access_key, "--secret-key", secret_key,
-        ], timeout_s=120.0, daemon="radosgw")
+        self._run(
+            "create s3 user",
+            [
+                "radosgw-admin",
+                "-c",
+                str(self.conf_path),
+                "user",
+                "create",
+                "--uid",
+                _S3_UID,
+                "--display-name",
+                "cotir dev",
+                "--access-key",
+                access_key,
+                "--secret-key",
+                secret_key,
+            ],
+            timeout_s=120.0,
+            daemon="radosgw",
+        )
         endpoint = S3Endpoint(url, access_key, secret_key)
         self._wait("warm up s3 (create pools)", "radosgw", lambda: self._warm_up(endpoint))
         return endpoint
@@ -327,7 +394,7 @@ class LocalRadosGateway:
         wd = self.workdir
         wd.mkdir(parents=True, exist_ok=True)
         pids_file = wd / "daemons.json"
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
             for pid in json.loads(pids_file.read_text()).values():
                 cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
                 if str(self.conf_path).encode() in cmdline:
@@ -348,14 +415,25 @@ class LocalRadosGateway:
         for attempt in range(1, attempts + 1):
             port = _free_port(self.host)
             log_offset = log_path.stat().st_size if log_path.exists() else 0
-            self._spawn("radosgw", [
-                "radosgw", "-c", str(self.conf_path), "-f", "-n", _RGW_NAME,
-                "--rgw-frontends", f"beast endpoint={self.host}:{port}",
-            ], log_path.name)
+            self._spawn(
+                "radosgw",
+                [
+                    "radosgw",
+                    "-c",
+                    str(self.conf_path),
+                    "-f",
+                    "-n",
+                    _RGW_NAME,
+                    "--rgw-frontends",
+                    f"beast endpoint={self.host}:{port}",
+                ],
+                log_path.name,
+            )
             url = f"http://{self.host}:{port}"
             try:
-                self._wait("wait for radosgw http", "radosgw",
-                           lambda url=url: self._http_answers(url))
+                self._wait(
+                    "wait for radosgw http", "radosgw", lambda url=url: self._http_answers(url)
+                )
             except _StartError:
                 daemon = self._daemons["radosgw"]
                 if daemon.alive() or attempt == attempts:
@@ -392,11 +470,14 @@ ms client mode = crc
 ms mon cluster mode = crc
 ms mon service mode = crc
 ms mon client mode = crc
+# No cephx: only radosgw's S3 users have keys. The keyring path (never created) keeps
+# clients from reading /etc/ceph.
 auth cluster required = none
 auth service required = none
 auth client required = none
-auth allow insecure global id reclaim = false
 keyring = {wd}/keyring
+# Cosmetic: avoids the AUTH_INSECURE_GLOBAL_ID_RECLAIM_ALLOWED health warning.
+auth allow insecure global id reclaim = false
 run dir = {wd}/run
 admin socket = {wd}/run/$cluster-$name.$pid.asok
 log file = {wd}/log/$cluster-$name.log
@@ -419,8 +500,6 @@ osd crush chooseleaf type = 0
 mon max pg per osd = 1000
 mon warn on pool no redundancy = false
 mon allow pool delete = true
-# No manager daemon.
-mon warn on insecure global id reclaim allowed = false
 
 [mon]
 # Each pool creation / osdmap change waits one propose interval (1 s by default) and
@@ -454,21 +533,35 @@ rgw enable usage log = false
     def _remaining(self) -> float:
         return self._deadline - time.monotonic()
 
-    def _run(self, step: str, cmd: list[str], *, timeout_s: float = 60.0,
-             daemon: str | None = None) -> str:
+    def _run(
+        self, step: str, cmd: list[str], *, timeout_s: float = 60.0, daemon: str | None = None
+    ) -> str:
         """Run a one-shot command; raise ``_StartError`` naming ``step`` on failure."""
         timeout = max(1.0, min(timeout_s, self._remaining()))
         t0 = time.monotonic()
         try:
-            res = subprocess.run(cmd, env=self._env, cwd=self.workdir, capture_output=True,
-                                 timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+            res = subprocess.run(
+                cmd,
+                env=self._env,
+                cwd=self.workdir,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired as exc:
-            raise _StartError(step, f"{shlex.join(cmd)} timed out after {timeout:.0f}s"
-                              + self._daemon_tail(daemon)) from exc
+            raise _StartError(
+                step,
+                f"{shlex.join(cmd)} timed out after {timeout:.0f}s" + self._daemon_tail(daemon),
+            ) from exc
         if res.returncode != 0:
             out = (res.stdout + res.stderr).decode("utf-8", errors="replace")
-            raise _StartError(step, f"{shlex.join(cmd)} exited {res.returncode}:\n"
-                              + "\n".join(out.splitlines()[-30:]) + self._daemon_tail(daemon))
+            raise _StartError(
+                step,
+                f"{shlex.join(cmd)} exited {res.returncode}:\n"
+                + "\n".join(out.splitlines()[-30:])
+                + self._daemon_tail(daemon),
+            )
         _log.debug("%s: done in %.1fs", step, time.monotonic() - t0)
         return res.stdout.decode("utf-8", errors="replace")
 
@@ -480,9 +573,15 @@ rgw enable usage log = false
         out_path = self.log_dir / f"{kind}.out"
         out = out_path.open("ab")
         try:
-            proc = subprocess.Popen(cmd, env=self._env, cwd=self.workdir, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                env=self._env,
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as exc:
             out.close()
             raise _StartError(f"start {kind}", str(exc)) from exc
@@ -498,8 +597,10 @@ rgw enable usage log = false
         last_error = ""
         while True:
             if not daemon.alive():
-                raise _StartError(step, f"{kind} exited with status {daemon.proc.returncode}\n"
-                                  + daemon.log_tail())
+                raise _StartError(
+                    step,
+                    f"{kind} exited with status {daemon.proc.returncode}\n" + daemon.log_tail(),
+                )
             try:
                 if probe():
                     _log.debug("%s: done in %.1fs", step, time.monotonic() - t0)
@@ -507,16 +608,25 @@ rgw enable usage log = false
             except Exception as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             if self._remaining() <= 0:
-                raise _StartError(step, f"not ready after {self.startup_timeout_s:g}s"
-                                  + (f" (last error: {last_error})" if last_error else "")
-                                  + "\n" + daemon.log_tail())
+                raise _StartError(
+                    step,
+                    f"not ready after {self.startup_timeout_s:g}s"
+                    + (f" (last error: {last_error})" if last_error else "")
+                    + "\n"
+                    + daemon.log_tail(),
+                )
             time.sleep(min(delay, max(0.0, self._remaining())))
             delay = min(delay * 1.5, 2.0)
 
     def _ceph_json(self, *args: str) -> object:
-        res = subprocess.run(self._ceph(*args, "--format", "json"), env=self._env,
-                             capture_output=True, timeout=max(1.0, min(20.0, self._remaining())),
-                             check=False, stdin=subprocess.DEVNULL)
+        res = subprocess.run(
+            self._ceph(*args, "--format", "json"),
+            env=self._env,
+            capture_output=True,
+            timeout=max(1.0, min(20.0, self._remaining())),
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
         if res.returncode != 0:
             raise RuntimeError(res.stderr.decode("utf-8", errors="replace").strip()[-500:])
         return json.loads(res.stdout)
@@ -560,9 +670,15 @@ rgw enable usage log = false
         return True
 
 
-def _s3_request(endpoint: S3Endpoint, method: str, path: str, *,
-                query: Mapping[str, str] | None = None, body: bytes = b"",
-                timeout_s: float = 60.0) -> bytes:
+def _s3_request(
+    endpoint: S3Endpoint,
+    method: str,
+    path: str,
+    *,
+    query: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    timeout_s: float = 60.0,
+) -> bytes:
     """Send one AWS SigV4-signed, path-style S3 request with the stdlib; return the body."""
     parsed = urllib.parse.urlsplit(endpoint.endpoint_url)
     now = _dt.datetime.now(_dt.UTC)
@@ -574,16 +690,22 @@ def _s3_request(endpoint: S3Endpoint, method: str, path: str, *,
         f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
         for k, v in sorted((query or {}).items())
     )
-    headers = {"host": parsed.netloc, "x-amz-content-sha256": payload_hash,
-               "x-amz-date": amz_date}
+    headers = {"host": parsed.netloc, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
     signed = ";".join(sorted(headers))
-    canonical = "\n".join([
-        method, canonical_uri, canonical_query,
-        "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), signed, payload_hash,
-    ])
+    canonical = "\n".join(
+        [
+            method,
+            canonical_uri,
+            canonical_query,
+            "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
+            signed,
+            payload_hash,
+        ]
+    )
     scope = f"{day}/{endpoint.region}/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
-                         hashlib.sha256(canonical.encode()).hexdigest()])
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
     key = ("AWS4" + endpoint.secret_key).encode()
     for part in (day, endpoint.region, "s3", "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
@@ -593,8 +715,9 @@ def _s3_request(endpoint: S3Endpoint, method: str, path: str, *,
         f"SignedHeaders={signed}, Signature={signature}"
     )
     url = endpoint.endpoint_url + canonical_uri + (f"?{canonical_query}" if query else "")
-    req = urllib.request.Request(url, data=body if method in ("PUT", "POST") else None,
-                                 method=method, headers=headers)
+    req = urllib.request.Request(
+        url, data=body if method in ("PUT", "POST") else None, method=method, headers=headers
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return resp.read()
@@ -609,15 +732,21 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m cotir_pipeline.devservices.radosgw",
         description="Run a single-node Ceph cluster with a radosgw S3 endpoint on loopback.",
     )
-    parser.add_argument("--workdir", type=Path, required=True,
-                        help="directory for the cluster's state and logs (wiped on start)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        required=True,
+        help="directory for the cluster's state and logs (wiped on start)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
     parser.add_argument("--startup-timeout", type=float, default=180.0, metavar="SECONDS")
-    parser.add_argument("--block-size-gib", type=int, default=10,
-                        help="size of the sparse OSD block file")
+    parser.add_argument(
+        "--block-size-gib", type=int, default=10, help="size of the sparse OSD block file"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="# %(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="# %(asctime)s %(name)s: %(message)s"
+    )
 
     stop_requested = threading.Event()
 
@@ -625,9 +754,12 @@ def main(argv: list[str] | None = None) -> int:
         stop_requested.set()
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    gateway = LocalRadosGateway(args.workdir, host=args.host,
-                                startup_timeout_s=args.startup_timeout,
-                                block_size_gib=args.block_size_gib)
+    gateway = LocalRadosGateway(
+        args.workdir,
+        host=args.host,
+        startup_timeout_s=args.startup_timeout,
+        block_size_gib=args.block_size_gib,
+    )
     try:
         try:
             endpoint = gateway.start()
