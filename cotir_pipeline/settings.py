@@ -61,6 +61,16 @@ class CotirSettings(BaseSettings):
         description="Where every stage writes: file:///abs/path, a plain path, or "
         "s3://bucket/prefix. Empty means <home>/store.",
     )
+    mirror_dir: Path | None = Field(
+        default=None,
+        description="Local mirror of source datasets: <mirror_dir>/<source name>/ holds the "
+        "archives or files of a source, used instead of the network (and required for "
+        "sources that must be downloaded by hand).",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Downloads and extracted archives; empty means <home>/cache.",
+    )
     weights_dir: Path | None = Field(
         default=None,
         description="Folder with local model weights (diffusers folders, CoTIR checkpoints, "
@@ -93,9 +103,9 @@ class CotirSettings(BaseSettings):
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("weights_dir", mode="after")
+    @field_validator("weights_dir", "mirror_dir", mode="after")
     @classmethod
-    def _existing_weights_dir(cls, value: Path | None) -> Path | None:
+    def _existing_folder(cls, value: Path | None) -> Path | None:
         if value is None or str(value) == "":
             return None
         resolved = value.expanduser().resolve()
@@ -119,6 +129,10 @@ class CotirSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_store(self) -> CotirSettings:
+        if self.cache_dir is None or str(self.cache_dir) == "":
+            object.__setattr__(self, "cache_dir", self.home / "cache")
+        else:
+            object.__setattr__(self, "cache_dir", self.cache_dir.expanduser().resolve())
         if not self.store:
             object.__setattr__(self, "store", (self.home / "store").as_uri())
         # Parse now so that a malformed URL fails at start, not at the first write.
@@ -158,7 +172,7 @@ def load_settings() -> CotirSettings:
                 continue
             if location and "input" in item:
                 given = os.environ.get(name)
-                if given is not None and repr(given) not in message:
+                if given is not None and given not in message:
                     message = f"{message} (got {given!r})"
             problems.append(f"{name}: {message[:1].lower()}{message[1:]}")
         raise SettingsError("; ".join(problems)) from None

@@ -1,0 +1,544 @@
+"""From a source to WebDataset shards: plan the pairs, materialize them, write shards.
+
+Two steps, matching two assets:
+
+1. :func:`plan_demo_pairs` / :func:`plan_fetched_pairs` list every pair a source
+   yields (``raw_pairs``): for fetched sources the paired LQ/HQ files, for
+   synthetic ones the clean item plus the seeded degradation recipe.
+2. :func:`write_pair_shards` turns the plan into shards (``pair_shards``): each
+   pair is loaded or synthesized, resized/cropped to the stored size, encoded as
+   PNG and written into the shard of its degradation label, with one manifest
+   row per pair. Shard membership is a pure function of the plan, so a re-run
+   skips shards whose manifest exists (written last) and rebuilds only shards
+   that hold failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from cotir_pipeline import demo_photos
+from cotir_pipeline.shards import (
+    STATUS_DROPPED,
+    STATUS_FAILED,
+    STATUS_OK,
+    ShardSample,
+    encode_png,
+    manifest_bytes,
+    read_manifest,
+    sample_id,
+    write_shard,
+)
+from cotir_pipeline.store import ObjectStore
+from cotir_pipeline.tasks import parse_degradation_label, task_of
+
+#: Folder of the pair shards in the store: pair_shards/<source>/<degradation>/...
+PAIR_SHARDS_PREFIX = "pair_shards"
+#: Folder of the raw pair plans: raw_pairs/<source>/pairs.parquet
+RAW_PAIRS_PREFIX = "raw_pairs"
+
+PLAN_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("item_key", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("degradation", pa.string(), nullable=False),
+        pa.field("lq_path", pa.string()),
+        pa.field("hq_path", pa.string()),
+        pa.field("recipe", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+
+class BadSampleError(ValueError):
+    """The inputs of one pair are unusable (corrupt, truncated, mismatched); skip it."""
+
+
+@dataclass(frozen=True)
+class PlannedPair:
+    """One pair a source yields, before any pixels are touched.
+
+    Fetched pairs have ``lq_path``/``hq_path`` (relative to the fetched root).
+    Synthetic pairs have ``recipe`` (the recipe label) and ``seed``; their clean
+    image is named by ``item_key``.
+    """
+
+    source: str
+    item_key: str
+    split: str
+    degradation: str
+    lq_path: str | None = None
+    hq_path: str | None = None
+    recipe: str | None = None
+    seed: int | None = None
+    status: str = STATUS_OK
+    reason: str | None = None
+
+    @property
+    def shard_group(self) -> str:
+        """Planned pairs of one degradation label share shards."""
+        return self.degradation
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """The pairs of one shard and where it goes (picklable: runs in worker processes)."""
+
+    source: str
+    degradation: str
+    index: int
+    pairs: tuple[PlannedPair, ...]
+    size: int
+    fetched_root: str | None
+
+    @property
+    def name(self) -> str:
+        """File name stem of the shard."""
+        return f"{self.source}-{self.degradation}-{self.index:06d}"
+
+    def key(self, suffix: str) -> str:
+        """Store key of the shard's tar (``.tar``) or manifest (``.parquet``)."""
+        return f"{PAIR_SHARDS_PREFIX}/{self.source}/{self.degradation}/{self.name}{suffix}"
+
+
+@dataclass
+class ShardStageReport:
+    """What a run of :func:`write_pair_shards` did."""
+
+    shards_total: int = 0
+    shards_written: int = 0
+    shards_skipped: int = 0
+    samples_ok: int = 0
+    samples_dropped: int = 0
+    samples_failed: int = 0
+    by_degradation: dict[str, int] = field(default_factory=dict)
+    by_split: dict[str, int] = field(default_factory=dict)
+    drop_reasons: dict[str, int] = field(default_factory=dict)
+
+
+# -- planning ---------------------------------------------------------------------------
+
+
+def plan_demo_pairs(
+    *,
+    recipe_labels: list[str],
+    patch_size: int,
+    stride: int,
+    recipes_per_patch: int,
+    seed: int,
+) -> list[PlannedPair]:
+    """Plan the demo source: shipped photos cut into patches, each with seeded recipes.
+
+    Each patch gets ``recipes_per_patch`` distinct recipes chosen by a generator
+    seeded from (seed, patch key), so the plan is stable when photos are added.
+    Skipped patches are planned too, with status ``dropped`` and the reason.
+    """
+    if recipes_per_patch < 1 or recipes_per_patch > len(recipe_labels):
+        raise ValueError(
+            f"recipes_per_patch must be 1..{len(recipe_labels)}, got {recipes_per_patch}"
+        )
+    planned: list[PlannedPair] = []
+    for photo in demo_photos.DEMO_PHOTOS:
+        image = demo_photos.load_photo(photo)
+        patches, skipped = demo_photos.cut_patches(photo, image, patch_size, stride)
+        for patch in patches:
+            generator = np.random.default_rng(_seed_for(seed, patch.item_key))
+            chosen = generator.choice(len(recipe_labels), size=recipes_per_patch, replace=False)
+            for choice in sorted(int(index) for index in chosen):
+                label = recipe_labels[choice]
+                planned.append(
+                    PlannedPair(
+                        source="demo",
+                        item_key=patch.item_key,
+                        split=patch.split,
+                        degradation=label,
+                        recipe=label,
+                        seed=_seed_for(seed, f"{patch.item_key}|{label}"),
+                    )
+                )
+        for skip in skipped:
+            planned.append(
+                PlannedPair(
+                    source="demo",
+                    item_key=skip.item_key,
+                    split=photo.split,
+                    degradation="none",
+                    status=STATUS_DROPPED,
+                    reason=skip.reason,
+                )
+            )
+    return planned
+
+
+def _seed_for(seed: int, text: str) -> int:
+    """A 63-bit seed derived from a base seed and a key (stable across platforms)."""
+    digest = hashlib.sha256(f"{seed}|{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def plan_table(pairs: list[PlannedPair]) -> pa.Table:
+    """The plan as an Arrow table (the ``raw_pairs`` Parquet)."""
+    columns = {name: [getattr(pair, name) for pair in pairs] for name in PLAN_SCHEMA.names}
+    return pa.Table.from_pydict(columns, schema=PLAN_SCHEMA)
+
+
+def plan_from_table(table: pa.Table) -> list[PlannedPair]:
+    """Inverse of :func:`plan_table`."""
+    return [PlannedPair(**row) for row in table.to_pylist()]
+
+
+def save_plan(store: ObjectStore, source: str, pairs: list[PlannedPair]) -> str:
+    """Write the plan of ``source`` to the store (atomic); return its key."""
+    import io
+
+    buffer = io.BytesIO()
+    pq.write_table(plan_table(pairs), buffer, compression="zstd")
+    key = f"{RAW_PAIRS_PREFIX}/{source}/pairs.parquet"
+    store.put_bytes(key, buffer.getvalue())
+    return key
+
+
+def load_plan(store: ObjectStore, source: str) -> list[PlannedPair]:
+    """Read the plan written by :func:`save_plan`."""
+    import io
+
+    data = store.get_bytes(f"{RAW_PAIRS_PREFIX}/{source}/pairs.parquet")
+    return plan_from_table(pq.read_table(io.BytesIO(data)))
+
+
+# -- materializing one pair -------------------------------------------------------------
+
+
+def _to_float(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) / 255.0
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def square_to_size(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` (bicubic) and take the centre square."""
+    height, width = image.shape[:2]
+    scale = size / min(height, width)
+    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
+    resized = _resize(image, new_width, new_height)
+    top, left = (new_height - size) // 2, (new_width - size) // 2
+    return resized[top : top + size, left : left + size]
+
+
+def _read_image(path: Path) -> tuple[np.ndarray, str]:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise BadSampleError(f"cannot read {path.name}: {error.strerror or error}") from None
+    try:
+        import io
+
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise BadSampleError(f"corrupt or truncated image {path.name}: {error}") from None
+    return array, hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class MaterializedPair:
+    """Pixels of one pair at the stored size, plus what is needed for its manifest row."""
+
+    hq: np.ndarray
+    lq: np.ndarray
+    digests: tuple[str, ...]
+    applied: list[dict[str, Any]]
+
+
+_PHOTO_CACHE: dict[str, tuple[np.ndarray, str]] = {}
+
+
+def _demo_patch(item_key: str) -> tuple[np.ndarray, str]:
+    photo_id, _, coordinates = item_key.partition("/")
+    if photo_id not in _PHOTO_CACHE:
+        photo = next((p for p in demo_photos.DEMO_PHOTOS if p.photo_id == photo_id), None)
+        if photo is None:
+            raise BadSampleError(f"unknown demo photo {photo_id!r}")
+        _PHOTO_CACHE[photo_id] = (demo_photos.load_photo(photo), demo_photos.photo_digest(photo))
+    image, digest = _PHOTO_CACHE[photo_id]
+    fields = dict((part[0], int(part[1:])) for part in coordinates.split("_"))
+    x, y, size = fields["x"], fields["y"], fields["s"]
+    return image[y : y + size, x : x + size].copy(), digest
+
+
+def materialize_pair(pair: PlannedPair, size: int, fetched_root: Path | None) -> MaterializedPair:
+    """Load (fetched) or synthesize (recipe) one pair at ``size`` x ``size`` pixels."""
+    if pair.recipe is not None:
+        from cotir_pipeline.degradations import apply_recipe, recipe_by_label
+
+        if pair.source != "demo":
+            raise BadSampleError(f"no clean-image loader for synthetic source {pair.source!r}")
+        clean, digest = _demo_patch(pair.item_key)
+        hq = square_to_size(clean, size)
+        recipe = recipe_by_label("demo", pair.recipe)
+        degraded, applied = apply_recipe(_to_float(hq), recipe, int(pair.seed or 0))
+        lq = _to_uint8(degraded)
+        # Low-resolution recipes return a smaller image; store it at the HQ size.
+        lq = _resize(lq, size, size)
+        return MaterializedPair(hq=hq, lq=lq, digests=(digest,), applied=applied)
+    if fetched_root is None or pair.lq_path is None or pair.hq_path is None:
+        raise BadSampleError("fetched pair without paths or fetched root")
+    lq_image, lq_digest = _read_image(fetched_root / pair.lq_path)
+    hq_image, hq_digest = _read_image(fetched_root / pair.hq_path)
+    hq_height, hq_width = hq_image.shape[:2]
+    lq_height, lq_width = lq_image.shape[:2]
+    if (lq_height, lq_width) != (hq_height, hq_width):
+        ratio_w, ratio_h = hq_width / lq_width, hq_height / lq_height
+        if abs(ratio_w - ratio_h) > 0.05 * max(ratio_w, ratio_h):
+            raise BadSampleError(
+                f"LQ {lq_width}x{lq_height} and HQ {hq_width}x{hq_height} differ in aspect ratio"
+            )
+        # Super-resolution sources: bring LQ to the HQ grid before the shared crop.
+        lq_image = _resize(lq_image, hq_width, hq_height)
+    return MaterializedPair(
+        hq=square_to_size(hq_image, size),
+        lq=square_to_size(lq_image, size),
+        digests=(lq_digest, hq_digest),
+        applied=[],
+    )
+
+
+# -- shards ----------------------------------------------------------------------------
+
+
+def shard_jobs(
+    pairs: Iterable[PlannedPair], shard_size: int, size: int, fetched_root: Path | None
+) -> list[ShardJob]:
+    """Group planned pairs into shards: per degradation label, in a stable order."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    groups: dict[str, list[PlannedPair]] = defaultdict(list)
+    source = None
+    for pair in pairs:
+        if pair.status != STATUS_OK:
+            continue
+        source = pair.source
+        groups[pair.shard_group].append(pair)
+    jobs = []
+    for degradation in sorted(groups):
+        ordered = sorted(groups[degradation], key=lambda pair: (pair.item_key, pair.recipe or ""))
+        for index, start in enumerate(range(0, len(ordered), shard_size)):
+            jobs.append(
+                ShardJob(
+                    source=str(source),
+                    degradation=degradation,
+                    index=index,
+                    pairs=tuple(ordered[start : start + shard_size]),
+                    size=size,
+                    fetched_root=str(fetched_root) if fetched_root else None,
+                )
+            )
+    return jobs
+
+
+def _row(pair: PlannedPair, status: str, reason: str | None, **values: Any) -> dict[str, Any]:
+    parts = parse_degradation_label(pair.degradation) if pair.degradation != "none" else ()
+    return {
+        "source": pair.source,
+        "item_key": pair.item_key,
+        "split": pair.split,
+        "degradation": pair.degradation,
+        "task": task_of(parts).value if parts else "",
+        "status": status,
+        "reason": reason,
+        "seed": pair.seed,
+        **values,
+    }
+
+
+def build_shard(job: ShardJob, work_dir: str, shard_uri: str) -> tuple[str, str, list[dict]]:
+    """Materialize one shard's pairs into a local tar; return (tar path, manifest path, rows).
+
+    Runs in a worker process. A bad input becomes a ``dropped`` row with its reason;
+    an unexpected error becomes a ``failed`` row (retried on the next run).
+    """
+    fetched_root = Path(job.fetched_root) if job.fetched_root else None
+    samples: list[ShardSample] = []
+    rows: list[dict[str, Any]] = []
+    for pair in job.pairs:
+        try:
+            made = materialize_pair(pair, job.size, fetched_root)
+        except BadSampleError as error:
+            identity = sample_id(pair.source, pair.item_key, (), pair.recipe or "", pair.seed)
+            rows.append(_row(pair, STATUS_DROPPED, str(error), sample_id=identity))
+            continue
+        except Exception as error:  # recorded, and the shard is rebuilt on the next run
+            identity = sample_id(pair.source, pair.item_key, (), pair.recipe or "", pair.seed)
+            detail = traceback.format_exception_only(type(error), error)[-1].strip()
+            reason = f"unexpected error: {detail}"
+            rows.append(_row(pair, STATUS_FAILED, reason, sample_id=identity))
+            continue
+        recipe_json = json.dumps(made.applied, sort_keys=True) if made.applied else ""
+        identity = sample_id(pair.source, pair.item_key, made.digests, recipe_json, pair.seed)
+        hq_png, lq_png = encode_png(made.hq), encode_png(made.lq)
+        meta = {
+            "sample_id": identity,
+            "source": pair.source,
+            "item_key": pair.item_key,
+            "split": pair.split,
+            "deg": pair.degradation,
+            "recipe": made.applied,
+            "seed": pair.seed,
+        }
+        samples.append(ShardSample(key=identity, hq_png=hq_png, lq_png=lq_png, meta=meta))
+        rows.append(
+            _row(
+                pair,
+                STATUS_OK,
+                None,
+                sample_id=identity,
+                shard_uri=shard_uri,
+                shard_key=identity,
+                width=job.size,
+                height=job.size,
+                hq_sha256=hashlib.sha256(hq_png).hexdigest(),
+                lq_sha256=hashlib.sha256(lq_png).hexdigest(),
+                recipe=recipe_json or None,
+            )
+        )
+    tar_path = os.path.join(work_dir, f"{job.name}.tar")
+    write_shard(samples, Path(tar_path))
+    manifest_path = os.path.join(work_dir, f"{job.name}.parquet")
+    Path(manifest_path).write_bytes(manifest_bytes(rows))
+    return tar_path, manifest_path, rows
+
+
+def _finished_rows(store: ObjectStore, job: ShardJob) -> list[dict[str, Any]] | None:
+    """Rows of a finished shard, or None when it must be (re)built."""
+    manifest_key = job.key(".parquet")
+    if not store.exists(manifest_key) or not store.exists(job.key(".tar")):
+        return None
+    rows = read_manifest(store.get_bytes(manifest_key)).to_pylist()
+    if any(row["status"] == STATUS_FAILED for row in rows):
+        return None
+    if len(rows) != len(job.pairs):
+        return None  # the plan changed under this shard name: rebuild it
+    return rows
+
+
+def write_pair_shards(
+    store: ObjectStore,
+    pairs: list[PlannedPair],
+    *,
+    size: int,
+    shard_size: int,
+    fetched_root: Path | None = None,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> ShardStageReport:
+    """Write the shards and manifests of one source's planned pairs (resumable).
+
+    Per shard: tar first, then its manifest (the completion marker). Then per
+    degradation folder a ``sizes.json``, and for the source a combined
+    ``manifest.parquet`` that also holds the pairs dropped while planning.
+    """
+    if not pairs:
+        raise ValueError("no planned pairs: nothing to shard")
+    source = pairs[0].source
+    jobs = shard_jobs(pairs, shard_size, size, fetched_root)
+    report = ShardStageReport(shards_total=len(jobs))
+    all_rows: list[dict[str, Any]] = []
+    sizes: dict[str, dict[str, int]] = defaultdict(dict)
+    pending: list[ShardJob] = []
+    for job in jobs:
+        rows = _finished_rows(store, job)
+        if rows is None:
+            pending.append(job)
+            continue
+        report.shards_skipped += 1
+        all_rows.extend(rows)
+        sizes[job.degradation][f"{job.name}.tar"] = sum(r["status"] == STATUS_OK for r in rows)
+    done = report.shards_skipped
+    with tempfile.TemporaryDirectory(prefix="cotir-shards-") as work_dir:
+        results: Iterable[tuple[ShardJob, tuple[str, str, list[dict]]]]
+        if workers > 1 and len(pending) > 1:
+            executor = ProcessPoolExecutor(max_workers=workers)
+            futures = [
+                (job, executor.submit(build_shard, job, work_dir, store.uri(job.key(".tar"))))
+                for job in pending
+            ]
+            results = ((job, future.result()) for job, future in futures)
+        else:
+            executor = None
+            results = (
+                (job, build_shard(job, work_dir, store.uri(job.key(".tar")))) for job in pending
+            )
+        try:
+            for job, (tar_path, manifest_path, rows) in results:
+                store.put_file(job.key(".tar"), Path(tar_path))
+                store.put_file(job.key(".parquet"), Path(manifest_path))
+                os.unlink(tar_path)
+                os.unlink(manifest_path)
+                report.shards_written += 1
+                all_rows.extend(rows)
+                sizes[job.degradation][f"{job.name}.tar"] = sum(
+                    row["status"] == STATUS_OK for row in rows
+                )
+                done += 1
+                if progress is not None:
+                    progress(done, len(jobs))
+        finally:
+            if executor is not None:
+                executor.shutdown(cancel_futures=True)
+    for degradation, counts in sizes.items():
+        store.put_text(
+            f"{PAIR_SHARDS_PREFIX}/{source}/{degradation}/sizes.json",
+            json.dumps(dict(sorted(counts.items())), indent=1),
+        )
+    for pair in pairs:
+        if pair.status != STATUS_OK:
+            identity = sample_id(pair.source, pair.item_key, (), pair.recipe or "", pair.seed)
+            all_rows.append(_row(pair, pair.status, pair.reason, sample_id=identity))
+    store.put_bytes(f"{PAIR_SHARDS_PREFIX}/{source}/manifest.parquet", manifest_bytes(all_rows))
+    for row in all_rows:
+        status = row["status"]
+        if status == STATUS_OK:
+            report.samples_ok += 1
+            report.by_degradation[row["degradation"]] = (
+                report.by_degradation.get(row["degradation"], 0) + 1
+            )
+            report.by_split[row["split"]] = report.by_split.get(row["split"], 0) + 1
+        else:
+            if status == STATUS_DROPPED:
+                report.samples_dropped += 1
+            else:
+                report.samples_failed += 1
+            reason = (row["reason"] or "unknown").split(":")[0]
+            report.drop_reasons[reason] = report.drop_reasons.get(reason, 0) + 1
+    store.put_text(
+        f"{PAIR_SHARDS_PREFIX}/{source}/_SUCCESS.json", json.dumps(asdict(report), indent=1)
+    )
+    return report

@@ -1,0 +1,188 @@
+"""WebDataset shards of LQ/HQ pairs and the per-sample manifest that describes them.
+
+A shard is a plain tar (the WebDataset convention) whose samples are
+``<key>.hq.png``, ``<key>.lq.png`` and ``<key>.meta.json``, the layout of the
+public CoTIR release, so its loader and ``webdataset.WebDataset`` read our shards
+as they are. Shards live in one folder per degradation label with a
+``sizes.json`` (shard file name -> sample count) beside them.
+
+Every sample also has one manifest row (:data:`MANIFEST_SCHEMA`), including the
+samples that failed, with the reason: per-sample status is data, not a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+#: PNG compression level: 1 is ~3x faster to encode than the default 6 on one core
+#: and still lossless; shards are transient, so speed wins over the last few percent.
+PNG_COMPRESS_LEVEL = 1
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_DROPPED = "dropped"
+
+#: One row per sample of a source, whatever its fate.
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("item_key", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("degradation", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("shard_uri", pa.string()),
+        pa.field("shard_key", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("hq_sha256", pa.string()),
+        pa.field("lq_sha256", pa.string()),
+        pa.field("recipe", pa.string()),
+        pa.field("seed", pa.int64()),
+    ]
+)
+
+
+def sample_id(
+    source: str, item_key: str, content_digests: Iterable[str], recipe: str, seed: int | None
+) -> str:
+    """Content hash of a sample: stable across re-runs, so nothing is written twice.
+
+    ``content_digests`` are the sha256 digests of the input image files (LQ and HQ
+    for fetched pairs, the clean photo for synthetic ones); ``recipe`` is the JSON
+    of the degradation recipe ("" for fetched pairs).
+    """
+    hasher = hashlib.sha256()
+    for part in (source, item_key, *content_digests, recipe, "" if seed is None else str(seed)):
+        hasher.update(part.encode("utf-8"))
+        hasher.update(b"\0")
+    return hasher.hexdigest()[:32]
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless PNG of an RGB uint8 array."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 array (H, W, 3), got {image.dtype} {image.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """RGB uint8 array from PNG (or any Pillow-readable) bytes."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+@dataclass(frozen=True)
+class ShardSample:
+    """One pair as stored in a shard."""
+
+    key: str
+    hq_png: bytes
+    lq_png: bytes
+    meta: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What was written: sample count, size and digest of the tar."""
+
+    samples: int
+    size_bytes: int
+    sha256: str
+
+
+def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0  # fixed, so the same samples give byte-identical shards
+    archive.addfile(info, io.BytesIO(data))
+
+
+def write_shard(samples: Iterable[ShardSample], destination: Path) -> ShardInfo:
+    """Write ``samples`` as a WebDataset tar at ``destination`` (deterministic bytes).
+
+    Keys must not contain '.' (WebDataset splits member names at the first dot).
+    """
+    count = 0
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(destination, "w", format=tarfile.USTAR_FORMAT) as archive:
+        for sample in samples:
+            if "." in sample.key or "/" in sample.key or not sample.key:
+                raise ValueError(f"shard key {sample.key!r} must be non-empty, without '.' or '/'")
+            _add_member(archive, f"{sample.key}.hq.png", sample.hq_png)
+            _add_member(archive, f"{sample.key}.lq.png", sample.lq_png)
+            meta = json.dumps(dict(sample.meta), sort_keys=True).encode("utf-8")
+            _add_member(archive, f"{sample.key}.meta.json", meta)
+            count += 1
+    data = destination.read_bytes()
+    return ShardInfo(samples=count, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def read_shard(path: Path) -> Iterator[ShardSample]:
+    """Samples of a shard written by :func:`write_shard`, in order."""
+    parts: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    with tarfile.open(path, "r") as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            key, _, suffix = member.name.partition(".")
+            handle = archive.extractfile(member)
+            if handle is None:
+                continue
+            if key not in parts:
+                parts[key] = {}
+                order.append(key)
+            parts[key][suffix] = handle.read()
+    for key in order:
+        fields = parts[key]
+        missing = {"hq.png", "lq.png", "meta.json"} - set(fields)
+        if missing:
+            raise ValueError(f"shard {path} sample {key!r} lacks {sorted(missing)}")
+        yield ShardSample(
+            key=key,
+            hq_png=fields["hq.png"],
+            lq_png=fields["lq.png"],
+            meta=json.loads(fields["meta.json"]),
+        )
+
+
+def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts with the schema's fields) as a typed Arrow table; unknown keys are errors."""
+    names = set(MANIFEST_SCHEMA.names)
+    for row in rows:
+        extra = set(row) - names
+        if extra:
+            raise ValueError(f"manifest row has unknown fields {sorted(extra)}")
+    columns = {name: [row.get(name) for row in rows] for name in MANIFEST_SCHEMA.names}
+    return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
+
+
+def manifest_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """The manifest rows as Parquet bytes (zstd), sorted by sample id for point look-ups."""
+    table = manifest_table(rows).sort_by("sample_id")
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def read_manifest(data: bytes) -> pa.Table:
+    """Parse manifest Parquet bytes."""
+    return pq.read_table(io.BytesIO(data))
