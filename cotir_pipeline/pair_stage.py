@@ -170,7 +170,7 @@ def plan_demo_pairs(
                         item_key=patch.item_key,
                         split=patch.split,
                         degradation=label,
-                        recipe=label,
+                        recipe=f"demo:{label}",
                         seed=_seed_for(seed, f"{patch.item_key}|{label}"),
                     )
                 )
@@ -183,6 +183,118 @@ def plan_demo_pairs(
                     degradation="none",
                     status=STATUS_DROPPED,
                     reason=skip.reason,
+                )
+            )
+    return planned
+
+
+def plan_synthetic_pairs(
+    source: str,
+    clean_items: list[tuple[str, str, str]],
+    *,
+    recipe_labels: list[str],
+    recipe_set: str,
+    recipes_per_item: int,
+    seed: int,
+) -> list[PlannedPair]:
+    """Plan a synthetic source over clean images of a fetched source.
+
+    ``clean_items`` are (item key, path relative to the clean source's root, split).
+    ``recipe_set`` is stored with each pair (``<set>:<label>``) so materializing
+    finds the recipe again.
+    """
+    if recipes_per_item < 1 or recipes_per_item > len(recipe_labels):
+        raise ValueError(
+            f"recipes_per_item must be 1..{len(recipe_labels)}, got {recipes_per_item}"
+        )
+    planned = []
+    for item_key, relative_path, split in clean_items:
+        generator = np.random.default_rng(_seed_for(seed, item_key))
+        chosen = generator.choice(len(recipe_labels), size=recipes_per_item, replace=False)
+        for choice in sorted(int(index) for index in chosen):
+            label = recipe_labels[choice]
+            planned.append(
+                PlannedPair(
+                    source=source,
+                    item_key=item_key,
+                    split=split,
+                    degradation=label,
+                    hq_path=relative_path,
+                    recipe=f"{recipe_set}:{label}",
+                    seed=_seed_for(seed, f"{item_key}|{label}"),
+                )
+            )
+    return planned
+
+
+def plan_fetched_pairs(
+    source: str, root: Path, rules: list[Any], default_label: str
+) -> list[PlannedPair]:
+    """Plan a fetched source: pair its files with each split rule.
+
+    Files that cannot be paired are planned as ``dropped`` with the reason, so the
+    manifest accounts for every file the source delivered. One-sided splits (real-world
+    LQ without ground truth, clean-only HQ) yield no training pair: their images are
+    planned as ``dropped`` with the stage that uses them instead.
+    """
+    from cotir_pipeline.sources.pairing import collect_single_side, pair_split
+
+    planned: list[PlannedPair] = []
+    for rule in rules:
+        label = rule.degradation or default_label
+        if not rule.lq_glob or not rule.hq_glob:
+            single = collect_single_side(root, rule)
+            reason = (
+                "no ground truth: a real-world image, used by the real-world bench set"
+                if single.side == "lq"
+                else "clean image only: used as clean input by synthetic sources"
+            )
+            for image in single.images:
+                planned.append(
+                    PlannedPair(
+                        source=source,
+                        item_key=f"{rule.name}/{image.path.relative_to(root).as_posix()}",
+                        split=rule.name,
+                        degradation=image.degradation or label,
+                        status=STATUS_DROPPED,
+                        reason=f"one-sided: {reason}",
+                    )
+                )
+            continue
+        result = pair_split(root, rule)
+        for file_pair in result.pairs:
+            planned.append(
+                PlannedPair(
+                    source=source,
+                    item_key=f"{rule.name}/{file_pair.lq.relative_to(root).as_posix()}",
+                    split=rule.name,
+                    degradation=file_pair.degradation or label,
+                    lq_path=file_pair.lq.relative_to(root).as_posix(),
+                    hq_path=file_pair.hq.relative_to(root).as_posix(),
+                )
+            )
+        unpaired = [(path, "LQ file without a matching HQ file") for path in result.unmatched_lq]
+        unpaired += [(path, "HQ file without any LQ file") for path in result.unmatched_hq]
+        for path, reason in unpaired:
+            planned.append(
+                PlannedPair(
+                    source=source,
+                    item_key=f"{rule.name}/{path.relative_to(root).as_posix()}",
+                    split=rule.name,
+                    degradation=label,
+                    status=STATUS_DROPPED,
+                    reason=f"unpaired: {reason}",
+                )
+            )
+        for key in result.duplicate_hq_keys:
+            planned.append(
+                PlannedPair(
+                    source=source,
+                    item_key=f"{rule.name}/hq-key:{key}",
+                    split=rule.name,
+                    degradation=label,
+                    status=STATUS_DROPPED,
+                    reason=f"ambiguous: several HQ files share the key {key!r}",
                 )
             )
     return planned
@@ -299,11 +411,15 @@ def materialize_pair(pair: PlannedPair, size: int, fetched_root: Path | None) ->
     if pair.recipe is not None:
         from cotir_pipeline.degradations import apply_recipe, recipe_by_label
 
-        if pair.source != "demo":
-            raise BadSampleError(f"no clean-image loader for synthetic source {pair.source!r}")
-        clean, digest = _demo_patch(pair.item_key)
+        recipe_set, _, label = pair.recipe.rpartition(":")
+        if pair.hq_path is not None and fetched_root is not None:
+            clean, digest = _read_image(fetched_root / pair.hq_path)
+        elif pair.source == "demo":
+            clean, digest = _demo_patch(pair.item_key)
+        else:
+            raise BadSampleError(f"synthetic pair of {pair.source!r} has no clean image path")
         hq = square_to_size(clean, size)
-        recipe = recipe_by_label("demo", pair.recipe)
+        recipe = recipe_by_label(recipe_set, label)
         degraded, applied = apply_recipe(_to_float(hq), recipe, int(pair.seed or 0))
         lq = _to_uint8(degraded)
         # Low-resolution recipes return a smaller image; store it at the HQ size.

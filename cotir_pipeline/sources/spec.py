@@ -98,6 +98,12 @@ class SplitRule(_Strict):
     Files are matched by a key: the named group ``key`` of ``lq_key``/``hq_key``
     applied to the file's stem (default: the whole stem). Several LQ files may
     share one HQ file (e.g. 14 rain variants of one clean image).
+
+    Layouts that reuse file names across scene folders (GoPro, REDS) set
+    ``key_on: path``: the regexes then read the path relative to the extracted
+    root, without its suffix. Groups named ``key_<anything>`` extend the key:
+    ``key`` and every ``key_*`` group are joined with ``/`` in pattern order,
+    e.g. ``(?P<key>[0-9]{4})_NOISY_SRGB_(?P<key_frame>[0-9]{3})`` gives ``0001/010``.
     """
 
     name: Literal["train", "val", "test"]
@@ -105,6 +111,11 @@ class SplitRule(_Strict):
     hq_glob: str
     lq_key: str = Field(default=r"^(?P<key>.+)$", description="Regex with a 'key' group.")
     hq_key: str = Field(default=r"^(?P<key>.+)$")
+    key_on: Literal["stem", "path"] = Field(
+        default="stem",
+        description="What the key regexes read: the file's stem, or its POSIX path relative "
+        "to the extracted root without the suffix.",
+    )
     expected_pairs: int | None = Field(default=None, ge=1)
     degradation: str | None = Field(
         default=None,

@@ -1,0 +1,245 @@
+"""Data stage: the source catalog, each source's raw pairs, and its pair shards.
+
+``raw_pairs`` and ``pair_shards`` are partitioned by source (the catalog's names),
+so sources are fetched and sharded independently and in parallel. Per-sample
+outcomes live in Parquet manifests in the store; Dagster sees one event per
+partition.
+"""
+
+from collections import Counter
+from pathlib import Path
+from typing import Self
+
+import dagster as dg
+from pydantic import Field
+
+from assets.resources import ObjectStoreResource
+from cotir_pipeline.pair_stage import (
+    PAIR_SHARDS_PREFIX,
+    PlannedPair,
+    load_plan,
+    plan_demo_pairs,
+    plan_fetched_pairs,
+    plan_synthetic_pairs,
+    save_plan,
+    write_pair_shards,
+)
+from cotir_pipeline.settings import CotirSettings, Profile
+from cotir_pipeline.shards import STATUS_OK
+from cotir_pipeline.sources.spec import SourceCatalog, SourceDataset
+
+DEMO_SOURCE = "demo"
+
+
+class DataStageResource(dg.ConfigurableResource):
+    """Sizes, seeds and local folders of the data stage (defaults picked by profile)."""
+
+    stored_size: int = Field(description="Side of the stored square pairs in pixels.")
+    shard_size: int = Field(description="Samples per shard.")
+    workers: int = Field(default=1, description="Processes that build shards in parallel.")
+    seed: int = Field(default=0, description="Base seed of every synthetic recipe.")
+    demo_patch_size: int = Field(default=128, description="Patch size cut from demo photos.")
+    demo_stride: int = Field(default=128, description="Stride between demo patches.")
+    recipes_per_item: int = Field(default=2, description="Recipes applied to each clean item.")
+    cache_dir: str = Field(description="COTIR_CACHE_DIR: downloads and extracted archives.")
+    mirror_dir: str | None = Field(default=None, description="COTIR_MIRROR_DIR: local mirror.")
+
+    @classmethod
+    def from_settings(cls, settings: CotirSettings) -> Self:
+        """Demo: 128 px pairs in small shards; full: 512 px pairs as in the release."""
+        demo = settings.profile is Profile.DEMO
+        return cls(
+            stored_size=128 if demo else 512,
+            shard_size=64 if demo else 1000,
+            workers=1 if demo else 8,
+            cache_dir=str(settings.cache_dir),
+            mirror_dir=str(settings.mirror_dir) if settings.mirror_dir else None,
+        )
+
+
+def _counts_table(title: str, counts: Counter[str]) -> str:
+    lines = [f"| {title} | samples |", "|---|---:|"]
+    lines += [f"| {name} | {count} |" for name, count in sorted(counts.items())]
+    return "\n".join(lines)
+
+
+def build_data_stage_assets(catalog: SourceCatalog) -> list[dg.AssetsDefinition]:
+    """The data-stage assets, partitioned over the catalog's sources."""
+    sources = dg.StaticPartitionsDefinition([source.name for source in catalog.sources])
+
+    @dg.asset(
+        group_name="data",
+        kinds={"yaml", "parquet"},
+        description="The registry of source datasets (tasks, licence, fetch method, pairing).",
+    )
+    def source_catalog(store: ObjectStoreResource) -> dg.MaterializeResult:
+        """Store the validated catalog as JSON and summarize its task coverage."""
+        document = catalog.model_dump_json(indent=1)
+        object_store = store.open()
+        object_store.put_text("source_catalog/catalog.json", document)
+        coverage = Counter(task.value for source in catalog.sources for task in source.tasks)
+        methods = Counter(
+            source.fetch.method if source.fetch else "synthetic" for source in catalog.sources
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "sources": len(catalog.sources),
+                "uri": dg.MetadataValue.url(object_store.uri("source_catalog/catalog.json")),
+                "task_coverage": dg.MetadataValue.md(_counts_table("task", coverage)),
+                "fetch_methods": dg.MetadataValue.json(dict(methods)),
+            }
+        )
+
+    @dg.asset(
+        group_name="data",
+        kinds={"parquet"},
+        partitions_def=sources,
+        deps=[source_catalog],
+        description="Every LQ/HQ pair a source yields (fetched files or seeded recipes).",
+    )
+    def raw_pairs(
+        context: dg.AssetExecutionContext,
+        store: ObjectStoreResource,
+        data_stage: DataStageResource,
+    ) -> dg.MaterializeResult:
+        """Fetch (or synthesize the plan of) one source and list its pairs."""
+        source = catalog.get(context.partition_key)
+        pairs = _plan_source(source, catalog, data_stage, context)
+        object_store = store.open()
+        key = save_plan(object_store, source.name, pairs)
+        statuses = Counter(pair.status for pair in pairs)
+        labels = Counter(pair.degradation for pair in pairs if pair.status == STATUS_OK)
+        return dg.MaterializeResult(
+            metadata={
+                "pairs_ok": statuses.get(STATUS_OK, 0),
+                "pairs_dropped": sum(n for s, n in statuses.items() if s != STATUS_OK),
+                "degradation_types": len(labels),
+                "by_degradation": dg.MetadataValue.md(_counts_table("degradation", labels)),
+                "uri": dg.MetadataValue.url(object_store.uri(key)),
+            }
+        )
+
+    @dg.asset(
+        group_name="data",
+        kinds={"webdataset", "parquet"},
+        partitions_def=sources,
+        deps=[raw_pairs],
+        description="Pairs at the stored size in WebDataset shards (one folder per "
+        "degradation), with one manifest row per sample.",
+    )
+    def pair_shards(
+        context: dg.AssetExecutionContext,
+        store: ObjectStoreResource,
+        data_stage: DataStageResource,
+    ) -> dg.MaterializeResult:
+        """Build the shards of one source; finished shards are skipped on a re-run."""
+        source = catalog.get(context.partition_key)
+        object_store = store.open()
+        pairs = load_plan(object_store, source.name)
+        fetched_root = _fetched_root(source, catalog, data_stage, context)
+        report = write_pair_shards(
+            object_store,
+            pairs,
+            size=data_stage.stored_size,
+            shard_size=data_stage.shard_size,
+            fetched_root=fetched_root,
+            workers=data_stage.workers,
+            progress=lambda done, total: context.log.debug(f"shards {done}/{total}"),
+        )
+        context.log.info(
+            f"{source.name}: {report.shards_written} shards written, "
+            f"{report.shards_skipped} already finished"
+        )
+        prefix = f"{PAIR_SHARDS_PREFIX}/{source.name}"
+        return dg.MaterializeResult(
+            metadata={
+                "samples_ok": report.samples_ok,
+                "samples_dropped": report.samples_dropped,
+                "samples_failed": report.samples_failed,
+                "shards": report.shards_total,
+                "shards_written": report.shards_written,
+                "shards_skipped": report.shards_skipped,
+                "by_degradation": dg.MetadataValue.md(
+                    _counts_table("degradation", Counter(report.by_degradation))
+                ),
+                "by_split": dg.MetadataValue.json(report.by_split),
+                "drop_reasons": dg.MetadataValue.json(report.drop_reasons),
+                "manifest": dg.MetadataValue.url(object_store.uri(f"{prefix}/manifest.parquet")),
+            }
+        )
+
+    return [source_catalog, raw_pairs, pair_shards]
+
+
+def _plan_source(
+    source: SourceDataset,
+    catalog: SourceCatalog,
+    data_stage: DataStageResource,
+    context: dg.AssetExecutionContext,
+) -> list[PlannedPair]:
+    from cotir_pipeline.degradations import get_recipe_set
+
+    if source.synthesis is not None:
+        recipes = [recipe.label for recipe in get_recipe_set(source.synthesis.recipe_set)]
+        seed = data_stage.seed + source.synthesis.seed
+        if source.synthesis.clean_from == "demo_photos":
+            return plan_demo_pairs(
+                recipe_labels=recipes,
+                patch_size=data_stage.demo_patch_size,
+                stride=data_stage.demo_stride,
+                recipes_per_patch=min(data_stage.recipes_per_item, len(recipes)),
+                seed=seed,
+            )
+        from cotir_pipeline.sources.pairing import clean_images
+
+        clean_source = catalog.get(source.synthesis.clean_from)
+        root = _fetch(clean_source, data_stage, context)
+        clean_items = [
+            (f"{image.split}/{image.key}", image.path.relative_to(root).as_posix(), image.split)
+            for image in clean_images(root, clean_source.splits)
+        ]
+        return plan_synthetic_pairs(
+            source.name,
+            clean_items,
+            recipe_labels=recipes,
+            recipe_set=source.synthesis.recipe_set,
+            recipes_per_item=min(data_stage.recipes_per_item, len(recipes)),
+            seed=seed,
+        )
+    root = _fetch(source, data_stage, context)
+    return plan_fetched_pairs(source.name, root, source.splits, source.degradations[0])
+
+
+def _fetched_root(
+    source: SourceDataset,
+    catalog: SourceCatalog,
+    data_stage: DataStageResource,
+    context: dg.AssetExecutionContext,
+) -> Path | None:
+    if source.synthesis is not None:
+        if source.synthesis.clean_from == "demo_photos":
+            return None
+        return _fetch(catalog.get(source.synthesis.clean_from), data_stage, context)
+    return _fetch(source, data_stage, context)
+
+
+def _fetch(
+    source: SourceDataset, data_stage: DataStageResource, context: dg.AssetExecutionContext
+) -> Path:
+    """Fetch (or find already fetched) files of a source; a no-op when finished."""
+    from cotir_pipeline.sources.fetch import FetchError, fetch_source
+
+    if source.fetch is None:
+        raise dg.Failure(description=f"{source.name}: synthetic source has nothing to fetch")
+    try:
+        result = fetch_source(
+            source.name,
+            source.fetch,
+            cache_dir=Path(data_stage.cache_dir),
+            mirror_dir=Path(data_stage.mirror_dir) if data_stage.mirror_dir else None,
+        )
+    except FetchError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+    context.log.info(f"{source.name}: {len(result.files)} files at {result.root}")
+    return result.root
+
