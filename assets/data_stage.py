@@ -21,6 +21,7 @@ from cotir_pipeline.pair_stage import (
     plan_demo_pairs,
     plan_fetched_pairs,
     plan_synthetic_pairs,
+    recipe_refs,
     save_plan,
     write_pair_shards,
 )
@@ -151,6 +152,14 @@ def build_data_stage_assets(catalog: SourceCatalog) -> list[dg.AssetsDefinition]
             f"{report.shards_skipped} already finished"
         )
         prefix = f"{PAIR_SHARDS_PREFIX}/{source.name}"
+        if report.samples_failed:
+            raise dg.Failure(
+                description=f"{source.name}: {report.samples_failed} samples failed with "
+                f"unexpected errors ({report.drop_reasons}); they are recorded in "
+                f"{object_store.uri(prefix + '/manifest.parquet')} and their shards are "
+                "rebuilt on the next run",
+                allow_retries=False,
+            )
         return dg.MaterializeResult(
             metadata={
                 "samples_ok": report.samples_ok,
@@ -177,14 +186,12 @@ def _plan_source(
     data_stage: DataStageResource,
     context: dg.AssetExecutionContext,
 ) -> list[PlannedPair]:
-    from cotir_pipeline.degradations import get_recipe_set
-
     if source.synthesis is not None:
-        recipes = [recipe.label for recipe in get_recipe_set(source.synthesis.recipe_set)]
+        recipes = recipe_refs(source.synthesis.recipe_set)
         seed = data_stage.seed + source.synthesis.seed
         if source.synthesis.clean_from == "demo_photos":
             return plan_demo_pairs(
-                recipe_labels=recipes,
+                recipes=recipes,
                 patch_size=data_stage.demo_patch_size,
                 stride=data_stage.demo_stride,
                 recipes_per_patch=min(data_stage.recipes_per_item, len(recipes)),
@@ -201,8 +208,7 @@ def _plan_source(
         return plan_synthetic_pairs(
             source.name,
             clean_items,
-            recipe_labels=recipes,
-            recipe_set=source.synthesis.recipe_set,
+            recipes=recipes,
             recipes_per_item=min(data_stage.recipes_per_item, len(recipes)),
             seed=seed,
         )

@@ -7,26 +7,36 @@ location (not at import), and resources are picked by the profile.
 import dagster as dg
 
 from assets import environment
+from assets.data_stage import DEMO_SOURCE, DataStageResource, build_data_stage_assets
 from assets.resources import ObjectStoreResource, ProfileResource
 from cotir_pipeline.settings import CotirSettings, load_settings
+from cotir_pipeline.sources.catalog import load_catalog
 
-#: Materializes every asset of the DAG; the README's first command runs it.
-demo_job = dg.define_asset_job(
-    name="demo",
-    selection=dg.AssetSelection.all(),
-    description="Every asset of the DAG, end to end (on the demo profile: minutes on a CPU).",
-)
+#: Materializes every asset of the DAG; the README's first command runs it with the
+#: demo partition (partitioned assets) on the demo profile.
+DEMO_JOB_NAME = "demo"
 
 
 def build_definitions(settings: CotirSettings) -> dg.Definitions:
     """The code location for the given settings (tests pass their own)."""
+    catalog = load_catalog()
+    demo_job = dg.define_asset_job(
+        name=DEMO_JOB_NAME,
+        selection=dg.AssetSelection.all(),
+        description="Every asset of the DAG, end to end; run it with the partition "
+        f"'{DEMO_SOURCE}' on the demo profile (minutes on a CPU).",
+    )
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([environment]),
+        assets=[
+            *dg.load_assets_from_modules([environment]),
+            *build_data_stage_assets(catalog),
+        ],
         asset_checks=dg.load_asset_checks_from_modules([environment]),
         jobs=[demo_job],
         resources={
             "store": ObjectStoreResource.from_settings(settings),
             "profile": ProfileResource.from_settings(settings),
+            "data_stage": DataStageResource.from_settings(settings),
         },
     )
 

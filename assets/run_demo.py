@@ -11,6 +11,7 @@ import sys
 
 import dagster as dg
 
+from assets.data_stage import DEMO_SOURCE
 from assets.definitions import build_definitions
 from cotir_pipeline.settings import SettingsError, load_settings
 
@@ -27,7 +28,9 @@ def main() -> int:
         return 2
     job = build_definitions(settings).resolve_job_def("demo")
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance, partition_key=DEMO_SOURCE, raise_on_error=False
+        )
         print(f"\nrun {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
         for event in result.get_asset_materialization_events():
             materialization = event.materialization

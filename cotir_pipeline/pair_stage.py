@@ -137,9 +137,32 @@ class ShardStageReport:
 # -- planning ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RecipeRef:
+    """A recipe named by its set and name (stored per pair), with its degradation label."""
+
+    recipe_set: str
+    name: str
+    label: str
+
+    @property
+    def ref(self) -> str:
+        """``<set>:<name>``, the form stored in the plan."""
+        return f"{self.recipe_set}:{self.name}"
+
+
+def recipe_refs(recipe_set: str) -> list[RecipeRef]:
+    """References to every recipe of a set, in the set's fixed order."""
+    from cotir_pipeline.degradations import get_recipe_set
+
+    return [
+        RecipeRef(recipe_set, recipe.name, recipe.label) for recipe in get_recipe_set(recipe_set)
+    ]
+
+
 def plan_demo_pairs(
     *,
-    recipe_labels: list[str],
+    recipes: list[RecipeRef],
     patch_size: int,
     stride: int,
     recipes_per_patch: int,
@@ -151,27 +174,25 @@ def plan_demo_pairs(
     seeded from (seed, patch key), so the plan is stable when photos are added.
     Skipped patches are planned too, with status ``dropped`` and the reason.
     """
-    if recipes_per_patch < 1 or recipes_per_patch > len(recipe_labels):
-        raise ValueError(
-            f"recipes_per_patch must be 1..{len(recipe_labels)}, got {recipes_per_patch}"
-        )
+    if recipes_per_patch < 1 or recipes_per_patch > len(recipes):
+        raise ValueError(f"recipes_per_patch must be 1..{len(recipes)}, got {recipes_per_patch}")
     planned: list[PlannedPair] = []
     for photo in demo_photos.DEMO_PHOTOS:
         image = demo_photos.load_photo(photo)
         patches, skipped = demo_photos.cut_patches(photo, image, patch_size, stride)
         for patch in patches:
             generator = np.random.default_rng(_seed_for(seed, patch.item_key))
-            chosen = generator.choice(len(recipe_labels), size=recipes_per_patch, replace=False)
+            chosen = generator.choice(len(recipes), size=recipes_per_patch, replace=False)
             for choice in sorted(int(index) for index in chosen):
-                label = recipe_labels[choice]
+                recipe = recipes[choice]
                 planned.append(
                     PlannedPair(
                         source="demo",
                         item_key=patch.item_key,
                         split=patch.split,
-                        degradation=label,
-                        recipe=f"demo:{label}",
-                        seed=_seed_for(seed, f"{patch.item_key}|{label}"),
+                        degradation=recipe.label,
+                        recipe=recipe.ref,
+                        seed=_seed_for(seed, f"{patch.item_key}|{recipe.ref}"),
                     )
                 )
         for skip in skipped:
@@ -192,36 +213,31 @@ def plan_synthetic_pairs(
     source: str,
     clean_items: list[tuple[str, str, str]],
     *,
-    recipe_labels: list[str],
-    recipe_set: str,
+    recipes: list[RecipeRef],
     recipes_per_item: int,
     seed: int,
 ) -> list[PlannedPair]:
     """Plan a synthetic source over clean images of a fetched source.
 
     ``clean_items`` are (item key, path relative to the clean source's root, split).
-    ``recipe_set`` is stored with each pair (``<set>:<label>``) so materializing
-    finds the recipe again.
     """
-    if recipes_per_item < 1 or recipes_per_item > len(recipe_labels):
-        raise ValueError(
-            f"recipes_per_item must be 1..{len(recipe_labels)}, got {recipes_per_item}"
-        )
+    if recipes_per_item < 1 or recipes_per_item > len(recipes):
+        raise ValueError(f"recipes_per_item must be 1..{len(recipes)}, got {recipes_per_item}")
     planned = []
     for item_key, relative_path, split in clean_items:
         generator = np.random.default_rng(_seed_for(seed, item_key))
-        chosen = generator.choice(len(recipe_labels), size=recipes_per_item, replace=False)
+        chosen = generator.choice(len(recipes), size=recipes_per_item, replace=False)
         for choice in sorted(int(index) for index in chosen):
-            label = recipe_labels[choice]
+            recipe = recipes[choice]
             planned.append(
                 PlannedPair(
                     source=source,
                     item_key=item_key,
                     split=split,
-                    degradation=label,
+                    degradation=recipe.label,
                     hq_path=relative_path,
-                    recipe=f"{recipe_set}:{label}",
-                    seed=_seed_for(seed, f"{item_key}|{label}"),
+                    recipe=recipe.ref,
+                    seed=_seed_for(seed, f"{item_key}|{recipe.ref}"),
                 )
             )
     return planned
@@ -409,9 +425,9 @@ def _demo_patch(item_key: str) -> tuple[np.ndarray, str]:
 def materialize_pair(pair: PlannedPair, size: int, fetched_root: Path | None) -> MaterializedPair:
     """Load (fetched) or synthesize (recipe) one pair at ``size`` x ``size`` pixels."""
     if pair.recipe is not None:
-        from cotir_pipeline.degradations import apply_recipe, recipe_by_label
+        from cotir_pipeline.degradations import apply_recipe, get_recipe
 
-        recipe_set, _, label = pair.recipe.rpartition(":")
+        recipe_set, _, recipe_name = pair.recipe.partition(":")
         if pair.hq_path is not None and fetched_root is not None:
             clean, digest = _read_image(fetched_root / pair.hq_path)
         elif pair.source == "demo":
@@ -419,7 +435,10 @@ def materialize_pair(pair: PlannedPair, size: int, fetched_root: Path | None) ->
         else:
             raise BadSampleError(f"synthetic pair of {pair.source!r} has no clean image path")
         hq = square_to_size(clean, size)
-        recipe = recipe_by_label(recipe_set, label)
+        try:
+            recipe = get_recipe(recipe_set, recipe_name)
+        except KeyError as error:
+            raise BadSampleError(f"unknown recipe {pair.recipe!r}: {error}") from None
         degraded, applied = apply_recipe(_to_float(hq), recipe, int(pair.seed or 0))
         lq = _to_uint8(degraded)
         # Low-resolution recipes return a smaller image; store it at the HQ size.
@@ -579,7 +598,8 @@ def write_pair_shards(
 
     Per shard: tar first, then its manifest (the completion marker). Then per
     degradation folder a ``sizes.json``, and for the source a combined
-    ``manifest.parquet`` that also holds the pairs dropped while planning.
+    ``manifest.parquet`` that also holds the pairs dropped while planning, a
+    ``report.json``, and ``_SUCCESS.json`` when no sample failed unexpectedly.
     """
     if not pairs:
         raise ValueError("no planned pairs: nothing to shard")
@@ -654,7 +674,11 @@ def write_pair_shards(
                 report.samples_failed += 1
             reason = (row["reason"] or "unknown").split(":")[0]
             report.drop_reasons[reason] = report.drop_reasons.get(reason, 0) + 1
-    store.put_text(
-        f"{PAIR_SHARDS_PREFIX}/{source}/_SUCCESS.json", json.dumps(asdict(report), indent=1)
-    )
+    summary = json.dumps(asdict(report), indent=1)
+    store.put_text(f"{PAIR_SHARDS_PREFIX}/{source}/report.json", summary)
+    if report.samples_failed == 0:
+        # The finished marker, written last and only when nothing needs a retry.
+        store.put_text(f"{PAIR_SHARDS_PREFIX}/{source}/_SUCCESS.json", summary)
+    else:
+        store.delete(f"{PAIR_SHARDS_PREFIX}/{source}/_SUCCESS.json")
     return report

@@ -61,7 +61,7 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
     all_keys = definitions.resolve_asset_graph().get_all_asset_keys()
     job = definitions.resolve_job_def("demo")
     with dg.DagsterInstance.ephemeral() as instance:
-        first = job.execute_in_process(instance=instance)
+        first = job.execute_in_process(instance=instance, partition_key="demo")
         assert first.success
         materialized = {event.asset_key for event in first.get_asset_materialization_events()}
         assert materialized == set(all_keys)
@@ -82,11 +82,23 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         assert record["packages"]["dagster"] == dg.__version__
         assert record["settings"]["profile"] == "demo"
 
-        second = job.execute_in_process(instance=instance)
+        shards = first.asset_materializations_for_node("pair_shards")[0].metadata
+        assert shards["samples_ok"].value >= 500
+        assert shards["shards_written"].value == shards["shards"].value > 0
+        assert shards["samples_failed"].value == 0
+
+        written_before = {info.key: info.size for info in store.list("pair_shards/demo/")}
+        second = job.execute_in_process(instance=instance, partition_key="demo")
         again = second.asset_materializations_for_node("pipeline_environment")[0].metadata
         assert again["newly_written"].value is False
         assert again["digest"].value == metadata["digest"].value
         assert [info.key for info in store.list("provenance/")] == stored
+        # Re-materializing the shards finds every shard finished and writes none again.
+        shards_again = second.asset_materializations_for_node("pair_shards")[0].metadata
+        assert shards_again["shards_written"].value == 0
+        assert shards_again["shards_skipped"].value == shards["shards"].value
+        assert shards_again["samples_ok"].value == shards["samples_ok"].value
+        assert {info.key: info.size for info in store.list("pair_shards/demo/")} == written_before
 
 
 def test_an_unreachable_store_fails_the_run_naming_the_setting(
@@ -98,7 +110,7 @@ def test_an_unreachable_store_fails_the_run_naming_the_setting(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "any")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")
     job = build_definitions(settings).resolve_job_def("demo")
-    result = job.execute_in_process(raise_on_error=False)
+    result = job.execute_in_process(raise_on_error=False, partition_key="demo")
     assert not result.success
     failures = [event for event in result.all_events if event.is_failure]
     messages = " ".join(str(event.event_specific_data) for event in failures)
