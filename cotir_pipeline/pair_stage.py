@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cotir_pipeline import demo_photos
+from cotir_pipeline.images import BadImageError, load_rgb8
 from cotir_pipeline.shards import (
     STATUS_DROPPED,
     STATUS_FAILED,
@@ -370,30 +371,31 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
-def square_to_size(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` (bicubic) and take the centre square."""
+def square_to_size(image: np.ndarray, size: int) -> tuple[np.ndarray, list[int]]:
+    """Resize the shorter side to ``size`` (bicubic) and take the centre square.
+
+    Returns the square and its box [left, top, right, bottom] in the input's pixels.
+    """
     height, width = image.shape[:2]
     scale = size / min(height, width)
     new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
     resized = _resize(image, new_width, new_height)
     top, left = (new_height - size) // 2, (new_width - size) // 2
-    return resized[top : top + size, left : left + size]
+    box = [
+        round(left / scale),
+        round(top / scale),
+        min(width, round((left + size) / scale)),
+        min(height, round((top + size) / scale)),
+    ]
+    return resized[top : top + size, left : left + size], box
 
 
-def _read_image(path: Path) -> tuple[np.ndarray, str]:
+def _read_image(path: Path) -> tuple[np.ndarray, str, list[str]]:
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise BadSampleError(f"cannot read {path.name}: {error.strerror or error}") from None
-    try:
-        import io
-
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise BadSampleError(f"corrupt or truncated image {path.name}: {error}") from None
-    return array, hashlib.sha256(data).hexdigest()
+        loaded = load_rgb8(path)
+    except BadImageError as error:
+        raise BadSampleError(str(error)) from None
+    return loaded.pixels, loaded.sha256, loaded.notes
 
 
 @dataclass(frozen=True)
@@ -404,12 +406,14 @@ class MaterializedPair:
     lq: np.ndarray
     digests: tuple[str, ...]
     applied: list[dict[str, Any]]
+    crop_box: list[int]
+    notes: list[str]
 
 
 _PHOTO_CACHE: dict[str, tuple[np.ndarray, str]] = {}
 
 
-def _demo_patch(item_key: str) -> tuple[np.ndarray, str]:
+def _demo_patch(item_key: str) -> tuple[np.ndarray, str, list[int]]:
     photo_id, _, coordinates = item_key.partition("/")
     if photo_id not in _PHOTO_CACHE:
         photo = next((p for p in demo_photos.DEMO_PHOTOS if p.photo_id == photo_id), None)
@@ -419,7 +423,7 @@ def _demo_patch(item_key: str) -> tuple[np.ndarray, str]:
     image, digest = _PHOTO_CACHE[photo_id]
     fields = dict((part[0], int(part[1:])) for part in coordinates.split("_"))
     x, y, size = fields["x"], fields["y"], fields["s"]
-    return image[y : y + size, x : x + size].copy(), digest
+    return image[y : y + size, x : x + size].copy(), digest, [x, y, x + size, y + size]
 
 
 def materialize_pair(pair: PlannedPair, size: int, fetched_root: Path | None) -> MaterializedPair:
@@ -428,13 +432,15 @@ def materialize_pair(pair: PlannedPair, size: int, fetched_root: Path | None) ->
         from cotir_pipeline.degradations import apply_recipe, get_recipe
 
         recipe_set, _, recipe_name = pair.recipe.partition(":")
+        notes: list[str] = []
         if pair.hq_path is not None and fetched_root is not None:
-            clean, digest = _read_image(fetched_root / pair.hq_path)
+            clean, digest, notes = _read_image(fetched_root / pair.hq_path)
+            hq, box = square_to_size(clean, size)
         elif pair.source == "demo":
-            clean, digest = _demo_patch(pair.item_key)
+            clean, digest, box = _demo_patch(pair.item_key)
+            hq, _ = square_to_size(clean, size)
         else:
             raise BadSampleError(f"synthetic pair of {pair.source!r} has no clean image path")
-        hq = square_to_size(clean, size)
         try:
             recipe = get_recipe(recipe_set, recipe_name)
         except KeyError as error:
@@ -443,11 +449,13 @@ def materialize_pair(pair: PlannedPair, size: int, fetched_root: Path | None) ->
         lq = _to_uint8(degraded)
         # Low-resolution recipes return a smaller image; store it at the HQ size.
         lq = _resize(lq, size, size)
-        return MaterializedPair(hq=hq, lq=lq, digests=(digest,), applied=applied)
+        return MaterializedPair(
+            hq=hq, lq=lq, digests=(digest,), applied=applied, crop_box=box, notes=notes
+        )
     if fetched_root is None or pair.lq_path is None or pair.hq_path is None:
         raise BadSampleError("fetched pair without paths or fetched root")
-    lq_image, lq_digest = _read_image(fetched_root / pair.lq_path)
-    hq_image, hq_digest = _read_image(fetched_root / pair.hq_path)
+    lq_image, lq_digest, lq_notes = _read_image(fetched_root / pair.lq_path)
+    hq_image, hq_digest, hq_notes = _read_image(fetched_root / pair.hq_path)
     hq_height, hq_width = hq_image.shape[:2]
     lq_height, lq_width = lq_image.shape[:2]
     if (lq_height, lq_width) != (hq_height, hq_width):
@@ -458,11 +466,11 @@ def materialize_pair(pair: PlannedPair, size: int, fetched_root: Path | None) ->
             )
         # Super-resolution sources: bring LQ to the HQ grid before the shared crop.
         lq_image = _resize(lq_image, hq_width, hq_height)
+    hq, box = square_to_size(hq_image, size)
+    lq, _ = square_to_size(lq_image, size)
+    notes = [f"lq: {note}" for note in lq_notes] + [f"hq: {note}" for note in hq_notes]
     return MaterializedPair(
-        hq=square_to_size(hq_image, size),
-        lq=square_to_size(lq_image, size),
-        digests=(lq_digest, hq_digest),
-        applied=[],
+        hq=hq, lq=lq, digests=(lq_digest, hq_digest), applied=[], crop_box=box, notes=notes
     )
 
 
@@ -547,6 +555,7 @@ def build_shard(job: ShardJob, work_dir: str, shard_uri: str) -> tuple[str, str,
             "deg": pair.degradation,
             "recipe": made.applied,
             "seed": pair.seed,
+            "crop_box": made.crop_box,
         }
         samples.append(ShardSample(key=identity, hq_png=hq_png, lq_png=lq_png, meta=meta))
         rows.append(
@@ -562,6 +571,8 @@ def build_shard(job: ShardJob, work_dir: str, shard_uri: str) -> tuple[str, str,
                 hq_sha256=hashlib.sha256(hq_png).hexdigest(),
                 lq_sha256=hashlib.sha256(lq_png).hexdigest(),
                 recipe=recipe_json or None,
+                crop_box=made.crop_box,
+                notes="; ".join(made.notes) or None,
             )
         )
     tar_path = os.path.join(work_dir, f"{job.name}.tar")

@@ -53,6 +53,10 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("lq_sha256", pa.string()),
         pa.field("recipe", pa.string()),
         pa.field("seed", pa.int64()),
+        # [left, top, right, bottom] of the stored square in the source image's pixels.
+        pa.field("crop_box", pa.list_(pa.int32())),
+        # Conversions applied to the inputs (16-bit, grayscale, EXIF rotation, ...).
+        pa.field("notes", pa.string()),
     ]
 )
 

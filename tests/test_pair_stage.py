@@ -187,7 +187,7 @@ def test_unexpected_errors_are_failures_that_the_next_run_retries(
     store = LocalObjectStore(tmp_path / "store")
     original = pair_stage.square_to_size
 
-    def flaky(image: np.ndarray, size: int) -> np.ndarray:
+    def flaky(image: np.ndarray, size: int) -> tuple[np.ndarray, list[int]]:
         if image.shape[0] == 64:  # the test split's HR image: fail like a full disk would
             raise OSError("No space left on device")
         return original(image, size)
@@ -223,3 +223,27 @@ def test_demo_shards_are_identical_on_every_store(
     on_store = digests(store)
     assert len({sample for sample, _, _ in on_store}) == 12
     assert on_store == digests(reference)
+
+
+def test_mismatched_and_unusual_inputs(tmp_path: Path) -> None:
+    root = tmp_path / "extracted"
+    _write_image(root / "hq" / "wide.png", (96, 64), seed=1)
+    _write_image(root / "lq" / "wide.png", (40, 80), seed=2)  # other aspect ratio
+    _write_image(root / "hq" / "grey.png", (64, 64), seed=3)
+    Image.new("L", (64, 64), 90).save(root / "lq" / "grey.png")
+    _write_image(root / "hq" / "empty.png", (64, 64), seed=4)
+    (root / "lq" / "empty.png").write_bytes(b"")
+    rules = [SplitRule(name="train", lq_glob="lq/*.png", hq_glob="hq/*.png")]
+    plan = plan_fetched_pairs("odd", root, rules, "noise")
+    store = LocalObjectStore(tmp_path / "store")
+    report = write_pair_shards(store, plan, size=32, shard_size=10, fetched_root=root)
+    assert (report.samples_ok, report.samples_dropped, report.samples_failed) == (1, 2, 0)
+    rows = {
+        row["item_key"].rsplit("/", 1)[-1]: row
+        for row in read_manifest(store.get_bytes("pair_shards/odd/manifest.parquet")).to_pylist()
+    }
+    assert "differ in aspect ratio" in rows["wide.png"]["reason"]
+    assert "empty file" in rows["empty.png"]["reason"]
+    assert rows["grey.png"]["status"] == "ok"
+    assert "lq: L: grayscale replicated to RGB" in rows["grey.png"]["notes"]
+    assert rows["grey.png"]["crop_box"] == [0, 0, 64, 64]
