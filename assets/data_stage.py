@@ -6,6 +6,7 @@ outcomes live in Parquet manifests in the store; Dagster sees one event per
 partition.
 """
 
+import base64
 from collections import Counter
 from pathlib import Path
 from typing import Self
@@ -26,6 +27,11 @@ from cotir_pipeline.pair_stage import (
     write_pair_shards,
 )
 from cotir_pipeline.settings import CotirSettings, Profile
+from cotir_pipeline.shard_checks import (
+    ShardVerification,
+    preview_grid_png,
+    verify_source_shards,
+)
 from cotir_pipeline.shards import STATUS_OK
 from cotir_pipeline.sources.spec import SourceCatalog, SourceDataset
 
@@ -127,6 +133,12 @@ def build_data_stage_assets(catalog: SourceCatalog) -> list[dg.AssetsDefinition]
         deps=[raw_pairs],
         description="Pairs at the stored size in WebDataset shards (one folder per "
         "degradation), with one manifest row per sample.",
+        check_specs=[
+            dg.AssetCheckSpec(
+                name, asset="pair_shards", description=description, blocking=True
+            )
+            for name, description in SHARD_CHECKS.items()
+        ],
     )
     def pair_shards(
         context: dg.AssetExecutionContext,
@@ -152,6 +164,17 @@ def build_data_stage_assets(catalog: SourceCatalog) -> list[dg.AssetsDefinition]
             f"{report.shards_skipped} already finished"
         )
         prefix = f"{PAIR_SHARDS_PREFIX}/{source.name}"
+        verification = verify_source_shards(object_store, prefix)
+        metadata: dict[str, dg.RawMetadataValue] = {}
+        if verification.preview_samples:
+            preview = preview_grid_png(verification.preview_samples)
+            object_store.put_bytes(f"{prefix}/preview.png", preview)
+            labels = ", ".join(label for label, _, _ in verification.preview_samples)
+            encoded = base64.b64encode(preview).decode("ascii")
+            metadata["preview"] = dg.MetadataValue.md(
+                f"LQ | HQ, one row per degradation ({labels})\n\n"
+                f"![preview](data:image/png;base64,{encoded})"
+            )
         if report.samples_failed:
             raise dg.Failure(
                 description=f"{source.name}: {report.samples_failed} samples failed with "
@@ -161,7 +184,12 @@ def build_data_stage_assets(catalog: SourceCatalog) -> list[dg.AssetsDefinition]
                 allow_retries=False,
             )
         return dg.MaterializeResult(
+            check_results=_shard_check_results(verification),
             metadata={
+                **metadata,
+                "by_task": dg.MetadataValue.md(
+                    _counts_table("task", Counter(verification.by_task))
+                ),
                 "samples_ok": report.samples_ok,
                 "samples_dropped": report.samples_dropped,
                 "samples_failed": report.samples_failed,
@@ -173,11 +201,45 @@ def build_data_stage_assets(catalog: SourceCatalog) -> list[dg.AssetsDefinition]
                 ),
                 "by_split": dg.MetadataValue.json(report.by_split),
                 "drop_reasons": dg.MetadataValue.json(report.drop_reasons),
-                "manifest": dg.MetadataValue.url(object_store.uri(f"{prefix}/manifest.parquet")),
+                "uri": dg.MetadataValue.url(object_store.uri(f"{prefix}/manifest.parquet")),
             }
         )
 
     return [source_catalog, raw_pairs, pair_shards]
+
+
+SHARD_CHECKS = {
+    "manifest_matches_shards": "Every ok manifest row is a sample in the shard it names, and "
+    "every shard sample has its row (shards read back from the store).",
+    "unique_sample_ids": "No sample id appears twice in the source's manifest.",
+    "failures_have_reasons": "Every dropped or failed sample records why.",
+}
+
+
+def _shard_check_results(verification: ShardVerification) -> list[dg.AssetCheckResult]:
+    return [
+        dg.AssetCheckResult(
+            check_name="manifest_matches_shards",
+            passed=verification.manifest_matches_shards,
+            metadata={
+                "shards_checked": verification.shards_checked,
+                "shards_total": verification.shards_total,
+                "problems": dg.MetadataValue.json(verification.mismatches[:20]),
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name="unique_sample_ids",
+            passed=not verification.duplicate_ids,
+            metadata={"duplicates": dg.MetadataValue.json(verification.duplicate_ids[:20])},
+        ),
+        dg.AssetCheckResult(
+            check_name="failures_have_reasons",
+            passed=not verification.rows_without_reason,
+            metadata={
+                "without_reason": dg.MetadataValue.json(verification.rows_without_reason[:20])
+            },
+        ),
+    ]
 
 
 def _plan_source(
