@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib.metadata import entry_points
 
 import click
 
@@ -27,7 +28,37 @@ def _settings_or_exit() -> CotirSettings:
         sys.exit(EXIT_BAD_SETTING)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Entry-point group through which other layers add commands (``models`` adds
+#: ``restore``) without this library importing them: the layering stays one-way.
+PLUGIN_GROUP = "cotir.commands"
+
+
+class PluginGroup(click.Group):
+    """A click group that also offers commands registered under :data:`PLUGIN_GROUP`.
+
+    Plugins load only when their command is listed or run, so ``cotir doctor``
+    never imports torch.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        names.update(point.name for point in entry_points(group=PLUGIN_GROUP))
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        for point in entry_points(group=PLUGIN_GROUP):
+            if point.name == cmd_name:
+                loaded = point.load()
+                if not isinstance(loaded, click.Command):
+                    raise click.ClickException(f"plugin {point.value} is not a click command")
+                return loaded
+        return None
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """CoTIR data, training and benchmark pipeline.
 
