@@ -267,14 +267,14 @@ def plan_fetched_pairs(
                 else "clean image only: used as clean input by synthetic sources"
             )
             for image in single.images:
+                relative = image.path.relative_to(root).as_posix()
                 planned.append(
-                    PlannedPair(
-                        source=source,
-                        item_key=f"{rule.name}/{image.path.relative_to(root).as_posix()}",
-                        split=rule.name,
-                        degradation=image.degradation or label,
-                        status=STATUS_DROPPED,
-                        reason=f"one-sided: {reason}",
+                    _dropped(
+                        source,
+                        rule.name,
+                        relative,
+                        image.degradation or label,
+                        f"one-sided: {reason}",
                     )
                 )
             continue
@@ -293,28 +293,24 @@ def plan_fetched_pairs(
         unpaired = [(path, "LQ file without a matching HQ file") for path in result.unmatched_lq]
         unpaired += [(path, "HQ file without any LQ file") for path in result.unmatched_hq]
         for path, reason in unpaired:
-            planned.append(
-                PlannedPair(
-                    source=source,
-                    item_key=f"{rule.name}/{path.relative_to(root).as_posix()}",
-                    split=rule.name,
-                    degradation=label,
-                    status=STATUS_DROPPED,
-                    reason=f"unpaired: {reason}",
-                )
-            )
+            relative = path.relative_to(root).as_posix()
+            planned.append(_dropped(source, rule.name, relative, label, f"unpaired: {reason}"))
         for key in result.duplicate_hq_keys:
-            planned.append(
-                PlannedPair(
-                    source=source,
-                    item_key=f"{rule.name}/hq-key:{key}",
-                    split=rule.name,
-                    degradation=label,
-                    status=STATUS_DROPPED,
-                    reason=f"ambiguous: several HQ files share the key {key!r}",
-                )
-            )
+            reason = f"ambiguous: several HQ files share the key {key!r}"
+            planned.append(_dropped(source, rule.name, f"hq-key:{key}", label, reason))
     return planned
+
+
+def _dropped(source: str, split: str, item: str, label: str, reason: str) -> PlannedPair:
+    """A planned entry for an input that yields no pair, with the reason."""
+    return PlannedPair(
+        source=source,
+        item_key=f"{split}/{item}",
+        split=split,
+        degradation=label,
+        status=STATUS_DROPPED,
+        reason=reason,
+    )
 
 
 def _seed_for(seed: int, text: str) -> int:

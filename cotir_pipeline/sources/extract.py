@@ -278,12 +278,13 @@ def _move_into_place(temporary: Path, destination: Path, identity: dict[str, obj
         if current is None or current.get("identity") != identity:
             raise
         shutil.rmtree(temporary, ignore_errors=True)
-    _fsync_folder(destination.parent)
+    fsync_folder(destination.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; best effort."""
     with contextlib.suppress(OSError):
         descriptor = os.open(folder, os.O_RDONLY)
         try:

@@ -55,6 +55,7 @@ from cotir_pipeline.sources.extract import (
     archive_kind,
     archive_stem,
     extract_archive,
+    fsync_folder,
 )
 from cotir_pipeline.sources.spec import (
     ArchiveFile,
@@ -64,6 +65,8 @@ from cotir_pipeline.sources.spec import (
     ManualFetch,
     S3Fetch,
 )
+from cotir_pipeline.store.base import TEMP_MARKER
+from cotir_pipeline.store.local import write_atomically
 
 #: The setting that names the folder of local mirrors (one sub-folder per source).
 MIRROR_DIR_SETTING = env_name("mirror_dir")
@@ -73,7 +76,8 @@ ProgressCallback = Callable[[int, "int | None"], None]
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{1,62}$")
 _HASH_CHUNK = 4 * 1024 * 1024
-_PARTIAL = ".cotir-partial-"
+# Temporary names share the object store's marker, so every cleaner knows them.
+_PARTIAL = TEMP_MARKER
 _CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes\s+\*/(\d+)$")
 _TRUTHY = ("1", "true", "yes", "on")
@@ -354,7 +358,10 @@ class SourceFetcher(abc.ABC):
             "mtime_ns": status.st_mtime_ns,
             "sha256": sha256,
         }
-        _write_text_atomically(self._record_path(path), json.dumps(record, sort_keys=True))
+        write_atomically(
+            self._record_path(path),
+            lambda handle: handle.write(json.dumps(record, sort_keys=True).encode("utf-8")),
+        )
 
     def forget_digest(self, path: Path) -> None:
         """Drop the digest record of ``path`` (the file was moved aside or replaced)."""
@@ -635,7 +642,7 @@ class HttpFetcher(SourceFetcher):
                 detail=f"downloaded from {entry.url}; moved aside to {bad}",
             )
         os.replace(part, final)
-        _fsync_folder(folder)
+        fsync_folder(folder)
         self.remember_digest(final, sha256)
         return final, sha256
 
@@ -1068,29 +1075,6 @@ def _hash_prefix(path: Path, length: int) -> Any:
             hasher.update(chunk)
             left -= len(chunk)
     return hasher
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{_PARTIAL}{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(temporary, "x", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
 
 
 def _place_file(source: str, original: Path, destination: Path) -> None:
