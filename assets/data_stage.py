@@ -8,6 +8,7 @@ partition.
 
 import base64
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
@@ -70,13 +71,19 @@ def _counts_table(title: str, counts: Counter[str]) -> str:
     return "\n".join(lines)
 
 
-def build_data_stage_assets(catalog: SourceCatalog) -> list[dg.AssetsDefinition]:
-    """The data-stage assets, partitioned over the catalog's sources."""
+def build_data_stage_assets(
+    catalog: SourceCatalog, op_tags: Callable[[str], dict[str, str]] = lambda name: {}
+) -> list[dg.AssetsDefinition]:
+    """The data-stage assets, partitioned over the catalog's sources.
+
+    ``op_tags`` gives each asset's op tags by name (the executor's queue routing).
+    """
     sources = dg.StaticPartitionsDefinition([source.name for source in catalog.sources])
 
     @dg.asset(
         group_name="data",
         kinds={"yaml", "parquet"},
+        op_tags=op_tags("source_catalog"),
         description="The registry of source datasets (tasks, licence, fetch method, pairing).",
     )
     def source_catalog(store: ObjectStoreResource) -> dg.MaterializeResult:
@@ -102,6 +109,7 @@ def build_data_stage_assets(catalog: SourceCatalog) -> list[dg.AssetsDefinition]
         kinds={"parquet"},
         partitions_def=sources,
         deps=[source_catalog],
+        op_tags=op_tags("raw_pairs"),
         description="Every LQ/HQ pair a source yields (fetched files or seeded recipes).",
     )
     def raw_pairs(
@@ -131,6 +139,7 @@ def build_data_stage_assets(catalog: SourceCatalog) -> list[dg.AssetsDefinition]
         kinds={"webdataset", "parquet"},
         partitions_def=sources,
         deps=[raw_pairs],
+        op_tags=op_tags("pair_shards"),
         description="Pairs at the stored size in WebDataset shards (one folder per "
         "degradation), with one manifest row per sample.",
         check_specs=[

@@ -8,6 +8,7 @@ import dagster as dg
 
 from assets import environment
 from assets.data_stage import DEMO_SOURCE, DataStageResource, build_data_stage_assets
+from assets.execution import build_executor, queue_tags
 from assets.resources import ObjectStoreResource, ProfileResource
 from cotir_pipeline.settings import CotirSettings, load_settings
 from cotir_pipeline.sources.catalog import load_catalog
@@ -29,10 +30,11 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             *dg.load_assets_from_modules([environment]),
-            *build_data_stage_assets(catalog),
+            *build_data_stage_assets(catalog, lambda name: queue_tags(name, settings)),
         ],
         asset_checks=dg.load_asset_checks_from_modules([environment]),
         jobs=[demo_job],
+        executor=build_executor(settings),
         resources={
             "store": ObjectStoreResource.from_settings(settings),
             "profile": ProfileResource.from_settings(settings),

@@ -5,6 +5,7 @@ import json
 
 import dagster as dg
 
+from assets.execution import CELERY_QUEUE_TAG, CPU_QUEUE
 from assets.resources import ObjectStoreResource, ProfileResource
 from cotir_pipeline.provenance import collect_provenance
 
@@ -14,6 +15,7 @@ ENVIRONMENT_PREFIX = "provenance/environment"
 @dg.asset(
     group_name="foundation",
     kinds={"python"},
+    op_tags={CELERY_QUEUE_TAG: CPU_QUEUE},
     description="Code version, package versions and settings behind every result of this "
     "code location, stored content-addressed so each distinct environment is kept once.",
 )

@@ -86,6 +86,22 @@ class CotirSettings(BaseSettings):
         default="path",
         description="path works with every S3-compatible server; virtual is AWS's default.",
     )
+    executor: Literal["multiprocess", "in_process", "celery"] = Field(
+        default="multiprocess",
+        description="How Dagster runs the steps of a run: processes on this machine, one "
+        "process, or Celery workers (Redis broker) on any number of machines.",
+    )
+    celery_broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Celery broker (Redis) for executor=celery."
+    )
+    celery_backend_url: str = Field(
+        default="redis://127.0.0.1:6379/1", description="Celery result backend (Redis)."
+    )
+    gpu_assets: str = Field(
+        default="filtered_annotations,cotir_checkpoint,restorations,metric_scores",
+        description="Comma-separated asset names whose steps go to the Celery 'gpu' queue "
+        "(every other step goes to 'cpu').",
+    )
     store_max_attempts: int = Field(
         default=6, ge=1, le=20, description="Attempts per store request on transient errors."
     )
@@ -102,6 +118,19 @@ class CotirSettings(BaseSettings):
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("celery_broker_url", "celery_backend_url", mode="after")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"expected redis://host:port/db, got {value!r}")
+        return value
+
+    @property
+    def gpu_asset_names(self) -> frozenset[str]:
+        """Asset names routed to the GPU queue."""
+        return frozenset(name.strip() for name in self.gpu_assets.split(",") if name.strip())
 
     @field_validator("weights_dir", "mirror_dir", mode="after")
     @classmethod

@@ -1,0 +1,61 @@
+"""Start a Celery worker for this code location on one queue (``cpu`` or ``gpu``).
+
+The worker reads the same COTIR_* settings as the code location (broker, backend)
+and the Dagster instance in $DAGSTER_HOME, so it can run any step of a run that
+was launched with COTIR_EXECUTOR=celery:
+
+    DAGSTER_HOME=$PWD/.dagster_home COTIR_EXECUTOR=celery \\
+        python -m assets.celery_worker --queue cpu --name cpu-1
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from assets.execution import CPU_QUEUE, GPU_QUEUE, celery_config
+from cotir_pipeline.settings import SettingsError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the worker's config from the settings and run ``dagster-celery worker start``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queue", choices=[CPU_QUEUE, GPU_QUEUE], required=True)
+    parser.add_argument("--name", default=None, help="worker name (default: <queue>@host)")
+    parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument("--concurrency", type=int, default=1, help="steps run at once")
+    arguments = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"celery worker: bad setting: {error}", file=sys.stderr)
+        return 2
+    if not os.environ.get("DAGSTER_HOME"):
+        print("celery worker: DAGSTER_HOME is not set", file=sys.stderr)
+        return 2
+    config_dir = Path(tempfile.mkdtemp(prefix="cotir-celery-"))
+    config_path = config_dir / "celery.yaml"
+    config_path.write_text(yaml.safe_dump({"execution": {"celery": celery_config(settings)}}))
+    executable = str(Path(sys.executable).parent / "dagster-celery")
+    if not Path(executable).exists():
+        executable = shutil.which("dagster-celery") or "dagster-celery"
+    command = [
+        executable, "worker", "start", "-A", "dagster_celery.app", "-y", str(config_path),
+        "-q", arguments.queue, "--loglevel", arguments.loglevel,
+        "-n", arguments.name or arguments.queue,
+        # One step at a time per worker process; start more workers for more parallelism.
+        "--", "--concurrency", str(arguments.concurrency),
+    ]
+    # dagster-celery starts `celery` by name: make this environment's scripts findable.
+    scripts = str(Path(sys.executable).parent)
+    os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+    os.execv(executable, command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
