@@ -33,7 +33,7 @@ from cotir_pipeline.shard_checks import (
     preview_grid_png,
     verify_source_shards,
 )
-from cotir_pipeline.shards import STATUS_OK
+from cotir_pipeline.shards import STATUS_OK, read_manifest
 from cotir_pipeline.sources.spec import SourceCatalog, SourceDataset
 
 DEMO_SOURCE = "demo"
@@ -143,9 +143,7 @@ def build_data_stage_assets(
         description="Pairs at the stored size in WebDataset shards (one folder per "
         "degradation), with one manifest row per sample.",
         check_specs=[
-            dg.AssetCheckSpec(
-                name, asset="pair_shards", description=description, blocking=True
-            )
+            dg.AssetCheckSpec(name, asset="pair_shards", description=description, blocking=True)
             for name, description in SHARD_CHECKS.items()
         ],
     )
@@ -174,7 +172,11 @@ def build_data_stage_assets(
         )
         prefix = f"{PAIR_SHARDS_PREFIX}/{source.name}"
         verification = verify_source_shards(object_store, prefix)
-        metadata: dict[str, dg.RawMetadataValue] = {}
+        metadata: dict[str, dg.RawMetadataValue] = {
+            "manifest_preview": _manifest_preview(
+                object_store.get_bytes(f"{prefix}/manifest.parquet")
+            )
+        }
         if verification.preview_samples:
             preview = preview_grid_png(verification.preview_samples)
             object_store.put_bytes(f"{prefix}/preview.png", preview)
@@ -211,10 +213,29 @@ def build_data_stage_assets(
                 "by_split": dg.MetadataValue.json(report.by_split),
                 "drop_reasons": dg.MetadataValue.json(report.drop_reasons),
                 "uri": dg.MetadataValue.url(object_store.uri(f"{prefix}/manifest.parquet")),
-            }
+            },
         )
 
     return [source_catalog, raw_pairs, pair_shards]
+
+
+_PREVIEW_COLUMNS = ("sample_id", "item_key", "split", "degradation", "task", "status", "reason")
+
+
+def _manifest_preview(manifest: bytes, rows: int = 8) -> dg.TableMetadataValue:
+    """The first manifest rows as a table in the asset's metadata."""
+    table = read_manifest(manifest).slice(0, rows).select(list(_PREVIEW_COLUMNS))
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {name: "" if value is None else str(value) for name, value in row.items()}
+            )
+            for row in table.to_pylist()
+        ],
+        schema=dg.TableSchema(
+            columns=[dg.TableColumn(name, "string") for name in _PREVIEW_COLUMNS]
+        ),
+    )
 
 
 SHARD_CHECKS = {
@@ -319,4 +340,3 @@ def _fetch(
         raise dg.Failure(description=str(error), allow_retries=False) from None
     context.log.info(f"{source.name}: {len(result.files)} files at {result.root}")
     return result.root
-

@@ -18,7 +18,14 @@ import pytest
 
 from cotir_pipeline.devservices.radosgw import LocalRadosGateway, S3Endpoint, missing_ceph_binaries
 from cotir_pipeline.store import LocalObjectStore, ObjectStore, S3ObjectStore
-from cotir_test_support import MIB, REPO_ROOT, skip_or_fail
+from cotir_test_support import (
+    CHROMIUM_ARGS,
+    MIB,
+    REPO_ROOT,
+    DagsterDevServer,
+    chromium_executable,
+    skip_or_fail,
+)
 
 #: One line per service the session started, printed in pytest's closing summary so
 #: a CI log shows which real services the tests ran against.
@@ -93,6 +100,44 @@ def make_s3_store(s3_credentials: S3Endpoint) -> Callable[..., S3ObjectStore]:
         return store
 
     return make
+
+
+@pytest.fixture(scope="session")
+def dagster_ui(
+    tmp_path_factory: pytest.TempPathFactory, service_report: list[str]
+) -> Iterator[str]:
+    """``dagster dev`` serving this repo's workspace on a free loopback port (demo profile)."""
+    root = tmp_path_factory.mktemp("dagster-ui")
+    server = DagsterDevServer(
+        dagster_home=root / "dagster_home",
+        log_path=root / "dagster-dev.log",
+        environment={"COTIR_HOME": str(root / "cotir"), "COTIR_PROFILE": "demo"},
+    )
+    started = time.monotonic()
+    url = server.start()
+    elapsed = time.monotonic() - started
+    service_report.append(f"Dagster: dagster dev at {url}, ready in {elapsed:.1f} s")
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser(service_report: list[str]) -> Iterator[object]:
+    """Headless Debian Chromium driven by Playwright (never a downloaded browser)."""
+    executable = chromium_executable()
+    if executable is None:
+        skip_or_fail("Chromium not found")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        service_report.append(f"Browser: {executable} {instance.version} (headless)")
+        try:
+            yield instance
+        finally:
+            instance.close()
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])

@@ -233,3 +233,16 @@ class DagsterDevServer:
             os.killpg(self._process.pid, signal.SIGKILL)
         self._log.close()
         self._process = None
+
+
+def dismiss_first_visit_dialog(page: object, timeout_ms: int = 15_000) -> None:
+    """Close Dagster's "Join the Dagster community" dialog if it shows up.
+
+    The UI shows it once per instance; later visits have none, which is fine.
+    """
+    dialog = page.get_by_role("dialog")  # type: ignore[attr-defined]
+    try:
+        dialog.get_by_role("button", name="Skip").click(timeout=timeout_ms)
+    except Exception:  # no dialog on this visit
+        return
+    dialog.wait_for(state="hidden", timeout=10_000)

@@ -1,0 +1,90 @@
+"""A user's walk through the Dagster UI: graph, launch the demo partition, read the results."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cotir_test_support import dismiss_first_visit_dialog
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+RUN_STATUS_QUERY = """
+query { runsOrError(limit: 5) { ... on Runs { results { runId status tags { key value } } } } }
+"""
+
+
+def _runs(base_url: str) -> list[dict]:
+    request = urllib.request.Request(
+        f"{base_url}/graphql",
+        data=json.dumps({"query": RUN_STATUS_QUERY}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["data"]["runsOrError"]["results"]
+
+
+def test_launch_the_demo_partition_from_the_ui_and_inspect_it(
+    dagster_ui: str, browser: object, artifacts_dir: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+
+    def shot(name: str) -> None:
+        page.screenshot(path=str(artifacts_dir / f"walkthrough-{stamp}-{name}.png"))
+
+    try:
+        # 1. The asset graph.
+        page.goto(f"{dagster_ui}/asset-groups", wait_until="domcontentloaded")
+        dismiss_first_visit_dialog(page)
+        page.get_by_text("data", exact=True).first.wait_for(timeout=60_000)
+        shot("1-asset-graph")
+
+        # 2. Launch the demo job for the partition "demo".
+        page.goto(f"{dagster_ui}/locations/cotir/jobs/demo", wait_until="domcontentloaded")
+        page.get_by_role("button", name="Materialize all…").click(timeout=60_000)
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_text("Select a partition or create one").click()
+        page.keyboard.type("demo")
+        page.get_by_role("menuitem", name="demo").filter(has_not_text="Select all").click()
+        shot("2-launch-dialog")
+        dialog.get_by_role("button", name="Launch 1 run").click()
+        page.get_by_text("Launched run").wait_for(timeout=30_000)
+
+        # 3. Wait for the run to succeed (the UI's own GraphQL API).
+        deadline = time.monotonic() + 300
+        status = None
+        while time.monotonic() < deadline:
+            runs = [
+                run for run in _runs(dagster_ui)
+                if {"key": "dagster/partition", "value": "demo"} in run["tags"]
+            ]
+            status = runs[0]["status"] if runs else None
+            if status in ("SUCCESS", "FAILURE", "CANCELED"):
+                break
+            time.sleep(2)
+        page.goto(f"{dagster_ui}/runs", wait_until="domcontentloaded")
+        page.get_by_text("Success").first.wait_for(timeout=30_000)
+        shot("3-runs")
+        assert status == "SUCCESS"
+
+        # 4. The shard asset's page: counts, the manifest table and the preview image.
+        page.goto(
+            f"{dagster_ui}/assets/pair_shards?view=events&partition=demo",
+            wait_until="domcontentloaded",
+        )
+        page.get_by_text("samples_ok").wait_for(timeout=60_000)
+        page.get_by_text("manifest_preview").wait_for()
+        assert page.get_by_text("612", exact=True).count() >= 1
+        shot("4-asset-metadata")
+        page.get_by_text("[Show Markdown]").first.click()
+        image = page.get_by_role("dialog").locator("img")
+        image.wait_for(timeout=30_000)
+        assert image.evaluate("img => img.naturalWidth") > 0, "the preview image did not load"
+        shot("5-preview-image")
+    finally:
+        page.close()
