@@ -76,6 +76,27 @@ class CotirSettings(BaseSettings):
         description="Folder with local model weights (diffusers folders, CoTIR checkpoints, "
         "metric weights); nothing is ever downloaded. Required by the full profile.",
     )
+    annotation_backend: Literal["template", "vllm"] | None = Field(
+        default=None,
+        description="Who writes the CoT annotations: deterministic templates (no network) or "
+        "a vLLM server. Empty means template on the demo profile and vllm on full.",
+    )
+    vllm_urls: str = Field(
+        default="",
+        description="Comma-separated base URLs of vLLM servers (OpenAI-compatible API), "
+        "e.g. http://gpu1:8000,http://gpu2:8000.",
+    )
+    vllm_model: str = Field(default="", description="Served model name, e.g. Qwen/Qwen2.5-VL-72B.")
+    vllm_max_in_flight: int = Field(default=64, ge=1, le=4096)
+    clip_model: str = Field(
+        default="", description="open_clip architecture of the consistency filter, e.g. ViT-L-14."
+    )
+    clip_checkpoint: Path | None = Field(
+        default=None, description="Local checkpoint file of COTIR_CLIP_MODEL (never downloaded)."
+    )
+    clip_threshold: float = Field(
+        default=0.0, ge=-2.0, le=2.0, description="Minimum CLIP consistency score to keep."
+    )
     s3_endpoint_url: str | None = Field(
         default=None,
         description="Endpoint of an S3-compatible server (Ceph radosgw, MinIO, ...); "
@@ -128,6 +149,18 @@ class CotirSettings(BaseSettings):
         return value
 
     @property
+    def vllm_url_list(self) -> tuple[str, ...]:
+        """The vLLM base URLs."""
+        return tuple(url.strip().rstrip("/") for url in self.vllm_urls.split(",") if url.strip())
+
+    @property
+    def effective_annotation_backend(self) -> str:
+        """The annotation backend in use (the profile decides when unset)."""
+        if self.annotation_backend is not None:
+            return self.annotation_backend
+        return "template" if self.profile is Profile.DEMO else "vllm"
+
+    @property
     def gpu_asset_names(self) -> frozenset[str]:
         """Asset names routed to the GPU queue."""
         return frozenset(name.strip() for name in self.gpu_assets.split(",") if name.strip())
@@ -158,6 +191,28 @@ class CotirSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_store(self) -> CotirSettings:
+        if self.effective_annotation_backend == "vllm":
+            for url in self.vllm_url_list:
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise SettingsError(f"{env_name('vllm_urls')}: {url!r} is not an http(s) URL")
+            if not self.vllm_url_list:
+                raise SettingsError(
+                    f"{env_name('vllm_urls')}: the vllm annotation backend needs at least one "
+                    "server URL (or set COTIR_ANNOTATION_BACKEND=template)"
+                )
+            if not self.vllm_model:
+                raise SettingsError(
+                    f"{env_name('vllm_model')}: the vllm backend needs a served model name"
+                )
+        if bool(self.clip_model) != (self.clip_checkpoint is not None):
+            raise SettingsError(
+                f"{env_name('clip_checkpoint')}: set both COTIR_CLIP_MODEL and "
+                "COTIR_CLIP_CHECKPOINT, or neither"
+            )
+        if self.clip_checkpoint is not None and not self.clip_checkpoint.is_file():
+            raise SettingsError(
+                f"{env_name('clip_checkpoint')}: {self.clip_checkpoint} is not a file"
+            )
         if self.cache_dir is None or str(self.cache_dir) == "":
             object.__setattr__(self, "cache_dir", self.home / "cache")
         else:

@@ -33,7 +33,11 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COTIR_STORE", "s3://cotir-data/runs/")
     monkeypatch.setenv("COTIR_S3_ENDPOINT_URL", "http://127.0.0.1:7480/")
     monkeypatch.setenv("COTIR_STORE_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("COTIR_VLLM_URLS", "http://10.0.0.5:8000/, http://10.0.0.6:8000")
+    monkeypatch.setenv("COTIR_VLLM_MODEL", "Qwen/Qwen2.5-VL-7B-Instruct")
     settings = load_settings()
+    assert settings.effective_annotation_backend == "vllm"
+    assert settings.vllm_url_list == ("http://10.0.0.5:8000", "http://10.0.0.6:8000")
     assert settings.profile is Profile.FULL
     assert settings.store == "s3://cotir-data/runs"
     assert settings.s3_endpoint_url == "http://127.0.0.1:7480"
@@ -152,3 +156,30 @@ def test_missing_weights_name_the_setting_and_the_path(
     expected = str(tmp_path / "weights" / "CoTIR" / "lora.pt")
     with pytest.raises(MissingWeightsError, match=re.escape(expected)):
         require_weights(settings, "CoTIR/lora.pt", what="CoTIR LoRA")
+
+
+def test_the_full_profile_needs_vllm_servers_unless_templates_are_chosen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COTIR_PROFILE", "full")
+    with pytest.raises(SettingsError, match=r"^COTIR_VLLM_URLS: the vllm annotation backend"):
+        load_settings()
+    monkeypatch.setenv("COTIR_VLLM_URLS", "ftp://nope")
+    with pytest.raises(SettingsError, match=r"^COTIR_VLLM_URLS: 'ftp://nope' is not an http"):
+        load_settings()
+    monkeypatch.setenv("COTIR_ANNOTATION_BACKEND", "template")
+    assert load_settings().effective_annotation_backend == "template"
+
+
+def test_clip_model_and_checkpoint_come_together(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("COTIR_CLIP_MODEL", "ViT-L-14")
+    with pytest.raises(SettingsError, match=r"^COTIR_CLIP_CHECKPOINT: set both"):
+        load_settings()
+    monkeypatch.setenv("COTIR_CLIP_CHECKPOINT", str(tmp_path / "missing.pt"))
+    with pytest.raises(SettingsError, match=r"missing\.pt is not a file"):
+        load_settings()
+    (tmp_path / "clip.pt").write_bytes(b"weights")
+    monkeypatch.setenv("COTIR_CLIP_CHECKPOINT", str(tmp_path / "clip.pt"))
+    assert load_settings().clip_checkpoint == tmp_path / "clip.pt"
