@@ -7,6 +7,7 @@ location (not at import), and resources are picked by the profile.
 import dagster as dg
 
 from assets import environment
+from assets.annotation_stage import AnnotationResource, build_annotation_assets
 from assets.data_stage import DEMO_SOURCE, DataStageResource, build_data_stage_assets
 from assets.execution import build_executor, queue_tags
 from assets.resources import ObjectStoreResource, ProfileResource
@@ -21,6 +22,8 @@ DEMO_JOB_NAME = "demo"
 def build_definitions(settings: CotirSettings) -> dg.Definitions:
     """The code location for the given settings (tests pass their own)."""
     catalog = load_catalog()
+    tags = lambda name: queue_tags(name, settings)  # noqa: E731 - one-line routing rule
+    source_catalog, raw_pairs, pair_shards = build_data_stage_assets(catalog, tags)
     demo_job = dg.define_asset_job(
         name=DEMO_JOB_NAME,
         selection=dg.AssetSelection.all(),
@@ -30,7 +33,10 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             *dg.load_assets_from_modules([environment]),
-            *build_data_stage_assets(catalog, lambda name: queue_tags(name, settings)),
+            source_catalog,
+            raw_pairs,
+            pair_shards,
+            *build_annotation_assets(catalog, pair_shards, tags),
         ],
         asset_checks=dg.load_asset_checks_from_modules([environment]),
         jobs=[demo_job],
@@ -39,6 +45,7 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
             "store": ObjectStoreResource.from_settings(settings),
             "profile": ProfileResource.from_settings(settings),
             "data_stage": DataStageResource.from_settings(settings),
+            "annotation": AnnotationResource.from_settings(settings),
         },
     )
 

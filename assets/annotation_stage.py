@@ -1,0 +1,271 @@
+"""Annotation stage: CoT annotations per source, their filter decisions, the training shards."""
+
+import html
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Self
+
+import dagster as dg
+from pydantic import Field
+
+from assets.resources import ObjectStoreResource
+from cotir_pipeline.annotation_stage import (
+    FILTERED_PREFIX,
+    TRAINING_SHARDS_PREFIX,
+    StageReport,
+    annotate_source,
+    filter_source,
+    pair_shard_keys,
+    write_training_shards,
+)
+from cotir_pipeline.settings import CotirSettings, Profile
+from cotir_pipeline.sources.spec import SourceCatalog
+
+
+class AnnotationResource(dg.ConfigurableResource):
+    """Which backend annotates, which CLIP filters, and the bounds the checks enforce."""
+
+    backend: str = Field(description="template (no network) or vllm.")
+    vllm_urls: list[str] = Field(default_factory=list, description="vLLM server base URLs.")
+    vllm_model: str = Field(default="", description="Served model name.")
+    max_in_flight: int = Field(default=64, description="Requests in flight over all servers.")
+    cache_path: str = Field(description="SQLite request cache: a crashed run re-asks nothing.")
+    clip_model: str = Field(default="", description="open_clip architecture, or empty.")
+    clip_checkpoint: str = Field(default="", description="Local CLIP checkpoint, or empty.")
+    clip_threshold: float = Field(default=0.0, description="Minimum consistency score to keep.")
+    batch_size: int = Field(default=64, description="Samples per backend call.")
+    training_shard_size: int = Field(description="Samples per training shard.")
+    min_keep_rate: float = Field(default=0.5, description="Check: kept / annotated at least.")
+    max_failure_rate: float = Field(default=0.1, description="Check: failed annotations at most.")
+
+    @classmethod
+    def from_settings(cls, settings: CotirSettings) -> Self:
+        """Template annotations on the demo profile; vLLM on the full one."""
+        return cls(
+            backend=settings.effective_annotation_backend,
+            vllm_urls=list(settings.vllm_url_list),
+            vllm_model=settings.vllm_model,
+            max_in_flight=settings.vllm_max_in_flight,
+            cache_path=str((settings.cache_dir or settings.home) / "vllm-requests.sqlite"),
+            clip_model=settings.clip_model,
+            clip_checkpoint=str(settings.clip_checkpoint or ""),
+            clip_threshold=settings.clip_threshold,
+            training_shard_size=64 if settings.profile is Profile.DEMO else 1000,
+        )
+
+    def make_backend(self) -> Any:
+        """The annotation backend (imports the HTTP client only for vLLM)."""
+        if self.backend == "template":
+            from cotir_pipeline.annotation.template_backend import TemplateBackend
+
+            return TemplateBackend()
+        from pathlib import Path
+
+        from cotir_pipeline.annotation.vllm_backend import VllmBackend, VllmConfig
+
+        return VllmBackend(
+            VllmConfig(
+                base_urls=tuple(self.vllm_urls),
+                model=self.vllm_model,
+                max_in_flight=self.max_in_flight,
+                cache_path=Path(self.cache_path),
+            )
+        )
+
+    def make_filter(self) -> Any:
+        """Rule checks, plus CLIP scoring when a model and checkpoint are configured."""
+        from pathlib import Path
+
+        from cotir_pipeline.annotation.clip_filter import ClipFilterConfig, ConsistencyFilter
+
+        clip = ClipFilterConfig(
+            model_name=self.clip_model or None,
+            checkpoint_path=Path(self.clip_checkpoint) if self.clip_checkpoint else None,
+            threshold=self.clip_threshold,
+        )
+        return ConsistencyFilter(clip)
+
+
+def _reasons_md(report: StageReport) -> dg.MetadataValue:
+    lines = ["| reason | samples |", "|---|---:|"]
+    lines += [f"| {html.escape(r)} | {n} |" for r, n in sorted(report.reasons.items())]
+    return dg.MetadataValue.md("\n".join(lines) if report.reasons else "none")
+
+
+def _examples_md(report: StageReport) -> dg.MetadataValue:
+    parts = []
+    for row in report.examples:
+        parts.append(
+            f"**{html.escape(row['sample_id'])}**\n\n"
+            f"- vague: {html.escape(row['vague_question'] or '')}\n"
+            f"- precise: {html.escape(row['precise_question'] or '')}\n"
+            f"- cot: {html.escape(row['cot_answers'] or '')}\n"
+        )
+    return dg.MetadataValue.md("\n".join(parts) or "no annotated example")
+
+
+def build_annotation_assets(
+    catalog: SourceCatalog,
+    pair_shards: dg.AssetsDefinition,
+    op_tags: Callable[[str], dict[str, str]] = lambda name: {},
+) -> list[dg.AssetsDefinition]:
+    """``cot_annotations`` and ``filtered_annotations`` per source, then ``training_shards``."""
+    sources = pair_shards.partitions_def
+
+    @dg.asset(
+        group_name="annotation",
+        kinds={"parquet"},
+        partitions_def=sources,
+        deps=[pair_shards],
+        op_tags=op_tags("cot_annotations"),
+        description="Precise prompt and chain-of-thought triple per sample, with the model, "
+        "template version and raw response recorded.",
+        check_specs=[
+            dg.AssetCheckSpec(
+                "failure_rate_within_bounds",
+                asset="cot_annotations",
+                description="Failed annotations stay under the configured fraction.",
+            )
+        ],
+    )
+    def cot_annotations(
+        context: dg.AssetExecutionContext,
+        store: ObjectStoreResource,
+        annotation: AnnotationResource,
+    ) -> dg.MaterializeResult:
+        """Annotate every pair of one source; answered samples are never asked again."""
+        source = context.partition_key
+        report = annotate_source(
+            store.open(),
+            source,
+            annotation.make_backend(),
+            batch_size=annotation.batch_size,
+            progress=lambda done, total: context.log.debug(f"annotated shards {done}/{total}"),
+        )
+        total = report.ok + report.not_ok
+        failure_rate = report.not_ok / total if total else 0.0
+        return dg.MaterializeResult(
+            metadata={
+                "annotated": report.ok,
+                "failed": report.not_ok,
+                "backend": annotation.backend,
+                "shards_written": report.shards_written,
+                "shards_skipped": report.shards_skipped,
+                "failure_reasons": _reasons_md(report),
+                "examples": _examples_md(report),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="failure_rate_within_bounds",
+                    passed=failure_rate <= annotation.max_failure_rate,
+                    metadata={"failure_rate": failure_rate, "bound": annotation.max_failure_rate},
+                )
+            ],
+        )
+
+    @dg.asset(
+        group_name="annotation",
+        kinds={"parquet"},
+        partitions_def=sources,
+        deps=[cot_annotations],
+        op_tags=op_tags("filtered_annotations"),
+        description="Keep or drop per sample: rule checks and CLIP image-text consistency "
+        "(when configured), with the reason and the score.",
+        check_specs=[
+            dg.AssetCheckSpec(
+                "keep_rate_within_bounds",
+                asset="filtered_annotations",
+                description="The kept fraction stays above the configured bound.",
+            ),
+            dg.AssetCheckSpec(
+                "every_drop_has_a_reason",
+                asset="filtered_annotations",
+                description="Every dropped sample records why.",
+            ),
+        ],
+    )
+    def filtered_annotations(
+        context: dg.AssetExecutionContext,
+        store: ObjectStoreResource,
+        annotation: AnnotationResource,
+    ) -> dg.MaterializeResult:
+        """Judge one source's annotations."""
+        source = context.partition_key
+        object_store = store.open()
+        report = filter_source(object_store, source, annotation.make_filter())
+        total = report.ok + report.not_ok
+        keep_rate = report.ok / total if total else 0.0
+        unexplained = report.reasons.get("unknown", 0)
+        return dg.MaterializeResult(
+            metadata={
+                "kept": report.ok,
+                "dropped": report.not_ok,
+                "keep_rate": keep_rate,
+                "clip": annotation.clip_model or "not configured (rule checks only)",
+                "drop_reasons": _reasons_md(report),
+                "uri": dg.MetadataValue.url(object_store.uri(f"{FILTERED_PREFIX}/{source}")),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="keep_rate_within_bounds",
+                    passed=keep_rate >= annotation.min_keep_rate,
+                    metadata={"keep_rate": keep_rate, "bound": annotation.min_keep_rate},
+                ),
+                dg.AssetCheckResult(
+                    check_name="every_drop_has_a_reason",
+                    passed=unexplained == 0,
+                    metadata={"without_reason": unexplained},
+                ),
+            ],
+        )
+
+    @dg.asset(
+        group_name="annotation",
+        kinds={"webdataset", "parquet"},
+        deps=[filtered_annotations],
+        op_tags=op_tags("training_shards"),
+        description="Final training shards in the public release's format (CoT metadata in "
+        "meta.json), one folder per degradation, from every source with filtered annotations.",
+    )
+    def training_shards(
+        context: dg.AssetExecutionContext,
+        store: ObjectStoreResource,
+        annotation: AnnotationResource,
+    ) -> dg.MaterializeResult:
+        """Copy the kept training pairs of every filtered source into the final shards."""
+        object_store = store.open()
+        ready = [
+            source.name
+            for source in catalog.sources
+            if pair_shard_keys(object_store, source.name)
+            and all(
+                object_store.exists(
+                    key.replace("pair_shards/", f"{FILTERED_PREFIX}/", 1).removesuffix(".tar")
+                    + ".parquet"
+                )
+                for key in pair_shard_keys(object_store, source.name)
+            )
+        ]
+        if not ready:
+            raise dg.Failure(
+                description="no source has filtered annotations yet: materialize "
+                "filtered_annotations for at least one partition first"
+            )
+        context.log.info(f"training shards from {len(ready)} sources: {', '.join(ready)}")
+        report = write_training_shards(
+            object_store, ready, shard_size=annotation.training_shard_size
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "samples": report.samples,
+                "shards": report.shards_total,
+                "shards_written": report.shards_written,
+                "sources": dg.MetadataValue.json(report.by_source),
+                "by_degradation": dg.MetadataValue.json(dict(Counter(report.by_degradation))),
+                "uri": dg.MetadataValue.url(
+                    object_store.uri(f"{TRAINING_SHARDS_PREFIX}/manifest.parquet")
+                ),
+            }
+        )
+
+    return [cot_annotations, filtered_annotations, training_shards]
