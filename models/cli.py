@@ -1,0 +1,139 @@
+"""``cotir restore``: restore one image from the command line.
+
+Registered under the ``cotir.commands`` entry-point group, so the core ``cotir`` CLI
+offers it without importing this layer. torch and the model code are imported only
+inside the command, so ``cotir --help`` and ``cotir restore --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from models.variants import VARIANTS
+
+EXIT_BAD_SETTING = 2
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _turn_path(output: Path, turn: int, turns: int) -> Path:
+    """Final turn -> ``output``; earlier turns -> ``<stem>.turn<k><suffix>`` beside it."""
+    if turn == turns:
+        return output
+    return output.with_name(f"{output.stem}.turn{turn}{output.suffix}")
+
+
+@click.command("restore")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-p",
+    "--prompt",
+    "prompts",
+    multiple=True,
+    required=True,
+    help="Restoration instruction. Repeat for multi-turn restoration: each turn restores "
+    "the previous turn's output.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output image (PNG). Earlier turns are written as <stem>.turn<k>.png beside it.",
+)
+@click.option(
+    "--variant",
+    type=click.Choice(sorted(VARIANTS)),
+    default=None,
+    help="Model variant. Default: the checkpoint's own variant, or 'tiny' (the CPU demo: "
+    "random weights, no downloads) without --checkpoint. Required for release checkpoints.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Trained checkpoint folder (ours, or the release's cot_adapter.pt + lora.pt). "
+    "A relative path that does not exist is looked up under COTIR_WEIGHTS_DIR.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Euler steps (default: the variant's, 20 for cotir-12b, 5 for cotir-4b/9b).",
+)
+@click.option("--seed", type=int, default=42, show_default=True, help="Noise seed.")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPES),
+    default=None,
+    help="Weights dtype (default: float32 on CPU, bfloat16 elsewhere).",
+)
+def restore(
+    image: Path,
+    prompts: tuple[str, ...],
+    output: Path,
+    variant: str | None,
+    checkpoint: Path | None,
+    steps: int | None,
+    seed: int,
+    device: str,
+    dtype: str | None,
+) -> None:
+    """Restore IMAGE following an instruction and write the result as PNG.
+
+    \b
+    Example (CPU demo, two turns):
+      cotir restore lq.png -p "Remove the rain." -p "Make it brighter." -o out.png
+    Example (CoTIR-4B release weights under COTIR_WEIGHTS_DIR):
+      cotir restore lq.png -p "Please dehaze this photo." -o out.png \\
+          --variant cotir-4b --checkpoint CoTIR/cotir-4b --device cuda
+    """
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    from cotir_pipeline.settings import SettingsError, load_settings
+    from cotir_pipeline.weights import MissingWeightsError
+
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        click.echo(f"cotir: bad setting: {error}", err=True)
+        sys.exit(EXIT_BAD_SETTING)
+    try:
+        with Image.open(image) as opened:
+            source = opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise click.BadParameter(f"cannot read {image}: {error}", param_hint="IMAGE") from None
+    if any(not prompt.strip() for prompt in prompts):
+        raise click.BadParameter("instructions must not be empty", param_hint="--prompt")
+
+    import torch
+
+    from models.restore import CoTIRRestorer
+
+    torch_dtype = None if dtype is None else getattr(torch, dtype)
+    try:
+        if checkpoint is None:
+            restorer = CoTIRRestorer.from_variant(
+                variant or "tiny", settings=settings, device=device, dtype=torch_dtype
+            )
+        else:
+            restorer = CoTIRRestorer.from_pretrained(
+                checkpoint, variant=variant, settings=settings, device=device, dtype=torch_dtype
+            )
+    except (MissingWeightsError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+
+    n_steps = steps or restorer.variant.steps
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=n_steps * len(prompts), desc="restoring", unit="step", file=sys.stderr) as bar:
+        results = restorer.restore_turns(
+            source, list(prompts), n_steps, seed, on_step=lambda _i, _n: bar.update(1)
+        )
+    for turn, result in enumerate(results, start=1):
+        path = _turn_path(output, turn, len(results))
+        result.save(path, format="PNG")
+        click.echo(str(path))

@@ -1,0 +1,177 @@
+"""LoRA (peft) on the single-stream blocks and the final layer; everything else frozen.
+
+REFERENCE.md section 4: LoRA on every Linear of the single-stream blocks and of the
+final layer only, rank 96, scale 1.0, with a bias on B; the double-stream blocks, the
+VAE and the text encoders are frozen. The LoRA lives inside the diffusers transformer
+(``transformer.add_adapter``), so its state dict is in diffusers' own naming and loads
+into a stock pipeline with ``load_lora_weights``.
+
+Targets (diffusers names):
+
+- FLUX.1: ``single_transformer_blocks.N.{attn.to_q, attn.to_k, attn.to_v, proj_mlp,
+  proj_out, norm.linear}`` and the top-level ``proj_out`` and ``norm_out.linear``;
+- FLUX.2: ``single_transformer_blocks.N.attn.{to_qkv_mlp_proj, to_out}`` and the
+  top-level ``proj_out`` and ``norm_out.linear`` (FLUX.2's single-stream modulation is
+  shared outside the blocks and gets no LoRA, as in the release).
+
+Initialisation of B (a documented choice): ``init_b="zero"`` (default) is standard
+LoRA practice: B = 0 (and its bias 0), so training starts exactly at the base model
+plus the zero-gated adapter. ``init_b="random"`` reproduces the public release, which
+leaves B at nn.Linear's default random init, so the LoRA perturbs the model from
+step 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from torch import nn
+
+from models.backbones import BackboneKind, CoTIRTransformer
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
+DEFAULT_RANK = 96
+ADAPTER_NAME = "default"
+InitB = Literal["zero", "random"]
+
+#: Full-match regexes over module names inside the diffusers transformer (peft's
+#: ``target_modules`` as a string). The top-level ``proj_out`` alternative cannot match a
+#: single block's ``proj_out`` because peft matches the whole name.
+LORA_TARGETS: dict[BackboneKind, str] = {
+    BackboneKind.FLUX1_KONTEXT: (
+        r"single_transformer_blocks\.\d+\.(attn\.to_q|attn\.to_k|attn\.to_v|proj_mlp|proj_out"
+        r"|norm\.linear)|proj_out|norm_out\.linear"
+    ),
+    BackboneKind.FLUX2_KLEIN: (
+        r"single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)|proj_out|norm_out\.linear"
+    ),
+}
+
+
+def lora_config(
+    kind: BackboneKind,
+    rank: int = DEFAULT_RANK,
+    *,
+    lora_bias: bool = True,
+    init_b: InitB = "zero",
+) -> LoraConfig:
+    """A peft ``LoraConfig`` for ``kind``: alpha = rank (scale 1.0), no dropout."""
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be positive, got {rank}")
+    if init_b not in ("zero", "random"):
+        raise ValueError(f"init_b must be 'zero' or 'random', got {init_b!r}")
+    return LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        lora_dropout=0.0,
+        target_modules=LORA_TARGETS[kind],
+        lora_bias=lora_bias,
+        # True: A kaiming, B (and its bias) zero. False: peft leaves nn.Linear's default init.
+        init_lora_weights=init_b == "zero",
+    )
+
+
+def has_lora(model: CoTIRTransformer) -> bool:
+    """Whether LoRA layers were already injected into the model's transformer."""
+    return any("lora_A" in name for name, _ in model.transformer.named_parameters())
+
+
+def apply_lora(
+    model: CoTIRTransformer,
+    rank: int = DEFAULT_RANK,
+    *,
+    lora_bias: bool = True,
+    init_b: InitB = "zero",
+) -> None:
+    """Inject LoRA into ``model.transformer`` and freeze all non-LoRA backbone weights.
+
+    The adapter stays trainable. FLUX.2's Linears have no bias, so with ``lora_bias``
+    peft warns that such a LoRA cannot be merged into the base weights; that is expected
+    (CoTIR never merges) and the warning is silenced here.
+    """
+    if has_lora(model):
+        raise ValueError("the model already has LoRA layers")
+    config = lora_config(model.kind, rank, lora_bias=lora_bias, init_b=init_b)
+    model.transformer.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*lora_bias=True.*has no bias.*")
+        model.transformer.add_adapter(config, adapter_name=ADAPTER_NAME)
+    for name, parameter in model.transformer.named_parameters():
+        parameter.requires_grad_("lora_" in name)
+    model.cot_adapter.requires_grad_(True)
+
+
+def freeze(*modules: nn.Module | None) -> None:
+    """Freeze whole modules (VAE, text encoders): no gradients, eval mode."""
+    for module in modules:
+        if module is not None:
+            module.requires_grad_(False)
+            module.eval()
+
+
+def lora_target_names(model: CoTIRTransformer) -> list[str]:
+    """Names of the transformer's Linears that carry LoRA."""
+    return sorted(
+        name.removesuffix(".lora_A." + ADAPTER_NAME)
+        for name, _ in model.transformer.named_modules()
+        if name.endswith(".lora_A." + ADAPTER_NAME)
+    )
+
+
+@dataclass
+class TrainableReport:
+    """Which parameters train: names, per-group counts and totals."""
+
+    names: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    trainable: int = 0
+    frozen: int = 0
+
+    @property
+    def total(self) -> int:
+        """All parameters, trainable or not."""
+        return self.trainable + self.frozen
+
+    def format(self) -> str:
+        """Human-readable summary, one group per line."""
+        lines = [f"{group:<12} {count:>16,d}" for group, count in sorted(self.counts.items())]
+        lines.append(f"{'trainable':<12} {self.trainable:>16,d}")
+        lines.append(f"{'frozen':<12} {self.frozen:>16,d}")
+        return "\n".join(lines)
+
+
+def _group(name: str) -> str:
+    if name.startswith("cot_adapter."):
+        return "adapter"
+    if "lora_" in name:
+        return "lora"
+    return "other"
+
+
+def trainable_report(model: CoTIRTransformer, **others: nn.Module | None) -> TrainableReport:
+    """Report trainable parameter names and counts of ``model`` and named extra modules.
+
+    Groups: ``adapter`` (``cot_adapter.*``), ``lora`` (``*lora_*``) and ``other`` (any
+    other trainable parameter, which should be none after :func:`apply_lora`). Extra
+    modules (``vae=...``, ``text_encoder=...``) are listed under their keyword.
+    """
+    report = TrainableReport()
+    named = list(model.named_parameters())
+    for label, module in others.items():
+        if module is not None:
+            named.extend((f"{label}.{name}", p) for name, p in module.named_parameters())
+    for name, parameter in named:
+        if parameter.requires_grad:
+            report.names.append(name)
+            group = _group(name)
+            report.counts[group] = report.counts.get(group, 0) + parameter.numel()
+            report.trainable += parameter.numel()
+        else:
+            report.frozen += parameter.numel()
+    return report

@@ -1,0 +1,407 @@
+"""The restore API: a loaded CoTIR model that turns an LQ image and an instruction into an image.
+
+:class:`CoTIRRestorer` bundles a variant's transformer (with adapter and LoRA), image
+codec and text encoder. ``restore(image, prompt, steps, seed)`` runs the Euler sampler
+of :mod:`models.sampler`: the LQ image is resized to multiples of 16, encoded and
+given as reference tokens next to the noisy target tokens (Kontext: first id axis 1;
+FLUX.2: time coordinate 10), the velocity is integrated from pure noise (seeded on the
+CPU, so a seed gives the same noise on any device), and the result is decoded and
+resized back to the input's size. ``restore_turns`` is multi-turn restoration: each
+turn is conditioned on the previous turn's output and its own instruction.
+
+Loading: ``from_variant`` builds a variant (demo variants in code; full-size bases from
+``COTIR_WEIGHTS_DIR`` via :func:`cotir_pipeline.weights.require_weights`) with a fresh,
+zero-gated adapter; ``from_pretrained`` adds a trained checkpoint, ours or the public
+release's (``cot_adapter.pt`` + ``lora.pt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cotir_pipeline.weights import MissingWeightsError, require_weights
+from models.backbones import (
+    BackboneKind,
+    CoTIRTransformer,
+    grid_to_tokens,
+    image_ids,
+    load_transformer,
+    text_ids,
+    tokens_to_grid,
+)
+from models.checkpoint_io import (
+    BASE_DIR,
+    META_FILE,
+    RELEASE_ADAPTER_FILE,
+    RELEASE_LORA_FILE,
+    load_checkpoint,
+    load_release_checkpoint,
+    read_checkpoint_meta,
+)
+from models.codecs import Flux2VAECodec, FluxVAECodec, LatentCodec, PixelUnshuffleCodec
+from models.sampler import euler_sample, round_size, schedule_for
+from models.text_encoders import (
+    MiniLMTextEncoder,
+    Qwen3TextEncoder,
+    T5ClipTextEncoder,
+    TextEncoder,
+    TextEncoding,
+)
+from models.variants import CodecKind, TextEncoderKind, Variant, get_variant
+
+if TYPE_CHECKING:
+    from cotir_pipeline.settings import CotirSettings
+
+DEFAULT_SEED = 42
+#: Subfolders a full variant's diffusers pipeline folder must hold, by text encoder.
+_BASE_SUBFOLDERS: dict[TextEncoderKind, tuple[str, ...]] = {
+    TextEncoderKind.T5_CLIP: (
+        "transformer",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "text_encoder_2",
+        "tokenizer_2",
+    ),
+    TextEncoderKind.QWEN3: ("transformer", "vae", "text_encoder", "tokenizer"),
+    TextEncoderKind.MINILM: ("transformer",),
+}
+StepCallback = Callable[[int, int], None]
+
+
+def _settings(settings: CotirSettings | None) -> CotirSettings:
+    if settings is not None:
+        return settings
+    from cotir_pipeline.settings import load_settings
+
+    return load_settings()
+
+
+def _default_dtype(device: torch.device | str) -> torch.dtype:
+    """float32 on the CPU, bfloat16 on accelerators (the released models run in bf16)."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def tensor_to_pil(pixels: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) in [-1, 1] -> 8-bit RGB PIL image (values clamped)."""
+    if pixels.ndim != 4 or pixels.shape[0] != 1 or pixels.shape[1] != 3:
+        raise ValueError(f"expected a (1, 3, H, W) image tensor, got {tuple(pixels.shape)}")
+    array = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+
+
+def _build_demo_transformer(variant: Variant, seed: int) -> CoTIRTransformer:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CoTIRTransformer.from_config(
+            variant.backbone,
+            variant.transformer_config,
+            text_dim=variant.text_dim,
+            adapter_depth=variant.adapter_depth,
+        )
+
+
+def _load_codec(variant: Variant, base: Path | None, dtype: torch.dtype) -> LatentCodec:
+    if variant.codec is CodecKind.PIXEL:
+        return PixelUnshuffleCodec()
+    if base is None:
+        raise MissingWeightsError(f"the {variant.name} VAE needs a base weights folder")
+    from diffusers import AutoencoderKL, AutoencoderKLFlux2
+
+    if variant.codec is CodecKind.FLUX1_VAE:
+        vae = AutoencoderKL.from_pretrained(str(base), torch_dtype=dtype, local_files_only=True)
+        return FluxVAECodec(vae.eval())
+    vae = AutoencoderKLFlux2.from_pretrained(str(base), torch_dtype=dtype, local_files_only=True)
+    return Flux2VAECodec(vae.eval())
+
+
+def _load_text_encoder(variant: Variant, base: Path | None, dtype: torch.dtype) -> TextEncoder:
+    if variant.text_encoder is TextEncoderKind.MINILM:
+        return MiniLMTextEncoder.from_folder()
+    if base is None:
+        raise MissingWeightsError(f"the {variant.name} text encoder needs a base weights folder")
+    if variant.text_encoder is TextEncoderKind.T5_CLIP:
+        return T5ClipTextEncoder.from_pipeline_folder(base, dtype=dtype)
+    return Qwen3TextEncoder.from_pipeline_folder(base, dtype=dtype, layers=variant.text_layers)
+
+
+class CoTIRRestorer:
+    """A loaded CoTIR model: transformer + adapter (+ LoRA), codec, text encoder."""
+
+    def __init__(
+        self,
+        variant: Variant,
+        model: CoTIRTransformer,
+        codec: LatentCodec,
+        text_encoder: TextEncoder,
+        *,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if model.kind is not variant.backbone:
+            raise ValueError(f"{variant.name} needs a {variant.backbone} model, got {model.kind}")
+        if text_encoder.dim != variant.text_dim:
+            raise ValueError(
+                f"{variant.name} expects D = {variant.text_dim}, the text encoder gives "
+                f"{text_encoder.dim}"
+            )
+        self.variant = variant
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.codec = codec.to(self.device).eval()
+        self.text_encoder = text_encoder.to(self.device).eval()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype the transformer runs in."""
+        return self.model.dtype
+
+    # -- loading ------------------------------------------------------------------------
+
+    @classmethod
+    def from_variant(
+        cls,
+        name: str,
+        *,
+        settings: CotirSettings | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+        base: Path | None = None,
+    ) -> CoTIRRestorer:
+        """Build ``name`` with a fresh (zero-gated) adapter and no LoRA.
+
+        Demo variants are built in code from ``seed`` (random, untrained weights). Full
+        variants read the diffusers pipeline folder ``COTIR_WEIGHTS_DIR/<weights_folder>``
+        (transformer, vae and text encoder subfolders); ``base`` overrides that folder
+        with an explicit transformer folder (e.g. a checkpoint's ``transformer/``).
+        """
+        variant = get_variant(name)
+        dtype = dtype or _default_dtype(device)
+        pipeline_folder: Path | None = None
+        if not variant.is_demo:
+            config = _settings(settings)
+            pipeline_folder = require_weights(
+                config, variant.weights_folder or "", what=f"{name} base pipeline"
+            )
+            for sub in _BASE_SUBFOLDERS[variant.text_encoder]:
+                require_weights(config, f"{variant.weights_folder}/{sub}", what=f"{name} {sub}")
+        if base is not None:
+            transformer = load_transformer(variant.backbone, base, dtype=dtype)
+            model = CoTIRTransformer.with_new_adapter(
+                transformer, text_dim=variant.text_dim, adapter_depth=variant.adapter_depth
+            )
+        elif pipeline_folder is not None:
+            model = CoTIRTransformer.from_pretrained_base(
+                variant.backbone,
+                pipeline_folder / "transformer",
+                text_dim=variant.text_dim,
+                adapter_depth=variant.adapter_depth,
+                dtype=dtype,
+            )
+        else:
+            model = _build_demo_transformer(variant, seed).to(dtype)
+        vae_folder = None if pipeline_folder is None else pipeline_folder / "vae"
+        codec = _load_codec(variant, vae_folder, dtype).to(dtype)
+        text_encoder = _load_text_encoder(variant, pipeline_folder, dtype)
+        return cls(variant, model, codec, text_encoder, device=device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: Path | str,
+        *,
+        variant: str | None = None,
+        settings: CotirSettings | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> CoTIRRestorer:
+        """Load a trained checkpoint folder: ours (``cotir.json``) or the release's (``*.pt``).
+
+        A relative ``checkpoint`` that does not exist is looked up under
+        ``COTIR_WEIGHTS_DIR``. The release's files carry no variant, so ``variant`` is
+        required for them.
+        """
+        dtype = dtype or _default_dtype(device)
+        folder = Path(checkpoint)
+        if not folder.exists():
+            if folder.is_absolute():
+                raise MissingWeightsError(f"the CoTIR checkpoint {folder} does not exist")
+            folder = require_weights(_settings(settings), str(folder), what="CoTIR checkpoint")
+        if (folder / META_FILE).is_file():
+            meta = read_checkpoint_meta(folder)
+            name = variant or meta.get("variant")
+            if not name:
+                raise ValueError(f"{folder} names no variant; pass variant=")
+            base = folder / BASE_DIR if (folder / BASE_DIR).is_dir() else None
+            restorer = cls.from_variant(
+                name, settings=settings, device="cpu", dtype=dtype, base=base
+            )
+            load_checkpoint(restorer.model, folder)
+        elif (folder / RELEASE_ADAPTER_FILE).is_file():
+            if not variant:
+                raise ValueError("the release's checkpoint files name no variant; pass variant=")
+            restorer = cls.from_variant(variant, settings=settings, device="cpu", dtype=dtype)
+            lora = folder / RELEASE_LORA_FILE
+            load_release_checkpoint(
+                restorer.model, folder / RELEASE_ADAPTER_FILE, lora if lora.is_file() else None
+            )
+        else:
+            raise MissingWeightsError(
+                f"{folder} holds neither {META_FILE} (a cotir checkpoint) nor "
+                f"{RELEASE_ADAPTER_FILE} (the public release)"
+            )
+        return cls(
+            restorer.variant,
+            restorer.model,
+            restorer.codec,
+            restorer.text_encoder,
+            device=device,
+        )
+
+    # -- inference ----------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str) -> TextEncoding:
+        """Text features of one instruction, on the model's device and dtype."""
+        encoding = self.text_encoder.encode([prompt], self.variant.max_text_tokens)
+        return encoding.to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def restore(
+        self,
+        image: Image.Image,
+        prompt: str,
+        steps: int | None = None,
+        seed: int = DEFAULT_SEED,
+        *,
+        on_step: StepCallback | None = None,
+    ) -> Image.Image:
+        """Restore ``image`` following ``prompt``; the output has the input's size."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"expected a PIL image, got {type(image).__name__}")
+        if not prompt or not prompt.strip():
+            raise ValueError("the instruction is empty")
+        steps = self.variant.steps if steps is None else steps
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        source = image.convert("RGB")
+        width, height = source.size
+        work_w, work_h = round_size(width, height)
+        if (work_w, work_h) != (width, height):
+            source = source.resize((work_w, work_h), Image.Resampling.BICUBIC)
+
+        pixels = pil_to_tensor(source).to(self.device, self.dtype)
+        reference = grid_to_tokens(self.codec.encode(pixels)).to(self.dtype)
+        grid_h, grid_w = work_h // 16, work_w // 16
+        n_tokens = grid_h * grid_w
+        text = self.encode_prompt(prompt)
+        kind = self.variant.backbone
+        ids = torch.cat(
+            [
+                image_ids(kind, grid_h, grid_w, reference=False, device=self.device),
+                image_ids(kind, grid_h, grid_w, reference=True, device=self.device),
+            ]
+        )
+        txt_ids = text_ids(kind, text.embeds.shape[1], device=self.device)
+        guidance = None
+        if kind is BackboneKind.FLUX1_KONTEXT and self.model.transformer.config.guidance_embeds:
+            value = self.variant.guidance if self.variant.guidance is not None else 1.0
+            guidance = torch.full((1,), value, device=self.device, dtype=torch.float32)
+        pooled = text.pooled if kind is BackboneKind.FLUX1_KONTEXT else None
+
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn((1, n_tokens, reference.shape[-1]), generator=generator)
+        if self.variant.schedule == "flux1":
+            sigmas = schedule_for(
+                "flux1",
+                n_tokens,
+                steps,
+                base_shift=self.variant.base_shift,
+                max_shift=self.variant.max_shift,
+            )
+        else:
+            sigmas = schedule_for("flux2", n_tokens, steps)
+
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            hidden = torch.cat([x.to(self.device, self.dtype), reference], dim=1)
+            timestep = torch.full((1,), t, device=self.device, dtype=self.dtype)
+            output = self.model(
+                hidden,
+                text.embeds,
+                timestep,
+                ids,
+                txt_ids,
+                pooled_projections=pooled,
+                guidance=guidance,
+            )
+            return output.sample[:, :n_tokens]
+
+        latents = euler_sample(velocity, noise.to(self.device), sigmas, on_step=on_step)
+        grid = tokens_to_grid(latents.to(self.dtype), grid_h, grid_w)
+        result = tensor_to_pil(self.codec.decode(grid))
+        if result.size != (width, height):
+            result = result.resize((width, height), Image.Resampling.BICUBIC)
+        return result
+
+    def restore_turns(
+        self,
+        image: Image.Image,
+        prompts: Sequence[str],
+        steps: int | None = None,
+        seed: int = DEFAULT_SEED,
+        *,
+        on_step: StepCallback | None = None,
+    ) -> list[Image.Image]:
+        """Multi-turn restoration: turn k restores turn k-1's output with ``prompts[k]``."""
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError("expected a non-empty list of instructions, one per turn")
+        outputs: list[Image.Image] = []
+        current = image
+        for prompt in prompts:
+            current = self.restore(current, prompt, steps, seed, on_step=on_step)
+            outputs.append(current)
+        return outputs
+
+    def for_evaluation(
+        self, *, name: str | None = None, version: str = "0", steps: int | None = None
+    ) -> EvaluationRestorer:
+        """This model behind the evaluation layer's ``Restorer`` protocol (ndarray in, out)."""
+        return EvaluationRestorer(
+            self, name=name or self.variant.name, version=version, steps=steps
+        )
+
+
+class EvaluationRestorer:
+    """Adapter to ``cotir_pipeline.evaluation``'s protocol: ``restore(lq, prompt, degradation)``.
+
+    ``lq`` and the result are RGB uint8 arrays (H, W, 3); the degradation label is not
+    used (CoTIR reads everything from the instruction). Seed 42, the variant's steps.
+    """
+
+    def __init__(
+        self, restorer: CoTIRRestorer, *, name: str, version: str, steps: int | None = None
+    ) -> None:
+        self.restorer = restorer
+        self.name = name
+        self.version = version
+        self.steps = steps
+
+    def restore(self, lq: np.ndarray, prompt: str, degradation: str) -> np.ndarray:
+        """Restore an RGB uint8 array following ``prompt``."""
+        del degradation
+        array = np.asarray(lq)
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 image, got {array.shape} {array.dtype}")
+        result = self.restorer.restore(Image.fromarray(array), prompt, self.steps)
+        return np.asarray(result, dtype=np.uint8)

@@ -1,0 +1,102 @@
+"""``cotir restore``: the entry-point command writes a PNG with the tiny variant on CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from cotir_pipeline.cli import cli
+from models.cli import restore
+
+
+def _lq_png(path: Path, size: tuple[int, int] = (40, 30)) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_cotir_restore_writes_a_png_of_the_input_size(tmp_path: Path) -> None:
+    lq = _lq_png(tmp_path / "lq.png")
+    out = tmp_path / "out" / "restored.png"
+    result = CliRunner().invoke(
+        cli, ["restore", str(lq), "-p", "Remove the rain.", "-o", str(out), "--steps", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+        assert image.size == (40, 30)
+    assert str(out) in result.output
+
+
+def test_two_prompts_run_two_turns(tmp_path: Path) -> None:
+    lq = _lq_png(tmp_path / "lq.png")
+    out = tmp_path / "final.png"
+    result = CliRunner().invoke(
+        restore,
+        [str(lq), "-p", "Remove the rain.", "-p", "Brighten it.", "-o", str(out), "--steps", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    assert (tmp_path / "final.turn1.png").is_file()
+
+
+def test_bad_input_is_a_usage_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    result = CliRunner().invoke(restore, [str(broken), "-p", "x", "-o", str(tmp_path / "o.png")])
+    assert result.exit_code == 2
+    assert "cannot read" in result.output
+    lq = _lq_png(tmp_path / "lq.png")
+    result = CliRunner().invoke(restore, [str(lq), "-p", " ", "-o", str(tmp_path / "o.png")])
+    assert result.exit_code == 2
+    assert "must not be empty" in result.output
+
+
+def test_full_variant_without_weights_fails_with_the_setting_name(tmp_path: Path) -> None:
+    lq = _lq_png(tmp_path / "lq.png")
+    result = CliRunner().invoke(
+        restore,
+        [str(lq), "-p", "x", "-o", str(tmp_path / "o.png"), "--variant", "cotir-4b"],
+        env={"COTIR_WEIGHTS_DIR": ""},
+    )
+    assert result.exit_code == 1
+    assert "COTIR_WEIGHTS_DIR" in result.output
+
+
+def test_help_shows_a_real_example_and_stays_torch_free() -> None:
+    result = CliRunner().invoke(cli, ["restore", "--help"])
+    assert result.exit_code == 0
+    assert "cotir restore lq.png -p" in result.output
+    probe = (
+        "import sys; from cotir_pipeline.cli import cli; "
+        "cli.get_command(None, 'restore'); print('torch' in sys.modules)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert completed.stdout.strip() == "False"
+
+
+def test_checkpoint_folder_brings_its_own_variant(tmp_path: Path) -> None:
+    from models.checkpoint_io import save_checkpoint
+    from models.restore import CoTIRRestorer
+    from models.testing import randomize_gates
+
+    trained = CoTIRRestorer.from_variant("tiny-kontext")
+    randomize_gates(trained.model, 0.2)
+    save_checkpoint(trained.model, tmp_path / "ckpt", variant="tiny-kontext", include_base=True)
+    lq = _lq_png(tmp_path / "lq.png")
+    out = tmp_path / "o.png"
+    args = [str(lq), "-p", "Dehaze.", "-o", str(out), "--steps", "1"]
+    result = CliRunner().invoke(restore, [*args, "--checkpoint", str(tmp_path / "ckpt")])
+    assert result.exit_code == 0, result.output
+    expected = trained.restore(Image.open(lq), "Dehaze.", steps=1)
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+    result = CliRunner().invoke(restore, [*args, "--checkpoint", str(tmp_path / "missing")])
+    assert result.exit_code == 1
+    assert "does not exist" in result.output

@@ -1,0 +1,208 @@
+"""LoRA wiring: targets, initialisation, trainable report, round trips through stock diffusers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, FluxKontextPipeline
+from safetensors.torch import load_file
+
+from models.backbones import CoTIRTransformer, build_transformer
+from models.checkpoint_io import (
+    ADAPTER_FILE,
+    LORA_FILE,
+    CheckpointError,
+    load_checkpoint,
+    lora_state_dict,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
+from models.kinds import BackboneKind
+from models.lora import LORA_TARGETS, apply_lora, lora_target_names, trainable_report
+from models.testing import TINY_CONFIGS, TINY_TEXT_DIM, randomize_gates, tiny_inputs, tiny_model
+
+KINDS = list(BackboneKind)
+
+EXPECTED_SINGLE_TARGETS = {
+    BackboneKind.FLUX1_KONTEXT: (
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "proj_mlp",
+        "proj_out",
+        "norm.linear",
+    ),
+    BackboneKind.FLUX2_KLEIN: ("attn.to_qkv_mlp_proj", "attn.to_out"),
+}
+
+
+def _expected_targets(kind: BackboneKind) -> set[str]:
+    n_single = TINY_CONFIGS[kind]["num_single_layers"]
+    names = {
+        f"single_transformer_blocks.{i}.{layer}"
+        for i in range(n_single)
+        for layer in EXPECTED_SINGLE_TARGETS[kind]
+    }
+    return names | {"proj_out", "norm_out.linear"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lora_sits_on_every_single_stream_linear_and_the_final_layer_only(
+    kind: BackboneKind,
+) -> None:
+    model = tiny_model(kind)
+    single_linears = {
+        f"single_transformer_blocks.{name}"
+        for name, module in model.transformer.single_transformer_blocks.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    apply_lora(model, 4)
+    targets = set(lora_target_names(model))
+    assert targets == _expected_targets(kind)
+    assert single_linears <= targets  # every Linear of the single-stream blocks
+    assert not any(name.startswith("transformer_blocks.") for name in lora_target_names(model))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_b_keeps_the_base_output_and_random_b_does_not(kind: BackboneKind) -> None:
+    reference = tiny_model(kind)
+    inputs = tiny_inputs(reference)
+    with torch.no_grad():
+        base = reference(**inputs.kwargs).sample
+    zero = tiny_model(kind)
+    apply_lora(zero, 4)
+    with torch.no_grad():
+        assert torch.equal(zero(**inputs.kwargs).sample, base)
+    random = tiny_model(kind)
+    apply_lora(random, 4, init_b="random")
+    with torch.no_grad():
+        assert not torch.allclose(random(**inputs.kwargs).sample, base, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trainable_report_counts_adapter_and_lora_only(kind: BackboneKind) -> None:
+    model = tiny_model(kind)
+    rank = 4
+    apply_lora(model, rank)
+    report = trainable_report(model)
+    assert set(report.counts) == {"adapter", "lora"}
+    assert report.counts["adapter"] == sum(p.numel() for p in model.cot_adapter.parameters())
+    modules = dict(model.transformer.named_modules())
+    expected_lora = 0
+    for name in lora_target_names(model):
+        base = modules[name].base_layer
+        expected_lora += rank * (base.in_features + base.out_features) + base.out_features
+    assert report.counts["lora"] == expected_lora
+    assert report.trainable == report.counts["adapter"] + expected_lora
+    assert all(name.startswith("cot_adapter.") or "lora_" in name for name in report.names)
+    assert "adapter" in report.format()
+
+
+def test_lora_config_validates_its_arguments() -> None:
+    model = tiny_model(BackboneKind.FLUX2_KLEIN)
+    with pytest.raises(ValueError, match="rank"):
+        apply_lora(model, 0)
+    with pytest.raises(ValueError, match="init_b"):
+        apply_lora(model, 4, init_b="gaussian")  # type: ignore[arg-type]
+    apply_lora(model, 4)
+    with pytest.raises(ValueError, match="already has LoRA"):
+        apply_lora(model, 4)
+
+
+def test_target_regexes_do_not_match_double_stream_modules() -> None:
+    for kind, pattern in LORA_TARGETS.items():
+        assert not re.fullmatch(pattern, "transformer_blocks.0.attn.to_out.0"), kind
+        assert not re.fullmatch(pattern, "transformer_blocks.0.ff.net.2"), kind
+        assert re.fullmatch(pattern, "proj_out"), kind
+
+
+# -- save / load ---------------------------------------------------------------------------
+
+
+def _stock_pipeline(kind: BackboneKind, transformer: torch.nn.Module):
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    if kind is BackboneKind.FLUX1_KONTEXT:
+        return FluxKontextPipeline(
+            scheduler=scheduler,
+            vae=None,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            transformer=transformer,
+        )
+    return Flux2KleinPipeline(
+        scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, transformer=transformer
+    )
+
+
+def _trained_like(kind: BackboneKind) -> CoTIRTransformer:
+    model = tiny_model(kind)
+    torch.manual_seed(5)
+    apply_lora(model, 4, init_b="random")
+    return model
+
+
+@pytest.mark.filterwarnings("ignore:.*lora_bias=True.*has no bias")  # FLUX.2: expected
+@pytest.mark.parametrize("kind", KINDS)
+def test_saved_lora_loads_into_a_stock_diffusers_pipeline(
+    kind: BackboneKind, tmp_path: Path
+) -> None:
+    model = _trained_like(kind)  # gates stay at zero: the sample is base + LoRA
+    save_checkpoint(model, tmp_path / "ckpt", variant="test")
+    saved = load_file(str(tmp_path / "ckpt" / LORA_FILE))
+    assert all(key.startswith("transformer.") for key in saved)
+    assert any(key.endswith("lora_B.bias") for key in saved)
+
+    torch.manual_seed(0)
+    stock = build_transformer(kind, TINY_CONFIGS[kind])
+    stock.load_state_dict(tiny_model(kind).transformer.state_dict())
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        base = stock(**inputs.base_kwargs())[0]
+        pipe = _stock_pipeline(kind, stock)
+        pipe.load_lora_weights(str(tmp_path / "ckpt"))
+        stock_out = pipe.transformer(**inputs.base_kwargs())[0]
+        ours = model(**inputs.kwargs).sample
+    assert not torch.allclose(ours, base, atol=1e-6)
+    torch.testing.assert_close(stock_out, ours, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_checkpoint_round_trip_restores_adapter_and_lora(
+    kind: BackboneKind, tmp_path: Path
+) -> None:
+    model = _trained_like(kind)
+    randomize_gates(model, 0.3)
+    with torch.no_grad():
+        for parameter in model.cot_adapter.parameters():
+            parameter.add_(0.01)
+    folder = save_checkpoint(model, tmp_path / "ckpt", variant="test", include_base=True)
+    meta = read_checkpoint_meta(folder)
+    assert meta["lora"] == {"rank": 4, "alpha": 4.0, "bias": True}
+    assert (folder / ADAPTER_FILE).is_file()
+
+    fresh = CoTIRTransformer.from_pretrained_base(
+        kind, folder / "transformer", text_dim=TINY_TEXT_DIM, adapter_depth=2
+    )
+    load_checkpoint(fresh, folder)
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        a, b = model(**inputs.kwargs), fresh(**inputs.kwargs)
+    for x, y in ((a.sample, b.sample), (a.scene, b.scene), (a.plan, b.plan)):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert lora_state_dict(fresh).keys() == lora_state_dict(model).keys()
+
+
+def test_loading_into_a_model_of_another_rank_or_backbone_fails(tmp_path: Path) -> None:
+    model = _trained_like(BackboneKind.FLUX2_KLEIN)
+    folder = save_checkpoint(model, tmp_path / "ckpt")
+    other_rank = tiny_model(BackboneKind.FLUX2_KLEIN)
+    apply_lora(other_rank, 8)
+    with pytest.raises(CheckpointError, match="rank"):
+        load_checkpoint(other_rank, folder)
+    with pytest.raises(CheckpointError, match="flux2-klein checkpoint"):
+        load_checkpoint(tiny_model(BackboneKind.FLUX1_KONTEXT), folder)
