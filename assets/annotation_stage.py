@@ -29,6 +29,8 @@ class AnnotationResource(dg.ConfigurableResource):
     vllm_urls: list[str] = Field(default_factory=list, description="vLLM server base URLs.")
     vllm_model: str = Field(default="", description="Served model name.")
     max_in_flight: int = Field(default=64, description="Requests in flight over all servers.")
+    api_key: str | None = Field(default=None, description="Bearer token (COTIR_VLLM_API_KEY).")
+    guided_decoding: str = Field(default="response_format", description="Schema field to send.")
     cache_path: str = Field(description="SQLite request cache: a crashed run re-asks nothing.")
     clip_model: str = Field(default="", description="open_clip architecture, or empty.")
     clip_checkpoint: str = Field(default="", description="Local CLIP checkpoint, or empty.")
@@ -46,7 +48,11 @@ class AnnotationResource(dg.ConfigurableResource):
             vllm_urls=list(settings.vllm_url_list),
             vllm_model=settings.vllm_model,
             max_in_flight=settings.vllm_max_in_flight,
-            cache_path=str((settings.cache_dir or settings.home) / "vllm-requests.sqlite"),
+            api_key=settings.vllm_api_key,
+            guided_decoding=settings.vllm_guided_decoding,
+            cache_path=str(
+                (settings.cache_dir or settings.home) / "annotation" / "vllm-cache.sqlite"
+            ),
             clip_model=settings.clip_model,
             clip_checkpoint=str(settings.clip_checkpoint or ""),
             clip_threshold=settings.clip_threshold,
@@ -68,6 +74,8 @@ class AnnotationResource(dg.ConfigurableResource):
                 base_urls=tuple(self.vllm_urls),
                 model=self.vllm_model,
                 max_in_flight=self.max_in_flight,
+                api_key=self.api_key,
+                guided_decoding=self.guided_decoding,  # type: ignore[arg-type]
                 cache_path=Path(self.cache_path),
             )
         )

@@ -24,6 +24,9 @@ class SettingsError(ValueError):
     """A setting has a bad value; the message starts with the variable's name."""
 
 
+GuidedDecodingField = Literal["response_format", "structured_outputs", "guided_json", "none"]
+
+
 class Profile(StrEnum):
     """Which coherent set of resources a run uses (see DESIGN.md, "Profiles")."""
 
@@ -88,6 +91,15 @@ class CotirSettings(BaseSettings):
     )
     vllm_model: str = Field(default="", description="Served model name, e.g. Qwen/Qwen2.5-VL-72B.")
     vllm_max_in_flight: int = Field(default=64, ge=1, le=4096)
+    vllm_api_key: str | None = Field(
+        default=None, repr=False, description="Bearer token of the vLLM servers, if any."
+    )
+    vllm_guided_decoding: GuidedDecodingField = Field(
+        default="response_format",
+        description="Request field that constrains answers to the JSON schema: "
+        "response_format (OpenAI; every vLLM), structured_outputs (vLLM >= 0.10.2), "
+        "guided_json (vLLM < 0.12), none.",
+    )
     clip_model: str = Field(
         default="", description="open_clip architecture of the consistency filter, e.g. ViT-L-14."
     )
