@@ -1,0 +1,937 @@
+"""Benchmark sets in the public CoTIR-Bench test format: writer, readers and builders.
+
+Format (the public release's): ``<root>/test.jsonl`` with one record per line
+(``id``, ``lq_path``, ``deg_type``, ``gen_prompt`` = vague prompt, ``spe_prompt``
+= precise prompt, ``subset``), LQ images under ``lq/`` and ground truth under
+``hq/`` with the same file names. This project adds a ``meta`` object per record
+(recipe, seed, applied parameters) and a ``bench.json`` with how the set was
+built; readers of the public format ignore both.
+
+Builders (all seeded, all write through :func:`write_bench_set`):
+- :func:`build_agenticir_set`: the AgenticIR set of REFERENCE.md section 9 from
+  100+ clean images (plan: :func:`cotir_pipeline.degradations.agenticir_plan`;
+  low-resolution LQ stays x0.25).
+- :func:`build_demo_agenticir_set`: the same plan on 100 crops of the demo
+  profile's bench photos (labelled as such), optionally reduced per combination.
+- :func:`build_seven_d_subset`: the 7D subset (the ``7d`` recipe set, 200 by default).
+- :func:`build_demo_bench`: demo-bench patches with a few ``demo`` recipes.
+Readers: :func:`read_bench_set` ingests any folder in the public format as it
+is (e.g. the released CoTIR-Bench test folder); :func:`read_real_world_set`
+reads a real-world set (no ground truth: no-reference metrics only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import numpy as np
+
+from cotir_pipeline import demo_photos
+from cotir_pipeline.degradations import (
+    agenticir_plan,
+    apply_recipe,
+    derive_seed,
+    get_recipe,
+    get_recipe_set,
+)
+from cotir_pipeline.evaluation._io import (
+    IMAGE_SUFFIXES,
+    check_rgb8,
+    find_image,
+    float_to_rgb8,
+    read_jsonl,
+    read_rgb,
+    write_jsonl,
+    write_png,
+    write_text,
+)
+from cotir_pipeline.tasks import (
+    COMPOSITE_SEPARATOR,
+    Degradation,
+    TaskCode,
+    parse_degradation_label,
+    task_of,
+)
+
+MANIFEST_NAME = "test.jsonl"
+INFO_NAME = "bench.json"
+LQ_DIR = "lq"
+HQ_DIR = "hq"
+#: The fields of a public ``test.jsonl`` record, in the release's order.
+PUBLIC_FIELDS: tuple[str, ...] = ("id", "lq_path", "deg_type", "gen_prompt", "spe_prompt", "subset")
+
+PromptKind = Literal["vague", "precise"]
+PROMPT_KINDS: tuple[PromptKind, ...] = ("vague", "precise")
+
+
+class BenchFormatError(ValueError):
+    """A bench folder does not follow the test format; the message says where and why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Records and sets
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    """One test sample: the public fields plus this project's ``meta``."""
+
+    id: str
+    lq_path: str
+    deg_type: str
+    gen_prompt: str
+    spe_prompt: str
+    subset: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_name(self) -> str:
+        """File name of this sample's restored outputs: the LQ's name, always as PNG.
+
+        Outputs are lossless PNG; an LQ stored as ``x.jpg`` gets ``x.png`` (matching
+        is by stem, so the ground truth ``hq/x.*`` still pairs with it).
+        """
+        name = Path(self.lq_path).name
+        return name if name.lower().endswith(".png") else f"{Path(name).stem}.png"
+
+    def prompt(self, kind: PromptKind) -> str:
+        """The vague (``gen_prompt``) or precise (``spe_prompt``) instruction."""
+        if kind == "vague":
+            return self.gen_prompt
+        if kind == "precise":
+            return self.spe_prompt
+        raise ValueError(f"prompt kind must be 'vague' or 'precise', got {kind!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest line: public fields first, then ``meta`` when present."""
+        row: dict[str, Any] = {name: getattr(self, name) for name in PUBLIC_FIELDS}
+        if self.meta:
+            row["meta"] = dict(self.meta)
+        return row
+
+
+def record_task(record: BenchRecord) -> str:
+    """CoTIR-Bench task code of a record: from its degradation label, else its subset.
+
+    Public sets may use their own ``deg_type`` spellings; then a ``subset`` that
+    is a task code is used, and "unknown" otherwise.
+    """
+    try:
+        return task_of(parse_degradation_label(record.deg_type)).value
+    except ValueError:
+        pass
+    if record.subset in {code.value for code in TaskCode}:
+        return record.subset
+    return "unknown"
+
+
+@dataclass(frozen=True)
+class BenchSet:
+    """A bench folder read into memory: records with their resolved LQ and HQ files."""
+
+    root: Path
+    name: str
+    records: tuple[BenchRecord, ...]
+    lq_files: Mapping[str, Path]
+    hq_files: Mapping[str, Path | None]
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_reference(self) -> bool:
+        """True when every record has its ground-truth image."""
+        return bool(self.records) and all(self.hq_files.get(r.id) for r in self.records)
+
+    def lq_file(self, record: BenchRecord) -> Path:
+        """The LQ image of ``record``."""
+        return self.lq_files[record.id]
+
+    def hq_file(self, record: BenchRecord) -> Path | None:
+        """The ground truth of ``record``, or None when the set has none for it."""
+        return self.hq_files.get(record.id)
+
+    def get(self, sample_id: str) -> BenchRecord:
+        """The record with id ``sample_id``; KeyError when absent."""
+        for record in self.records:
+            if record.id == sample_id:
+                return record
+        raise KeyError(f"bench {self.name!r} has no sample {sample_id!r}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass(frozen=True)
+class BenchSample:
+    """A record with its pixels, as the builders hand them to :func:`write_bench_set`."""
+
+    record: BenchRecord
+    lq: np.ndarray
+    hq: np.ndarray | None
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts
+
+#: Built-in vague prompts (this project's wording; the public list is gen_prompt.txt).
+DEFAULT_VAGUE_PROMPTS: tuple[str, ...] = (
+    "Please restore this image.",
+    "Improve the quality of this photo.",
+    "Make this picture look clean and sharp.",
+    "Enhance this image.",
+    "Fix whatever is wrong with this photo.",
+    "Restore this photo to high quality.",
+)
+
+#: Built-in precise phrases per degradation, composed in label order.
+PRECISE_PHRASES: Mapping[str, str] = MappingProxyType(
+    {
+        Degradation.LOW_LIGHT: "brighten the under-exposed image",
+        Degradation.OVER_EXPOSURE: "correct the over-exposure",
+        Degradation.HAZE: "remove the haze",
+        Degradation.NONHOMOGENEOUS_HAZE: "remove the uneven haze",
+        Degradation.RAIN: "remove the rain streaks",
+        Degradation.RAINDROP: "remove the raindrops",
+        Degradation.SNOW: "remove the snow",
+        Degradation.REFLECTION: "remove the reflection",
+        Degradation.SHADOW: "remove the shadows",
+        Degradation.MOTION_BLUR: "remove the motion blur",
+        Degradation.DEFOCUS_BLUR: "remove the defocus blur",
+        Degradation.LOW_RESOLUTION: "increase the resolution",
+        Degradation.NOISE: "remove the noise",
+        Degradation.UNDERWATER: "correct the underwater colour cast",
+        Degradation.FLARE: "remove the lens flare",
+        Degradation.WATERMARK: "remove the watermark",
+        Degradation.SMARTPHONE: "make it look like a DSLR photo",
+        Degradation.LOST_COLOR: "restore the missing colours",
+        Degradation.JPEG: "remove the JPEG compression artifacts",
+    }
+)
+
+
+def fallback_precise_prompt(label: str) -> str:
+    """The release's fallback instruction, "Please correct {deg} issues."."""
+    return f"Please correct {label.replace(COMPOSITE_SEPARATOR, ' and ')} issues."
+
+
+@dataclass(frozen=True)
+class BenchPrompts:
+    """Where the vague and precise prompts of built sets come from.
+
+    ``precise`` maps a degradation label to candidate sentences (the release's
+    ``prompts/spe_prompt/<deg>.txt``); labels without sentences are composed from
+    :data:`PRECISE_PHRASES` when ``compose`` is set, else get the fallback text.
+    """
+
+    vague: tuple[str, ...] = DEFAULT_VAGUE_PROMPTS
+    precise: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    compose: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.vague or not all(isinstance(line, str) and line for line in self.vague):
+            raise ValueError("BenchPrompts needs at least one non-empty vague prompt")
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> BenchPrompts:
+        """Read the release's layout: ``gen_prompt.txt`` and ``spe_prompt/<deg>.txt``."""
+        folder = Path(folder)
+        vague_file = folder / "gen_prompt.txt"
+        if not vague_file.is_file():
+            raise FileNotFoundError(f"vague prompt list not found: {vague_file}")
+        vague = tuple(_lines(vague_file))
+        precise = {
+            path.stem: tuple(_lines(path)) for path in sorted((folder / "spe_prompt").glob("*.txt"))
+        }
+        return cls(vague=vague, precise={k: v for k, v in precise.items() if v}, compose=False)
+
+    def vague_prompt(self, rng: np.random.Generator) -> str:
+        """One vague prompt drawn with ``rng``."""
+        return self.vague[int(rng.integers(len(self.vague)))]
+
+    def precise_prompt(self, label: str, rng: np.random.Generator) -> str:
+        """The precise instruction for degradation ``label`` (order = order of application)."""
+        options = self.precise.get(label)
+        if options:
+            return options[int(rng.integers(len(options)))]
+        parts = label.split(COMPOSITE_SEPARATOR)
+        if self.compose and all(part in PRECISE_PHRASES for part in parts):
+            phrases = [PRECISE_PHRASES[part] for part in parts]
+            return "Please " + ", then ".join(phrases) + "."
+        return fallback_precise_prompt(label)
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _prompts_for(prompts: BenchPrompts, label: str, seed: int, key: str) -> tuple[str, str]:
+    rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "prompts", key)))
+    return prompts.vague_prompt(rng), prompts.precise_prompt(label, rng)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing and reading
+
+
+def write_bench_set(
+    root: Path,
+    name: str,
+    samples: Iterable[BenchSample],
+    *,
+    info: Mapping[str, Any] | None = None,
+    sort_key: Callable[[BenchRecord], Any] | None = None,
+) -> BenchSet:
+    """Write samples as ``lq/``, ``hq/``, ``test.jsonl`` and ``bench.json``; return the set.
+
+    Images are written as they come (PNG, atomically); the manifest is written
+    last, atomically, so a folder with a ``test.jsonl`` is always complete.
+    Duplicate ids or output names raise BenchFormatError.
+    """
+    root = Path(root)
+    records: list[BenchRecord] = []
+    seen: set[str] = set()
+    with_reference = 0
+    for sample in samples:
+        record = sample.record
+        if record.id in seen:
+            raise BenchFormatError(f"duplicate sample id {record.id!r} in bench {name!r}")
+        seen.add(record.id)
+        if Path(record.lq_path) != Path(LQ_DIR) / record.output_name:
+            raise BenchFormatError(
+                f"{record.id}: lq_path must be lq/<file name>, got {record.lq_path}"
+            )
+        write_png(root / record.lq_path, check_rgb8(sample.lq, what=f"LQ of {record.id}"))
+        if sample.hq is not None:
+            write_png(root / HQ_DIR / record.output_name, check_rgb8(sample.hq, what="HQ"))
+            with_reference += 1
+        records.append(record)
+    if with_reference not in (0, len(records)):
+        raise BenchFormatError(f"bench {name!r}: either every sample has an HQ image or none has")
+    if sort_key is not None:
+        records.sort(key=sort_key)
+    details = {
+        "name": name,
+        "count": len(records),
+        "has_reference": bool(records) and with_reference == len(records),
+        **dict(info or {}),
+    }
+    write_text(root / INFO_NAME, json.dumps(details, indent=2, sort_keys=True) + "\n")
+    write_jsonl(root / MANIFEST_NAME, [record.to_json() for record in records])
+    return read_bench_set(root)
+
+
+def _resolve_lq(root: Path, lq_path: str) -> Path | None:
+    """Where the release's inference script finds an LQ file (absolute, relative, lq/<name>)."""
+    candidate = Path(lq_path)
+    if candidate.is_absolute() and candidate.is_file():
+        return candidate
+    relative = root / candidate
+    if relative.is_file():
+        return relative
+    fallback = root / LQ_DIR / candidate.name
+    return fallback if fallback.is_file() else None
+
+
+def _text_field(row: Mapping[str, Any], key: str, line: int, manifest: Path) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise BenchFormatError(f"{manifest}: line {line} has no {key!r} (a non-empty string)")
+    return value
+
+
+def _record_from_row(row: Mapping[str, Any], line: int, manifest: Path) -> BenchRecord:
+    raw_id = row.get("id")
+    lq_path = row.get("lq_path")
+    if raw_id in (None, "") and not lq_path:
+        raise BenchFormatError(f"{manifest}: line {line} has neither 'id' nor 'lq_path'")
+    sample_id = str(raw_id) if raw_id not in (None, "") else Path(str(lq_path)).stem
+    raw_meta = row.get("meta")
+    meta: dict[str, Any] = dict(raw_meta) if isinstance(raw_meta, Mapping) else {}
+    if raw_meta is not None and not isinstance(raw_meta, Mapping):
+        meta["meta"] = raw_meta  # kept as it is, under its own name
+    meta.update({key: value for key, value in row.items() if key not in (*PUBLIC_FIELDS, "meta")})
+    return BenchRecord(
+        id=sample_id,
+        lq_path=str(lq_path) if lq_path else f"{LQ_DIR}/{sample_id}.png",
+        deg_type=str(row.get("deg_type") or ""),
+        gen_prompt=_text_field(row, "gen_prompt", line, manifest),
+        spe_prompt=_text_field(row, "spe_prompt", line, manifest),
+        subset=str(row.get("subset") or ""),
+        meta=meta,
+    )
+
+
+def _check_unique(records: Sequence[BenchRecord], where: Path) -> None:
+    for what, values in (
+        ("sample id", [r.id for r in records]),
+        ("output file name", [Path(r.output_name).stem for r in records]),
+    ):
+        counts: dict[str, int] = defaultdict(int)
+        for value in values:
+            counts[value] += 1
+        repeated = sorted(value for value, count in counts.items() if count > 1)
+        if repeated:
+            raise BenchFormatError(
+                f"{where}: {len(repeated)} repeated {what}s, e.g. {repeated[:5]} "
+                "(outputs are matched by file name without suffix, so names must be unique)"
+            )
+
+
+def read_bench_set(root: Path, *, name: str | None = None) -> BenchSet:
+    """Read a folder in the public test format as it is (e.g. the released test folder).
+
+    Needs ``test.jsonl`` with ``gen_prompt`` and ``spe_prompt`` on every line; ``id``
+    defaults to the LQ file's stem and ``lq_path`` to ``lq/<id>.png``. LQ files are
+    resolved like the release's inference script; ground truth is the file of
+    ``hq/`` with the LQ's name (any image suffix) where present. Extra fields are
+    kept in ``meta``. Raises BenchFormatError for a missing manifest, a bad line,
+    missing LQ files or repeated ids/file names.
+    """
+    root = Path(root)
+    manifest = root / MANIFEST_NAME
+    if not manifest.is_file():
+        raise BenchFormatError(f"no {MANIFEST_NAME} in {root} (not a bench folder)")
+    try:
+        rows = read_jsonl(manifest)
+    except ValueError as error:
+        raise BenchFormatError(str(error)) from None
+    records = [_record_from_row(row, line, manifest) for line, row in enumerate(rows, start=1)]
+    _check_unique(records, manifest)
+    lq_files: dict[str, Path] = {}
+    missing: list[str] = []
+    for record in records:
+        found = _resolve_lq(root, record.lq_path)
+        if found is None:
+            missing.append(record.lq_path)
+        else:
+            lq_files[record.id] = found
+    if missing:
+        raise BenchFormatError(
+            f"{root}: {len(missing)} LQ image(s) listed in {MANIFEST_NAME} are missing, "
+            f"e.g. {missing[:5]}"
+        )
+    hq_files: dict[str, Path | None] = {
+        record.id: find_image(root / HQ_DIR, Path(record.lq_path).name) for record in records
+    }
+    info: dict[str, Any] = {}
+    if (root / INFO_NAME).is_file():
+        info = json.loads((root / INFO_NAME).read_text(encoding="utf-8"))
+    bench_name = name or str(info.get("name") or root.name)
+    return BenchSet(root, bench_name, tuple(records), lq_files, hq_files, info)
+
+
+def read_real_world_set(
+    folder: Path,
+    *,
+    name: str = "real_world",
+    degradation_of_subset: Mapping[str, str] | None = None,
+    prompts: BenchPrompts | None = None,
+    seed: int = 0,
+) -> BenchSet:
+    """A real-world set (no ground truth, so no-reference metrics only).
+
+    A folder with a ``test.jsonl`` is read as it is (its ``hq/`` is ignored if
+    present). Otherwise every image below ``folder`` becomes a record: the first
+    sub-folder is the subset (the source data set, e.g. ``RTTS/``), ``deg_type``
+    comes from ``degradation_of_subset`` ("unknown" when not given), and prompts
+    are drawn from ``prompts``. Nothing is written.
+    """
+    folder = Path(folder)
+    if (folder / MANIFEST_NAME).is_file():
+        bench = read_bench_set(folder, name=name)
+        no_reference: dict[str, Path | None] = dict.fromkeys(bench.lq_files)
+        info = {**bench.info, "has_reference": False}
+        return BenchSet(bench.root, bench.name, bench.records, bench.lq_files, no_reference, info)
+    if not folder.is_dir():
+        raise BenchFormatError(f"real-world folder not found: {folder}")
+    chosen = prompts or BenchPrompts()
+    mapping = dict(degradation_of_subset or {})
+    records: list[BenchRecord] = []
+    lq_files: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        relative = path.relative_to(folder)
+        if relative.parts[0].startswith("."):
+            continue
+        subset = relative.parts[0] if len(relative.parts) > 1 else "real_world"
+        label = mapping.get(subset, "unknown")
+        sample_id = "__".join(relative.with_suffix("").parts)
+        vague, precise = _prompts_for(chosen, label, seed, sample_id)
+        if label == "unknown":
+            precise = vague
+        records.append(BenchRecord(sample_id, relative.as_posix(), label, vague, precise, subset))
+        lq_files[sample_id] = path
+    if not records:
+        raise BenchFormatError(f"no images found under {folder}")
+    _check_unique(records, folder)
+    info = {"name": name, "count": len(records), "has_reference": False, "kind": "real_world"}
+    return BenchSet(folder, name, tuple(records), lq_files, dict.fromkeys(lq_files), info)
+
+
+# --------------------------------------------------------------------------------------------
+# Clean images
+
+
+@dataclass(frozen=True)
+class CleanImage:
+    """A ground-truth image given to a builder: a name, its pixels, an optional depth map.
+
+    ``load`` returns RGB uint8 (H, W, 3); ``load_depth`` (optional) a distance-like
+    HxW map (the AgenticIR set uses one per MiO100 image; without it the haze
+    operator uses its documented proxy and records that).
+    """
+
+    name: str
+    load: Callable[[], np.ndarray]
+    load_depth: Callable[[], np.ndarray] | None = None
+    source: str = ""
+
+
+def clean_images_from_arrays(
+    images: Mapping[str, np.ndarray], depths: Mapping[str, np.ndarray] | None = None
+) -> list[CleanImage]:
+    """Clean images from in-memory arrays, in the mapping's order (tests, notebooks)."""
+    result = []
+    for key, pixels in images.items():
+        check_rgb8(pixels, what=f"clean image {key!r}")
+        depth = (depths or {}).get(key)
+        result.append(
+            CleanImage(
+                key,
+                lambda pixels=pixels: pixels,
+                (lambda depth=depth: depth) if depth is not None else None,
+                source="array",
+            )
+        )
+    return result
+
+
+def clean_images_from_folder(folder: Path, *, depth_folder: Path | None = None) -> list[CleanImage]:
+    """Every image in ``folder`` (sorted by name); depth maps matched by stem (``.npy``).
+
+    A depth map is read from ``depth_folder/<stem>.npy`` when that file exists.
+    """
+    folder = Path(folder)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images in {folder}")
+    result = []
+    for path in paths:
+        depth_path = Path(depth_folder) / f"{path.stem}.npy" if depth_folder else None
+        has_depth = depth_path is not None and depth_path.is_file()
+        result.append(
+            CleanImage(
+                path.stem,
+                partial(read_rgb, path),
+                partial(np.load, depth_path) if has_depth else None,
+                str(path),
+            )
+        )
+    return result
+
+
+def _demo_crops(size: int, stride: int) -> list[tuple[demo_photos.DemoPhoto, demo_photos.Patch]]:
+    crops: list[tuple[demo_photos.DemoPhoto, demo_photos.Patch]] = []
+    for photo in demo_photos.DEMO_PHOTOS:
+        if photo.split == "bench":
+            pixels = demo_photos.load_photo(photo)
+            kept, _ = demo_photos.cut_patches(photo, pixels, size, stride)
+            crops.extend((photo, patch) for patch in kept)
+    return crops
+
+
+def demo_clean_images(count: int = 100, size: int = 128, seed: int = 0) -> list[CleanImage]:
+    """``count`` crops of the demo profile's bench photos: the demo's stand-in for MiO100.
+
+    Grid crops of ``size`` px from the bench-split photos only (never the
+    training photos), near-flat crops skipped; the grid step is ``size // 2``,
+    or ``size // 3`` or ``size // 4`` when a coarser grid gives fewer than
+    ``count`` crops; ``count`` of them are picked by a seeded permutation. There
+    are three bench photos, so crops overlap and share scenes: good for
+    exercising the pipeline, not a replacement for MiO100's 100 distinct scenes.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    candidates: list[tuple[demo_photos.DemoPhoto, demo_photos.Patch]] = []
+    for divisor in (2, 3, 4):
+        candidates = _demo_crops(size, max(1, size // divisor))
+        if len(candidates) >= count:
+            break
+    if len(candidates) < count:
+        raise ValueError(
+            f"the demo bench photos give {len(candidates)} crops of {size} px, fewer than {count}; "
+            "use a smaller size or count"
+        )
+    rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "demo-clean", size)))
+    order = sorted(int(i) for i in rng.permutation(len(candidates))[:count])
+    cache: dict[str, np.ndarray] = {}
+
+    def loader(photo: demo_photos.DemoPhoto, patch: demo_photos.Patch) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            if photo.photo_id not in cache:
+                cache[photo.photo_id] = demo_photos.load_photo(photo)
+            return demo_photos.crop(cache[photo.photo_id], patch)
+
+        return load
+
+    return [
+        CleanImage(
+            _slug(patch.item_key), loader(photo, patch), None, f"demo photo {photo.photo_id}"
+        )
+        for photo, patch in (candidates[i] for i in order)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Builders
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]+", "-", text).strip("-")
+
+
+def _sample_id(bench: str, recipe: str, clean: str, seed: int, pixels: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([bench, recipe, clean, seed, list(pixels.shape)]).encode())
+    digest.update(np.ascontiguousarray(pixels).tobytes())
+    return f"{bench}-{_slug(recipe)}-{_slug(clean)}-{digest.hexdigest()[:10]}"
+
+
+def _degraded_sample(
+    *,
+    bench: str,
+    recipe_set: str,
+    recipe_name: str,
+    clean: CleanImage,
+    pixels: np.ndarray,
+    depth: np.ndarray | None,
+    seed: int,
+    subset: str,
+    prompts: BenchPrompts,
+    prompt_seed: int,
+    meta: Mapping[str, Any],
+) -> BenchSample:
+    recipe = get_recipe(recipe_set, recipe_name)
+    degraded, applied = apply_recipe(
+        pixels.astype(np.float32) / np.float32(255.0), recipe, seed, depth=depth
+    )
+    lq = float_to_rgb8(degraded)
+    sample_id = _sample_id(bench, recipe.name, clean.name, seed, pixels)
+    vague, precise = _prompts_for(prompts, recipe.label, prompt_seed, sample_id)
+    record = BenchRecord(
+        id=sample_id,
+        lq_path=f"{LQ_DIR}/{sample_id}.png",
+        deg_type=recipe.label,
+        gen_prompt=vague,
+        spe_prompt=precise,
+        subset=subset,
+        meta={
+            **meta,
+            "recipe_set": recipe_set,
+            "recipe": recipe.name,
+            "clean": clean.name,
+            "seed": seed,
+            "applied": applied,
+            "lq_size": [int(lq.shape[0]), int(lq.shape[1])],
+            "hq_size": [int(pixels.shape[0]), int(pixels.shape[1])],
+        },
+    )
+    return BenchSample(record, lq, pixels)
+
+
+def _load_clean(clean: CleanImage) -> tuple[np.ndarray, np.ndarray | None]:
+    pixels = check_rgb8(clean.load(), what=f"clean image {clean.name!r}")
+    depth = clean.load_depth() if clean.load_depth is not None else None
+    return pixels, depth
+
+
+def build_agenticir_set(
+    clean_images: Sequence[CleanImage],
+    root: Path,
+    *,
+    seed: int = 0,
+    include_exploration: bool = False,
+    per_combination: int | None = None,
+    prompts: BenchPrompts | None = None,
+    name: str = "agenticir",
+    variant: str = "full",
+) -> BenchSet:
+    """Build the AgenticIR set (REFERENCE.md section 9) from >= 100 clean images.
+
+    The plan is :func:`~cotir_pipeline.degradations.agenticir_plan` with ``seed``:
+    16 combinations, test counts 640 / 400 / 400 (groups A / B / C), each clean
+    image at most once per combination. ``subset`` is the group letter
+    (exploration samples, if included, get ``A-exploration``). Low-resolution LQ
+    stays x0.25 (full-reference scoring upsamples it bicubic). ``per_combination``
+    keeps only the first k test samples of each combination (a reduced plan with
+    the same 16 combinations, recorded as ``variant`` in bench.json).
+    """
+    if per_combination is not None and per_combination < 1:
+        raise ValueError(f"per_combination must be >= 1, got {per_combination}")
+    plan = agenticir_plan(len(clean_images), seed)
+    chosen = [p for p in plan if p.split == "test" or include_exploration]
+    if per_combination is not None:
+        kept: dict[tuple[str, str], int] = defaultdict(int)
+        reduced = []
+        for planned in chosen:
+            key = (planned.recipe, planned.split)
+            if kept[key] < per_combination:
+                kept[key] += 1
+                reduced.append(planned)
+        chosen = reduced
+    order = {recipe.name: index for index, recipe in enumerate(get_recipe_set("agenticir"))}
+    by_clean: dict[int, list[Any]] = defaultdict(list)
+    for planned in chosen:
+        by_clean[planned.clean_index].append(planned)
+    used_prompts = prompts or BenchPrompts()
+
+    def samples() -> Iterator[BenchSample]:
+        for index in sorted(by_clean):
+            clean = clean_images[index]
+            pixels, depth = _load_clean(clean)
+            for planned in by_clean[index]:
+                subset = (
+                    planned.group if planned.split == "test" else f"{planned.group}-exploration"
+                )
+                yield _degraded_sample(
+                    bench=name,
+                    recipe_set="agenticir",
+                    recipe_name=planned.recipe,
+                    clean=clean,
+                    pixels=pixels,
+                    depth=depth,
+                    seed=planned.seed,
+                    subset=subset,
+                    prompts=used_prompts,
+                    prompt_seed=seed,
+                    meta={
+                        "group": planned.group,
+                        "combination_index": order[planned.recipe],
+                        "split": planned.split,
+                        "clean_index": planned.clean_index,
+                        "depth": "given" if depth is not None else "proxy",
+                    },
+                )
+
+    counts: dict[str, int] = defaultdict(int)
+    for planned in chosen:
+        counts[planned.group if planned.split == "test" else "exploration"] += 1
+    info = {
+        "kind": "agenticir",
+        "seed": seed,
+        "variant": variant
+        if per_combination is None
+        else f"{variant}; {per_combination} per combination",
+        "clean_images": len(clean_images),
+        "counts": dict(sorted(counts.items())),
+        "low_resolution": "LQ kept at x0.25; full-reference metrics upsample it x4 bicubic",
+    }
+    return write_bench_set(
+        root,
+        name,
+        samples(),
+        info=info,
+        sort_key=lambda r: (r.meta["combination_index"], r.meta["split"], r.meta["clean_index"]),
+    )
+
+
+def build_demo_agenticir_set(
+    root: Path,
+    *,
+    seed: int = 0,
+    size: int = 128,
+    per_combination: int | None = None,
+    prompts: BenchPrompts | None = None,
+) -> BenchSet:
+    """The AgenticIR plan on 100 crops of the demo bench photos (see :func:`demo_clean_images`).
+
+    The full plan needs 100 distinct clean images; the demo profile ships three
+    bench photos, so it uses 100 overlapping ``size`` px crops of them instead of
+    MiO100, labelled ``demo-crops`` in bench.json. ``per_combination`` reduces
+    it further (same 16 combinations, fewer images each).
+    """
+    clean = demo_clean_images(100, size, seed)
+    return build_agenticir_set(
+        clean,
+        root,
+        seed=seed,
+        per_combination=per_combination,
+        prompts=prompts,
+        name="agenticir_demo",
+        variant=f"demo-crops: 100 crops of {size} px from the 3 demo bench photos, not MiO100",
+    )
+
+
+def build_seven_d_subset(
+    clean_images: Sequence[CleanImage],
+    root: Path,
+    *,
+    count: int = 200,
+    seed: int = 0,
+    prompts: BenchPrompts | None = None,
+    name: str = "seven_d",
+) -> BenchSet:
+    """The 7D subset: ``count`` samples over the 15 ``7d`` recipes (a reconstruction).
+
+    Sample i uses recipe i mod 15 (so counts differ by at most one) and clean
+    image ``perm[i mod n]`` of a seeded permutation of the n clean images (all
+    distinct when n >= count). Low resolution is upsampled back (aligned pairs).
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    if not clean_images:
+        raise ValueError("the 7D subset needs at least one clean image")
+    recipes = get_recipe_set("7d")
+    rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "7d-plan")))
+    permutation = [int(i) for i in rng.permutation(len(clean_images))]
+    assignments: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for number in range(count):
+        clean_index = permutation[number % len(clean_images)]
+        assignments[clean_index].append((number, recipes[number % len(recipes)].name))
+    used_prompts = prompts or BenchPrompts()
+
+    def samples() -> Iterator[BenchSample]:
+        for clean_index in sorted(assignments):
+            clean = clean_images[clean_index]
+            pixels, depth = _load_clean(clean)
+            for number, recipe_name in assignments[clean_index]:
+                yield _degraded_sample(
+                    bench=name,
+                    recipe_set="7d",
+                    recipe_name=recipe_name,
+                    clean=clean,
+                    pixels=pixels,
+                    depth=depth,
+                    seed=derive_seed(seed, "7d", recipe_name, clean_index, number),
+                    subset="7D",
+                    prompts=used_prompts,
+                    prompt_seed=seed,
+                    meta={"number": number, "clean_index": clean_index},
+                )
+
+    info = {
+        "kind": "seven_d",
+        "seed": seed,
+        "clean_images": len(clean_images),
+        "variant": "reconstruction",
+    }
+    return write_bench_set(root, name, samples(), info=info, sort_key=lambda r: r.meta["number"])
+
+
+#: The demo bench's recipes (``demo`` set names): one per classical tool, two composites.
+DEMO_BENCH_RECIPES: tuple[str, ...] = (
+    "noise",
+    "jpeg",
+    "motion_blur",
+    "defocus_blur",
+    "low_resolution",
+    "low_light",
+    "haze",
+    "rain",
+    "lost_color",
+    "low_light+noise",
+    "low_light+haze+rain+jpeg",
+)
+
+
+def build_demo_bench(
+    root: Path,
+    *,
+    seed: int = 0,
+    patch_size: int = 128,
+    recipes: Sequence[str] = DEMO_BENCH_RECIPES,
+    per_recipe: int = 4,
+    prompts: BenchPrompts | None = None,
+    name: str = "demo_bench",
+) -> BenchSet:
+    """The demo bench: non-overlapping patches of the bench-split demo photos, a few recipes.
+
+    Each recipe of the ``demo`` set gets ``per_recipe`` patches picked by a seeded
+    permutation; ``subset`` is the task code. Photos of the train split are never
+    used, so the demo model is never evaluated on its training scenes.
+    """
+    if per_recipe < 1:
+        raise ValueError(f"per_recipe must be >= 1, got {per_recipe}")
+    patches: list[tuple[demo_photos.DemoPhoto, demo_photos.Patch]] = []
+    photos: dict[str, np.ndarray] = {}
+    for photo in demo_photos.DEMO_PHOTOS:
+        if photo.split != "bench":
+            continue
+        photos[photo.photo_id] = demo_photos.load_photo(photo)
+        kept, _ = demo_photos.cut_patches(photo, photos[photo.photo_id], patch_size, patch_size)
+        patches.extend((photo, patch) for patch in kept)
+    if len(patches) < per_recipe:
+        raise ValueError(f"only {len(patches)} bench patches of {patch_size} px, need {per_recipe}")
+    used_prompts = prompts or BenchPrompts()
+
+    def samples() -> Iterator[BenchSample]:
+        for recipe_name in recipes:
+            recipe = get_recipe("demo", recipe_name)
+            rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "demo-bench", recipe.name)))
+            for index in sorted(int(i) for i in rng.permutation(len(patches))[:per_recipe]):
+                photo, patch = patches[index]
+                pixels = demo_photos.crop(photos[photo.photo_id], patch)
+                clean = CleanImage(_slug(patch.item_key), lambda p=pixels: p, None, photo.photo_id)
+                yield _degraded_sample(
+                    bench=name,
+                    recipe_set="demo",
+                    recipe_name=recipe.name,
+                    clean=clean,
+                    pixels=pixels,
+                    depth=None,
+                    seed=derive_seed(seed, "demo-bench", recipe.name, patch.item_key),
+                    subset=task_of(recipe.degradations).value,
+                    prompts=used_prompts,
+                    prompt_seed=seed,
+                    meta={"patch": patch.item_key, "photo": photo.photo_id},
+                )
+
+    info = {
+        "kind": "demo_bench",
+        "seed": seed,
+        "patch_size": patch_size,
+        "recipes": list(recipes),
+        "per_recipe": per_recipe,
+    }
+    return write_bench_set(root, name, samples(), info=info)
+
+
+__all__ = [
+    "DEFAULT_VAGUE_PROMPTS",
+    "DEMO_BENCH_RECIPES",
+    "HQ_DIR",
+    "INFO_NAME",
+    "LQ_DIR",
+    "MANIFEST_NAME",
+    "PRECISE_PHRASES",
+    "PROMPT_KINDS",
+    "PUBLIC_FIELDS",
+    "BenchFormatError",
+    "BenchPrompts",
+    "BenchRecord",
+    "BenchSample",
+    "BenchSet",
+    "CleanImage",
+    "PromptKind",
+    "build_agenticir_set",
+    "build_demo_agenticir_set",
+    "build_demo_bench",
+    "build_seven_d_subset",
+    "clean_images_from_arrays",
+    "clean_images_from_folder",
+    "demo_clean_images",
+    "fallback_precise_prompt",
+    "read_bench_set",
+    "read_real_world_set",
+    "record_task",
+    "write_bench_set",
+]

@@ -1,0 +1,206 @@
+"""Score a method's outputs on a bench set: one row per image and metric, n/a with its reason.
+
+:func:`evaluate_outputs` is the step between :func:`~cotir_pipeline.evaluation.
+restorers.run_restorer` (outputs on disk) and :mod:`~cotir_pipeline.evaluation.
+tables` (the paper's tables). A metric that cannot run here, a missing output, a
+set without ground truth for a full-reference metric, or an image below a
+metric's minimum size all give a row with ``value=None`` and the reason, never a
+number. Rows are plain data (Parquet via :func:`write_rows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, MutableMapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from cotir_pipeline.evaluation._io import find_image, read_rgb
+from cotir_pipeline.evaluation.bench_sets import PROMPT_KINDS, BenchSet, PromptKind, record_task
+from cotir_pipeline.evaluation.metrics import (
+    InputTooSmallError,
+    LoadedMetric,
+    Unavailable,
+    WeightLocations,
+    get_metric,
+    load_metric,
+    metric_availability,
+)
+from cotir_pipeline.evaluation.restorers import read_runtime_log, runtime_log_path
+from cotir_pipeline.images import BadImageError
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One metric value of one restored image (``value`` None: n/a, see ``reason``)."""
+
+    method: str
+    prompt_kind: str
+    bench: str
+    sample_id: str
+    deg_type: str
+    subset: str
+    task: str
+    metric: str
+    value: float | None
+    reason: str | None = None
+    resized: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (one Parquet row)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RuntimeRow:
+    """Seconds one restorer spent on one image (from the runtime log of run_restorer)."""
+
+    method: str
+    prompt_kind: str
+    bench: str
+    sample_id: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (one Parquet row)."""
+        return asdict(self)
+
+
+MetricCache = MutableMapping[tuple[str, str], LoadedMetric]
+
+
+def evaluate_outputs(
+    bench: BenchSet,
+    outputs_dir: Path,
+    metrics: Sequence[str],
+    *,
+    method: str,
+    prompt_kind: PromptKind,
+    device: str = "cpu",
+    locations: WeightLocations | None = None,
+    cache: MetricCache | None = None,
+) -> list[ScoreRow]:
+    """Score the outputs in ``outputs_dir`` (``<out>/<prompt_kind>``) of every bench sample.
+
+    Outputs are matched to samples by file name (same stem, any image suffix).
+    Full-reference metrics compare with the sample's ``hq/`` image, upsampling a
+    smaller output bicubic first. Pass a dict as ``cache`` to reuse created
+    models across calls (methods, prompt kinds).
+    """
+    if prompt_kind not in PROMPT_KINDS:
+        raise ValueError(f"prompt_kind must be 'vague' or 'precise', got {prompt_kind!r}")
+    folder = Path(outputs_dir)
+    rows: list[ScoreRow] = []
+    for name in metrics:
+        spec = get_metric(name)
+        availability = metric_availability(name, device, locations=locations)
+        loaded: LoadedMetric | None = None
+        load_problem = ""
+        if isinstance(availability, Unavailable):
+            load_problem = availability.reason
+        elif cache is not None and (name, device) in cache:
+            loaded = cache[(name, device)]
+        else:
+            try:
+                loaded = load_metric(name, device, locations=locations)
+            except Exception as error:  # a corrupt file or an incompatible package
+                load_problem = f"could not be created ({type(error).__name__}: {error})"
+            if loaded is not None and cache is not None:
+                cache[(name, device)] = loaded
+        for record in bench.records:
+            value: float | None = None
+            reason: str | None = None
+            resized = False
+            output = find_image(folder, record.output_name)
+            reference = bench.hq_file(record)
+            if loaded is None:
+                reason = f"{name}: {load_problem}"
+            elif output is None:
+                reason = f"output missing: no {record.output_name} in {folder}"
+            elif spec.full_reference and reference is None:
+                reason = f"{name} needs ground truth; bench {bench.name!r} has none for this sample"
+            else:
+                try:
+                    restored = read_rgb(output)
+                    truth = read_rgb(reference) if spec.full_reference and reference else None
+                    resized = truth is not None and restored.shape != truth.shape
+                    value = loaded.score_arrays(restored, truth)
+                except (InputTooSmallError, BadImageError, FloatingPointError) as error:
+                    reason = f"{name}: {error}"
+            rows.append(
+                ScoreRow(
+                    method=method,
+                    prompt_kind=prompt_kind,
+                    bench=bench.name,
+                    sample_id=record.id,
+                    deg_type=record.deg_type,
+                    subset=record.subset,
+                    task=record_task(record),
+                    metric=name,
+                    value=value,
+                    reason=reason,
+                    resized=resized,
+                )
+            )
+    return rows
+
+
+def runtime_rows(
+    out_dir: Path, *, method: str, bench: str, prompt_kind: PromptKind
+) -> list[RuntimeRow]:
+    """Per-image runtimes of a run_restorer output tree (successful samples only)."""
+    log = runtime_log_path(Path(out_dir), prompt_kind)
+    if not log.is_file():
+        return []
+    return [
+        RuntimeRow(method, prompt_kind, bench, str(entry["id"]), float(entry["seconds"]))
+        for entry in read_runtime_log(log)
+        if entry.get("status") == "ok"
+    ]
+
+
+def write_rows(rows: Iterable[ScoreRow | RuntimeRow], path: Path) -> Path:
+    """Write score or runtime rows as one Parquet file (atomically); return the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    items = list(rows)
+    if not items:
+        raise ValueError("no rows to write")
+    kind = type(items[0])
+    if any(type(item) is not kind for item in items):
+        raise TypeError("write_rows takes rows of one kind (all ScoreRow or all RuntimeRow)")
+    names = [column.name for column in fields(kind)]
+    table = pa.Table.from_pylist([item.to_dict() for item in items]).select(names)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.partial")
+    pq.write_table(table, temp)
+    temp.replace(path)
+    return path
+
+
+def read_score_rows(path: Path) -> list[ScoreRow]:
+    """Score rows back from a Parquet file written by :func:`write_rows`."""
+    import pyarrow.parquet as pq
+
+    return [ScoreRow(**row) for row in pq.read_table(Path(path)).to_pylist()]
+
+
+def read_runtime_rows(path: Path) -> list[RuntimeRow]:
+    """Runtime rows back from a Parquet file written by :func:`write_rows`."""
+    import pyarrow.parquet as pq
+
+    return [RuntimeRow(**row) for row in pq.read_table(Path(path)).to_pylist()]
+
+
+__all__ = [
+    "MetricCache",
+    "RuntimeRow",
+    "ScoreRow",
+    "evaluate_outputs",
+    "read_runtime_rows",
+    "read_score_rows",
+    "runtime_rows",
+    "write_rows",
+]
