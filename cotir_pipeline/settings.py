@@ -28,7 +28,7 @@ GuidedDecodingField = Literal["response_format", "structured_outputs", "guided_j
 
 
 class Profile(StrEnum):
-    """Which coherent set of resources a run uses (see DESIGN.md, "Profiles")."""
+    """Which coherent set of resources a run uses (see README, "Profiles")."""
 
     DEMO = "demo"
     FULL = "full"

@@ -24,7 +24,7 @@ no other change, and the adapter always sees text and image separately. Since
 never left on the meta device (the trap of subclassing, ENVIRONMENT.md).
 
 The module also holds the per-backbone token layout: position ids for text, noisy
-image and LQ reference tokens (REFERENCE.md section 1) and the (un)packing of latent
+image and LQ reference tokens (the CoTIR paper and its public release) and the (un)packing of latent
 grids into token sequences.
 """
 

@@ -1,6 +1,6 @@
 """LoRA (peft) on the single-stream blocks and the final layer; everything else frozen.
 
-REFERENCE.md section 4: LoRA on every Linear of the single-stream blocks and of the
+the CoTIR paper and its release: LoRA on every Linear of the single-stream blocks and of the
 final layer only, rank 96, scale 1.0, with a bias on B; the double-stream blocks, the
 VAE and the text encoders are frozen. The LoRA lives inside the diffusers transformer
 (``transformer.add_adapter``), so its state dict is in diffusers' own naming and loads

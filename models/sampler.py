@@ -1,6 +1,6 @@
 """Euler ODE sampler for flow matching, with each backbone's shifted schedule.
 
-REFERENCE.md section 5: integrate the velocity from t = 1 (noise) to t = 0 (image)
+the CoTIR paper and its release: integrate the velocity from t = 1 (noise) to t = 0 (image)
 with N Euler steps, one transformer forward per step, no classifier-free guidance.
 The time grid is ``linspace(1, 1/N, N)`` followed by 0 (as the diffusers FLUX
 pipelines build it), warped by the exponential time shift

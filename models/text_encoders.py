@@ -24,7 +24,7 @@ from torch import nn
 
 from cotir_pipeline.weights import MissingWeightsError
 
-#: Default padded length of prompts and CoT targets (REFERENCE.md section 3).
+#: Default padded length of prompts and CoT targets (the CoTIR paper and its public release).
 MAX_TEXT_TOKENS = 512
 #: Qwen3 hidden-state layers klein stacks.
 QWEN3_LAYERS = (9, 18, 27)

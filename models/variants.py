@@ -58,7 +58,7 @@ class Variant:
     max_shift: float = 1.15
     #: Base diffusers pipeline folder under COTIR_WEIGHTS_DIR; None: built in code (demo).
     weights_folder: str | None = None
-    #: Paper's total parameter count in billions (REFERENCE.md section 1), if any.
+    #: Paper's total parameter count in billions (the CoTIR paper and its public release), if any.
     paper_params_b: float | None = None
     description: str = ""
     text_layers: tuple[int, ...] = field(default=())

@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md holds, and importing any module has no side effects."""
+"""The layering of docs/ARCHITECTURE.md holds, and importing any module has no side effects."""
 
 from __future__ import annotations
 

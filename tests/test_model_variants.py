@@ -51,7 +51,7 @@ def test_meta_device_counts_match_the_docs_table(capsys: pytest.CaptureFixture[s
             "trainable": row.trainable,
         }, row.variant
     by_name = {row.variant: row for row in counts}
-    # The backbones are the sizes REFERENCE.md measured; 4B and 9B totals are the paper's.
+    # The backbones are the sizes measured on the meta device; 4B and 9B totals are the paper's.
     assert round(by_name["cotir-12b"].backbone / 1e9, 2) == 11.90
     assert round(by_name["cotir-4b"].backbone / 1e9, 2) == 3.88
     assert round(by_name["cotir-9b"].backbone / 1e9, 2) == 9.08

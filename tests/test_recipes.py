@@ -1,6 +1,6 @@
 """Recipe sets, seeded application, replay and the AgenticIR plan.
 
-The expected combinations below are written out from REFERENCE.md section 9
+The expected combinations below are written out from the CoTIR paper and its release
 independently of the module, so a change to the module's tables shows up here.
 """
 

@@ -14,7 +14,7 @@ Why SQLite (stdlib ``sqlite3``) rather than a JSONL or Parquet file:
   stage keeps it in the settings' cache folder and publishes its per-sample rows
   to the store as Parquet.
 
-Only ``ok`` rows are cache hits by default: a re-run redoes failures (DESIGN.md),
+Only ``ok`` rows are cache hits by default: a re-run redoes failures (docs/ARCHITECTURE.md),
 while the failure rows stay in the file for inspection.
 """
 

@@ -4,7 +4,7 @@ The VLM returns a JSON object with six string fields (:data:`ANSWER_JSON_SCHEMA`
 used as-is for guided decoding). The public release stores the same content as a
 meta record: ``cot.questions = [vague, precise]`` and ``cot.answers``, one string
 with the prefixes ``scene description:``, ``degradation description:``,
-``enhancement plan:`` and ``answer:`` (REFERENCE.md sections 3 and 6).
+``enhancement plan:`` and ``answer:`` (the CoTIR paper and its public release).
 :class:`CotAnswer` converts between the three forms without loss.
 
 Reconstruction: the paper's schema is not public; field names and wording are ours.

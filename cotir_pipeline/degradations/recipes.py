@@ -204,7 +204,7 @@ def replay(
 
 
 # --------------------------------------------------------------------------------------------
-# AgenticIR evaluation set (REFERENCE.md section 9)
+# AgenticIR evaluation set (the CoTIR paper and its public release)
 
 #: Operator samplers with the AgenticIR parameters.
 AGENTICIR_SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
@@ -456,7 +456,7 @@ DEMO_SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
 
 DEMO_COMBINATIONS: tuple[tuple[str, ...], ...] = (
     *((op,) for op in OPERATORS),
-    # the seen composites REFERENCE.md names
+    # the seen composites the paper names
     ("low_light", "motion_blur"),
     ("haze", "snow"),
     ("raindrop", "motion_blur"),

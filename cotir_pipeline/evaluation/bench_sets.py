@@ -8,7 +8,7 @@ Format (the public release's): ``<root>/test.jsonl`` with one record per line
 built; readers of the public format ignore both.
 
 Builders (all seeded, all write through :func:`write_bench_set`):
-- :func:`build_agenticir_set`: the AgenticIR set of REFERENCE.md section 9 from
+- :func:`build_agenticir_set`: the AgenticIR set of the CoTIR paper and its releasefrom
   100+ clean images (plan: :func:`cotir_pipeline.degradations.agenticir_plan`;
   low-resolution LQ stays x0.25).
 - :func:`build_demo_agenticir_set`: the same plan on 100 crops of the demo
@@ -665,7 +665,7 @@ def build_agenticir_set(
     name: str = "agenticir",
     variant: str = "full",
 ) -> BenchSet:
-    """Build the AgenticIR set (REFERENCE.md section 9) from >= 100 clean images.
+    """Build the AgenticIR set (the CoTIR paper and its public release) from >= 100 clean images.
 
     The plan is :func:`~cotir_pipeline.degradations.agenticir_plan` with ``seed``:
     16 combinations, test counts 640 / 400 / 400 (groups A / B / C), each clean

@@ -2,7 +2,7 @@
 
 Each ``table_*`` function turns per-image rows (:mod:`~cotir_pipeline.evaluation.
 scoring`) into a :class:`Table`: our rows, then the paper's reported rows
-(REFERENCE.md section 8 and the runtime facts of section 5) labelled
+(the CoTIR paper and its releasethe runtime facts of section 5) labelled
 "reported (paper)" and printed exactly as published. :func:`write_table` saves
 Parquet + Markdown + HTML. PSNR has 2 decimals, other metrics 4 (the metric
 table's ``decimals``). A cell that could not be computed is "n/a" with a
@@ -240,7 +240,7 @@ def _reported_row(labels: dict[str, str], published: Mapping[str, str], citation
 
 
 # --------------------------------------------------------------------------------------------
-# The paper's reported numbers (REFERENCE.md sections 5 and 8)
+# The paper's reported numbers (the CoTIR paper and its public release)
 
 _TABLE_II_REPORTED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
@@ -396,7 +396,7 @@ def table_iii_per_task(
     )
     table.notes.append(
         "Task from each sample's degradation label (MDR for two or more), else its subset. "
-        "The paper's per-task numbers are not carried in REFERENCE.md: no reported rows."
+        "The paper's per-task numbers are not available here: no reported rows."
     )
     return table
 
@@ -525,7 +525,7 @@ def table_vi_real_world(
     )
     table.notes.append(
         "No ground truth: no-reference metrics only. The paper's numbers are not carried in "
-        "REFERENCE.md: no reported rows."
+        "this project: no reported rows."
     )
     return table
 
