@@ -12,10 +12,10 @@ Our layout, one folder:
 - ``cotir.json``: variant, backbone, adapter sizes, LoRA rank and bias; written last, so
   a folder without it is an unfinished save.
 
-The public release ships ``cot_adapter.pt`` and ``lora.pt`` (the CoTIR paper and its public release),
-plain state dicts, possibly saved from a DDP-wrapped model (leading ``module.``). The
-adapter's keys are ours already (strip ``module.`` and ``cot_adapter.``). The LoRA is in
-the original FLUX layout; :func:`convert_release_lora` maps it to diffusers' modules:
+The public release ships ``cot_adapter.pt`` and ``lora.pt``, plain state dicts, possibly
+saved from a DDP-wrapped model (leading ``module.``). The adapter's keys are ours
+already (strip ``module.`` and ``cot_adapter.``). The LoRA is in the original FLUX
+layout; :func:`convert_release_lora` maps it to diffusers' modules:
 
 ============================================  ===============================================
 release key (per ``lora_A``/``lora_B``)         diffusers module

@@ -1,16 +1,17 @@
 """The CoT adapter: S CoTIRBlocks plus three reasoning heads between the FLUX streams.
 
 It sits between the last double-stream and the first single-stream block of a FLUX
-transformer (the CoTIR paper and its public release). It reads the text and image streams, refines the
-text tokens with S single-stream-style parallel blocks (image tokens are only attended
-to, never changed), derives scene / degradation / plan features from the refined text,
-and adds them to the *incoming* text stream through three scalar gates that start at
-zero, so a freshly built adapter leaves the backbone's output exactly unchanged. The
-same features, decoded per token to the text encoder's width D, are the CoT
-predictions trained against the encoded answer parts (:mod:`models.text_targets`).
+transformer (the CoTIR paper and its public release). It reads the text and image
+streams, refines the text tokens with S single-stream-style parallel blocks (image
+tokens are only attended to, never changed), derives scene / degradation / plan features
+from the refined text, and adds them to the *incoming* text stream through three scalar
+gates that start at zero, so a freshly built adapter leaves the backbone's output
+exactly unchanged. The same features, decoded per token to the text encoder's width D,
+are the CoT predictions trained against the encoded answer parts
+(:mod:`models.text_targets`).
 
 Module and parameter names follow the public release's ``cot_adapter.pt`` layout
-(the CoTIR paper and its public release), so its state dict loads after stripping the prefix only:
+so its state dict loads after stripping the prefix only:
 ``decoder.{i}.linear1``, ``decoder.{i}.linear2``, ``decoder.{i}.norm.query_norm.scale``,
 ``decoder.{i}.modulation.lin``, ``sharpness_layer`` (the scene head), ...,
 ``final_planning_layer.adaLN_modulation.1``, ``scale_sharpness``, ...

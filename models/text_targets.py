@@ -1,8 +1,9 @@
 """CoT targets: the annotation answer cut into its three parts and encoded per token.
 
 The annotation answer is one string with the prefixes ``scene description:``,
-``degradation description:``, ``enhancement plan:`` and ``answer:`` (the CoTIR paper and its public release). The scene, degradation and plan parts are encoded by the backbone's own
-text encoder, per token (never pooled), padded to 512 tokens (configurable), with the
+``degradation description:``, ``enhancement plan:`` and ``answer:`` (the CoTIR paper
+and its public release). The scene, degradation and plan parts are encoded by the
+backbone's own text encoder, per token (never pooled), padded to 512 tokens (configurable), with the
 attention mask: these are c_s, c_d, c_p, the regression targets of the adapter's
 predictions.
 
