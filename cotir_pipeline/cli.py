@@ -14,7 +14,7 @@ import click
 
 from cotir_pipeline.provenance import package_versions
 from cotir_pipeline.settings import CotirSettings, Profile, SettingsError, load_settings
-from cotir_pipeline.store import StoreError, open_store
+from cotir_pipeline.store import ObjectStore, StoreError, open_store
 
 EXIT_BAD_SETTING = 2
 EXIT_CHECK_FAILED = 1
@@ -131,6 +131,238 @@ def doctor(as_json: bool) -> None:
             click.echo(f"{check['status']:>7}  {check['check']:<28} {check['detail']}")
     if failed:
         sys.exit(EXIT_CHECK_FAILED)
+
+
+# -- lineage ---------------------------------------------------------------------------
+# The lineage and catalog commands import their libraries inside the command, so
+# `cotir --help` and `cotir doctor` never load pyarrow, and `cotir lineage ID` loads
+# only pyarrow and the lineage package (no torch, no dagster).
+
+EXIT_NOT_FOUND = 1
+EXIT_BAD_INPUT = 2
+
+
+def _store_for(settings: CotirSettings, location: str | None) -> ObjectStore:
+    """The store holding the lineage index: ``location`` (a folder or URL) or COTIR_STORE."""
+    if location is None:
+        return open_store(settings)
+    try:
+        return open_store(settings.model_copy(update={"store": location}))
+    except ValueError as error:
+        click.echo(f"cotir: bad --index {location!r}: {error}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+class _TqdmProgress:
+    """A tqdm bar per build phase, on stderr."""
+
+    def __init__(self) -> None:
+        self.phase: str | None = None
+        self.bar = None
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        from tqdm import tqdm
+
+        if phase != self.phase:
+            self.close()
+            units = {"read": "rows", "join": "sources", "write": "parts"}
+            unit = units.get(phase.split(" ", 1)[0], "steps")
+            self.bar = tqdm(total=total, desc=phase, unit=unit, unit_scale=True, file=sys.stderr)
+            self.phase = phase
+        assert self.bar is not None
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _format_rows(rows: list[dict], columns: tuple[str, ...], max_width: int = 60) -> list[str]:
+    """Rows as fixed-width text columns (long values cut with an ellipsis)."""
+
+    def cell(value: object) -> str:
+        text = "" if value is None else str(value)
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cell(row.get(name)) for name in columns] for row in rows]
+    widths = [max([len(name)] + [len(line[i]) for line in cells]) for i, name in enumerate(columns)]
+    lines = ["  ".join(name.ljust(width) for name, width in zip(columns, widths, strict=True))]
+    for line in cells:
+        lines.append(
+            "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True))
+        )
+    return [line.rstrip() for line in lines]
+
+
+@cli.command("lineage")
+@click.argument("sample_id", required=False)
+@click.option(
+    "--where",
+    "where",
+    metavar="FILTER",
+    help="List samples matching FILTER, e.g. \"source = 'gopro' and status = 'dropped'\" "
+    "(=, !=, <, >, in (...), not in, is [not] null, contains, and, or, not, parentheses).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Most rows --where lists.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--index",
+    "index_location",
+    metavar="URL",
+    help="Store holding sample_lineage/ (a folder, file:// or s3:// URL); default COTIR_STORE.",
+)
+@click.option(
+    "--build",
+    is_flag=True,
+    help="(Re)build the index first from every stage's manifests in the store.",
+)
+def lineage(
+    sample_id: str | None,
+    where: str | None,
+    limit: int,
+    as_json: bool,
+    index_location: str | None,
+    build: bool,
+) -> None:
+    """Show the lineage of one sample, or list samples matching a filter.
+
+    The chain runs from the source file (or recipe and seed) through the pair
+    shard, annotation, filter decision and training shard to the training runs,
+    bench sets and evaluation rows that used the sample.
+
+    \b
+    Examples:
+      cotir lineage 1e72b94efbd4bd93dff1bf06ba4743bd
+      cotir lineage 1e72b94efbd4bd93dff1bf06ba4743bd --json
+      cotir lineage --where "source = 'gopro' and status = 'dropped'" --limit 20
+      cotir lineage --where "stage = 'filtered_annotations' and filter_score < 0.2"
+      cotir lineage --where "training_runs contains 'run-2026-11-26'" --json
+      cotir lineage --build
+    """
+    if sample_id is None and where is None and not build:
+        raise click.UsageError("give a SAMPLE_ID, --where FILTER or --build")
+    if sample_id is not None and where is not None:
+        raise click.UsageError("give either a SAMPLE_ID or --where, not both")
+    settings = _settings_or_exit()
+    store = _store_for(settings, index_location)
+    from cotir_pipeline import lineage as lineage_lib
+
+    if build:
+        progress = _TqdmProgress()
+        try:
+            report = lineage_lib.build_lineage_from_store(store, progress=progress)
+        except (lineage_lib.LineageInputError, StoreError) as error:
+            progress.close()
+            click.echo(f"cotir: lineage build failed: {error}", err=True)
+            sys.exit(EXIT_CHECK_FAILED)
+        progress.close()
+        if sample_id is None and where is None:
+            if as_json:
+                click.echo(lineage_lib.report_json(report))
+            else:
+                per_sample = report.bytes_per_sample()["total"]
+                click.echo(
+                    f"indexed {report.samples} samples in {report.parts} parts "
+                    f"({report.parts_written} written, {report.parts_unchanged} unchanged) "
+                    f"in {report.seconds:.1f} s; {per_sample:.0f} bytes per sample; "
+                    f"status {report.status_counts}"
+                )
+            return
+    try:
+        index = lineage_lib.open_lineage(store)
+        if sample_id is not None:
+            record = index.lookup(sample_id)
+        else:
+            result = index.query(where, limit=limit)
+    except lineage_lib.WhereError as error:
+        click.echo(f"cotir: bad --where: {error}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except ValueError as error:
+        click.echo(f"cotir: {error}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except (lineage_lib.LineageIndexError, StoreError) as error:
+        click.echo(f"cotir: {error}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    if sample_id is not None:
+        if record is None:
+            if as_json:
+                click.echo("null")
+            click.echo(f"cotir: sample {sample_id} is not in the lineage index", err=True)
+            sys.exit(EXIT_NOT_FOUND)
+        click.echo(json.dumps(record.to_dict(), indent=2) if as_json else record.format())
+        return
+    if as_json:
+        payload = {"where": where, "matched": result.matched, "rows": result.rows}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(f"{len(result.rows)} of {result.matched} matching samples (where {where})")
+    if result.rows:
+        for line in _format_rows(result.rows, result.columns):
+            click.echo(line)
+
+
+# -- catalog ---------------------------------------------------------------------------
+
+
+@cli.group("catalog")
+def catalog() -> None:
+    """The source catalog: the datasets the pipeline draws from."""
+
+
+_CATALOG_COLUMNS = ("name", "tasks", "fetch", "expected_pairs", "real_world", "license", "title")
+
+
+@catalog.command("list")
+@click.option(
+    "--task",
+    "task",
+    metavar="CODE",
+    help="Only sources covering this task code (e.g. DR, DH, LLE, SR; case-insensitive).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows with every field.")
+def catalog_list(task: str | None, as_json: bool) -> None:
+    """List the source catalog as a table.
+
+    \b
+    Examples:
+      cotir catalog list
+      cotir catalog list --task DR
+      cotir catalog list --task dh --json
+    """
+    from cotir_pipeline.sources.catalog import CatalogError, catalog_table, load_catalog
+    from cotir_pipeline.tasks import TaskCode
+
+    code: str | None = None
+    if task is not None:
+        codes = {member.value.upper(): member.value for member in TaskCode}
+        code = codes.get(task.upper())
+        if code is None:
+            click.echo(
+                f"cotir: unknown task {task!r}; task codes: {', '.join(sorted(codes.values()))}",
+                err=True,
+            )
+            sys.exit(EXIT_BAD_INPUT)
+    try:
+        rows = catalog_table(load_catalog())
+    except CatalogError as error:
+        click.echo(f"cotir: the source catalog is invalid:\n{error}", err=True)
+        sys.exit(EXIT_CHECK_FAILED)
+    if code is not None:
+        rows = [row for row in rows if code in row["tasks"].split(", ")]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for line in _format_rows(rows, _CATALOG_COLUMNS, max_width=48):
+        click.echo(line)
+    pairs = sum(row["expected_pairs"] or 0 for row in rows)
+    click.echo(f"{len(rows)} sources, {pairs} expected pairs" + (f" (task {code})" if code else ""))
 
 
 def main() -> None:
