@@ -151,6 +151,7 @@ def annotate_source(
     if not tar_keys:
         raise FileNotFoundError(f"{source}: no finished pair shards in {store.url}")
     report = StageReport(shards_total=len(tar_keys))
+    tables: list[pa.Table] = []
     for done, tar_key in enumerate(tar_keys, start=1):
         out_key = _stage_key(ANNOTATIONS_PREFIX, tar_key)
         rows = _finished(store, out_key)
@@ -168,9 +169,13 @@ def annotate_source(
             report.shards_written += 1
         else:
             report.shards_skipped += 1
+        tables.append(pa.Table.from_pylist(rows, schema=ANNOTATION_SCHEMA))
         report.count(rows, examples=3)
         if progress is not None:
             progress(done, len(tar_keys))
+    # One file per source for lineage and inspection, written after every shard.
+    combined = pa.concat_tables(tables).sort_by("sample_id")
+    store.put_bytes(f"{ANNOTATIONS_PREFIX}/{source}/manifest.parquet", _parquet_bytes(combined))
     return report
 
 
@@ -192,6 +197,7 @@ def filter_source(
 
     tar_keys = pair_shard_keys(store, source)
     report = StageReport(shards_total=len(tar_keys))
+    decisions: list[dict[str, Any]] = []
     for done, tar_key in enumerate(tar_keys, start=1):
         out_key = _stage_key(FILTERED_PREFIX, tar_key)
         rows = _finished(store, out_key)
@@ -215,10 +221,44 @@ def filter_source(
             report.shards_written += 1
         else:
             report.shards_skipped += 1
+        decisions += rows
         report.count(rows)
         if progress is not None:
             progress(done, len(tar_keys))
+    store.put_bytes(
+        f"{FILTERED_PREFIX}/{source}/manifest.parquet", _parquet_bytes(decision_manifest(decisions))
+    )
     return report
+
+
+#: The per-source summary of the filter: keep/drop, score and reason per sample.
+DECISION_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("decision", pa.string(), nullable=False),
+        pa.field("score", pa.float64()),
+        pa.field("reason", pa.string()),
+        pa.field("clip_status", pa.string()),
+    ]
+)
+
+
+def decision_manifest(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Filter rows as keep/drop decisions, sorted by sample id."""
+    table = pa.Table.from_pylist(
+        [
+            {
+                "sample_id": row["sample_id"],
+                "decision": "keep" if row["status"] == STATUS_OK else "drop",
+                "score": row.get("clip_score"),
+                "reason": row.get("reason"),
+                "clip_status": row.get("clip_status"),
+            }
+            for row in rows
+        ],
+        schema=DECISION_SCHEMA,
+    )
+    return table.sort_by("sample_id")
 
 
 # -- training shards -----------------------------------------------------------------

@@ -733,7 +733,8 @@ def _count(counts: dict[str, int], column: pa.ChunkedArray) -> None:
 def discover_stage_inputs(store: ObjectStore) -> dict[str, list[str]]:
     """Keys of every stage's per-sample row files in ``store`` (see :data:`STAGE_LOCATIONS`).
 
-    Only ``<prefix>/<partition>/<file name>`` matches, so per-shard manifests deeper
+    Only ``<prefix>/<partition>/<file name>`` matches (or ``<prefix>/<file name>`` for
+    an unpartitioned stage such as the training shards), so per-shard manifests deeper
     in ``pair_shards/`` are not read twice.
     """
     found: dict[str, list[str]] = {}
@@ -741,7 +742,7 @@ def discover_stage_inputs(store: ObjectStore) -> dict[str, list[str]]:
         keys = [
             info.key
             for info in store.list(f"{prefix}/")
-            if info.key.count("/") == 2 and info.key.endswith(f"/{file_name}")
+            if info.key.count("/") in (1, 2) and info.key.endswith(f"/{file_name}")
         ]
         if keys:
             found[stage] = keys
