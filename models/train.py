@@ -1,0 +1,1188 @@
+"""Train CoTIR: flow matching under Lagrangian CoT constraints (REFERENCE.md sections 3-4).
+
+One GPU::
+
+    python -m models.train --variant cotir-4b --shards /data/training_shards --out runs/cotir-4b
+
+Eight GPUs on one node (DDP; per-process batch as in the paper's stages)::
+
+    accelerate launch --multi_gpu --num_processes 8 -m models.train \\
+        --variant cotir-4b --shards /data/training_shards --out runs/cotir-4b \\
+        --store-url s3://bucket/checkpoints/cotir-4b --resume auto
+
+CoTIR-12B with FSDP (the backbone does not fit DDP's full replicas)::
+
+    accelerate launch --config_file configs/accelerate/fsdp_12b.yaml -m models.train \\
+        --variant cotir-12b --shards /data/training_shards --out runs/cotir-12b \\
+        --gradient-checkpointing
+
+A tiny CPU run (the demo variant, 48 steps, about half a minute)::
+
+    python -m models.train --variant tiny --shards .cotir/store/training_shards \\
+        --out runs/tiny --steps 48
+
+and on two CPU processes (gloo)::
+
+    accelerate launch --multi_gpu --num_processes 2 -m models.train --variant tiny ...
+
+Each step: clean and LQ images are encoded by the variant's codec, the prompt chosen
+by the curriculum and the three CoT parts of the answer by its text encoder (targets);
+t = sigmoid(N(0, 1)), z_t = (1 - t) g + t eps; the model predicts eps - g from
+``[z_t ; LQ reference tokens]`` and the prompt, plus the three per-token CoT predictions.
+The primal step is AdamW on L_FM + sum sg(lambda_i) psi_i (clipped, cosine schedule);
+the dual step ascends the multipliers on the violations averaged over all processes,
+so every rank holds the same multipliers. See docs/TRAINING.md.
+
+Outputs under ``--out``: ``metrics.jsonl`` (one record per step) and ``metrics.csv``,
+``plots/restoration_loss.png`` and ``plots/multipliers.png`` (the paper's Fig. 10),
+``checkpoints/step-NNNNNNN/`` (written atomically: ``model/`` is an inference checkpoint
+``CoTIRRestorer.from_pretrained`` loads; ``trainable.safetensors``,
+``training_state.pt`` and ``rank-*.pt`` resume training exactly), ``ranks/rank-*.json``.
+Launched by Dagster Pipes, metrics stream back as log lines and custom messages and the
+last process reports the asset materialization; otherwise they are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.data import DataPosition, derive_seed, discover_shards, make_loader
+from models.dual import DualOptimizer
+from models.losses import (
+    HEADS,
+    ConstraintMode,
+    build_objective,
+    constraint_names,
+    cot_head_losses,
+    flow_matching_loss,
+    has_learnable_multipliers,
+    interpolate,
+    sample_timesteps,
+    velocity_target,
+)
+from models.metrics_plots import plot_training_curves, read_jsonl, write_csv
+from models.train_config import TrainConfig, config_for_variant
+from models.variants import Variant, get_variant
+
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_FILE = "latest"
+CHECKPOINT_MARKER = "checkpoint.json"
+MODEL_DIR = "model"
+TRAINABLE_FILE = "trainable.safetensors"
+STATE_FILE = "training_state.pt"
+METRICS_FILE = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+PLOTS_DIR = "plots"
+RESUME_CHOICES = ("no", "auto", "required")
+
+
+class ResumeError(RuntimeError):
+    """``--resume required`` found no finished checkpoint, or one that does not fit."""
+
+
+# -- options ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Command-line options of one run (see :func:`build_parser` for their meaning)."""
+
+    variant: str
+    shards: str
+    out: Path
+    steps: int | None = None
+    stop_at: int | None = None
+    constraint_mode: str | None = None
+    seed: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    num_workers: int | None = None
+    log_every: int | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int | None = None
+    mixed_precision: str | None = None
+    gradient_checkpointing: bool = False
+    lora_init_b: str | None = None
+    resume: str = "no"
+    store_url: str | None = None
+    cache_dir: Path | None = None
+    record_samples: bool = False
+    cpu: bool = False
+    plots: bool = True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m models.train`` command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m models.train",
+        description="Train CoTIR (flow matching under CoT constraints) on training shards.",
+    )
+    parser.add_argument("--variant", required=True, help="Model variant: tiny, cotir-4b, ...")
+    parser.add_argument(
+        "--shards",
+        required=True,
+        help="Training shards: a local folder of <degradation>/*.tar, or a store URL "
+        "(s3://bucket/prefix/training_shards) downloaded to --cache-dir first.",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="Run folder (created).")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="Schedule length; every step count of the variant's config (stages, warm-up, "
+        "curriculum) is scaled to it. Default: the variant's (120000; 48 for tiny).",
+    )
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        help="Stop after this many steps (checkpointed), without changing the schedule; "
+        "continue later with --resume.",
+    )
+    parser.add_argument(
+        "--constraint-mode",
+        choices=[mode.value for mode in ConstraintMode],
+        help="How the CoT losses enter: none, union, fixed, lagrangian (default).",
+    )
+    parser.add_argument("--seed", type=int, help="Seed of LoRA init, noise and data order.")
+    parser.add_argument("--lr", type=float, help="Peak learning rate (default 5e-4).")
+    parser.add_argument(
+        "--batch-size", type=int, help="Per-process batch for every stage (default: per stage)."
+    )
+    parser.add_argument("--num-workers", type=int, help="Data loader worker processes.")
+    parser.add_argument("--log-every", type=int, help="Steps between streamed metric lines.")
+    parser.add_argument("--checkpoint-every", type=int, help="Steps between checkpoints.")
+    parser.add_argument("--keep-checkpoints", type=int, help="Local checkpoints kept.")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=["auto", "no", "bf16"],
+        help="auto (default): bf16 on CUDA, fp32 on the CPU.",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="Recompute the backbone's blocks in backward (less memory, ~30%% slower).",
+    )
+    parser.add_argument(
+        "--lora-init-b",
+        choices=["zero", "random"],
+        help="LoRA B initialisation: zero (standard, default) or random (the release).",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="required",
+        default="no",
+        choices=RESUME_CHOICES,
+        help="Continue from the latest finished checkpoint in --out (or --store-url): "
+        "'--resume' alone fails if there is none, '--resume auto' starts fresh then.",
+    )
+    parser.add_argument(
+        "--store-url",
+        help="Also upload every checkpoint to this object-store folder "
+        "(s3://bucket/prefix or file:///abs/path); resume reads it when --out has none.",
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, help="Where store shards are downloaded (default <out>/cache)."
+    )
+    parser.add_argument(
+        "--record-samples",
+        action="store_true",
+        help="List the sample keys each process trained on in ranks/rank-N.json.",
+    )
+    parser.add_argument("--cpu", action="store_true", help="Train on the CPU even with a GPU.")
+    parser.add_argument("--no-plots", action="store_true", help="Do not draw the PNG plots.")
+    return parser
+
+
+def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
+    """Parse and check the command line."""
+    args = build_parser().parse_args(argv)
+    for name in ("steps", "stop_at", "batch_size", "log_every", "checkpoint_every"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return TrainOptions(
+        variant=args.variant,
+        shards=args.shards,
+        out=args.out,
+        steps=args.steps,
+        stop_at=args.stop_at,
+        constraint_mode=args.constraint_mode,
+        seed=args.seed,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        lora_init_b=args.lora_init_b,
+        resume=args.resume,
+        store_url=args.store_url,
+        cache_dir=args.cache_dir,
+        record_samples=args.record_samples,
+        cpu=args.cpu,
+        plots=not args.no_plots,
+    )
+
+
+def build_config(options: TrainOptions) -> TrainConfig:
+    """The variant's config, scaled to ``--steps`` and with the command line's overrides."""
+    config = config_for_variant(options.variant)
+    if options.steps is not None:
+        config = config.scaled(options.steps)
+    changes: dict[str, Any] = {}
+    for name in (
+        "seed",
+        "num_workers",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "mixed_precision",
+        "lora_init_b",
+    ):
+        value = getattr(options, name)
+        if value is not None:
+            changes[name] = value
+    if options.gradient_checkpointing:
+        changes["gradient_checkpointing"] = True
+    if options.lr is not None:
+        changes["optimizer"] = config.optimizer.model_copy(update={"lr": options.lr})
+    if options.constraint_mode is not None:
+        changes["constraints"] = config.constraints.model_copy(
+            update={"mode": ConstraintMode(options.constraint_mode)}
+        )
+    if options.batch_size is not None:
+        changes["stages"] = tuple(
+            stage.model_copy(update={"batch_size": options.batch_size}) for stage in config.stages
+        )
+    return config.with_overrides(**changes) if changes else config
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+
+def pipes_requested() -> bool:
+    """Whether this process was launched by Dagster Pipes (its context env var is set)."""
+    from dagster_pipes import PipesEnvVarParamsLoader
+
+    return PipesEnvVarParamsLoader().is_dagster_pipes_process()
+
+
+class Reporter:
+    """Messages and metrics: to Dagster Pipes when launched by it (main process), else stdout."""
+
+    def __init__(self, *, main: bool) -> None:
+        self.main = main
+        self._stack = contextlib.ExitStack()
+        self.pipes: Any = None
+        if main and pipes_requested():
+            from dagster_pipes import open_dagster_pipes
+
+            self.pipes = self._stack.enter_context(open_dagster_pipes())
+
+    def info(self, message: str) -> None:
+        """A progress line (main process only)."""
+        if not self.main:
+            return
+        if self.pipes is not None:
+            self.pipes.log.info(message)
+        print(message, flush=True)
+
+    def warning(self, message: str) -> None:
+        """A warning from any process."""
+        if self.pipes is not None:
+            self.pipes.log.warning(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def metrics(self, record: Mapping[str, Any]) -> None:
+        """Stream one metrics record (a custom message under Pipes) and print a summary."""
+        if not self.main:
+            return
+        if self.pipes is not None:
+            self.pipes.report_custom_message({"kind": "metrics", **record})
+        self.info(format_record(record))
+
+    def materialization(self, metadata: Mapping[str, Any]) -> None:
+        """Report the asset materialization (Pipes only)."""
+        if self.pipes is not None:
+            self.pipes.report_asset_materialization(metadata=dict(metadata))
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Close the Pipes connection (reporting ``error`` if the run failed)."""
+        if error is None:
+            self._stack.close()
+        else:
+            self._stack.__exit__(type(error), error, error.__traceback__)
+
+
+def format_record(record: Mapping[str, Any]) -> str:
+    """One human-readable line of a metrics record."""
+    parts = [f"step {record['step']}/{record['total_steps']}", f"fm {record['loss_fm']:.4f}"]
+    parts += [f"{h} {record[f'loss_{h}']:.5f}" for h in HEADS if f"loss_{h}" in record]
+    lambdas = [
+        f"{key.removeprefix('lambda_')}={value:.3g}"
+        for key, value in record.items()
+        if key.startswith("lambda_")
+    ]
+    if lambdas:
+        parts.append("lambda " + ",".join(lambdas))
+    parts.append(f"lr {record['lr']:.3g}")
+    parts.append(f"{record['samples_per_s']:.1f} samples/s")
+    return " | ".join(parts)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak accelerator memory allocated, or the process's peak RSS on the CPU (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    """Hex digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_sha256(folder: Path) -> str:
+    """One digest over a folder: sorted relative paths and their file digests."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(file_sha256(path).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def export_inference_checkpoint(
+    trainable: Mapping[str, torch.Tensor],
+    variant: Variant,
+    folder: Path,
+    *,
+    lora_bias: bool = True,
+) -> Path:
+    """Write adapter + LoRA as an inference checkpoint (``models.checkpoint_io`` layout).
+
+    ``trainable`` holds the full (gathered) trainable tensors by parameter name; they are
+    assigned into a skeleton built on the meta device, so no base weights are needed
+    here and any wrapping (DDP, FSDP) of the training model is irrelevant.
+    """
+    from models.backbones import CoTIRTransformer
+    from models.checkpoint_io import save_checkpoint
+    from models.lora import apply_lora
+
+    skeleton = CoTIRTransformer.from_config(
+        variant.backbone,
+        variant.transformer_config,
+        text_dim=variant.text_dim,
+        adapter_depth=variant.adapter_depth,
+        device="meta",
+    )
+    apply_lora(skeleton, variant.lora_rank, lora_bias=lora_bias)
+    wanted = {name for name, p in skeleton.named_parameters() if p.requires_grad}
+    missing = sorted(wanted - set(trainable))
+    if missing:
+        raise ValueError(f"trainable state lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    selected = {name: trainable[name] for name in wanted}
+    skeleton.load_state_dict(selected, strict=False, assign=True)
+    return save_checkpoint(skeleton, folder, variant=variant.name)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers never see a partial file."""
+    from cotir_pipeline.store.local import write_atomically
+
+    write_atomically(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _open_store(url: str) -> Any:
+    from cotir_pipeline.settings import CotirSettings
+    from cotir_pipeline.store import open_store
+
+    return open_store(CotirSettings(store=url))
+
+
+def finished_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders with their completion marker, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        path
+        for path in root.iterdir()
+        if path.is_dir() and path.name.startswith("step-") and (path / CHECKPOINT_MARKER).is_file()
+    )
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint ``latest`` names if finished, else the newest finished one."""
+    pointer = root / LATEST_FILE
+    if pointer.is_file():
+        named = root / pointer.read_text(encoding="utf-8").strip()
+        if (named / CHECKPOINT_MARKER).is_file():
+            return named
+    finished = finished_checkpoints(root)
+    return finished[-1] if finished else None
+
+
+def fetch_latest_from_store(store_url: str, root: Path) -> Path | None:
+    """Download the store's latest finished checkpoint into ``root``; None if it has none."""
+    store = _open_store(store_url)
+    if not store.exists(LATEST_FILE):
+        return None
+    name = store.get_text(LATEST_FILE).strip()
+    if not store.exists(f"{name}/{CHECKPOINT_MARKER}"):
+        return None
+    target = root / name
+    for info in store.list(f"{name}/"):
+        relative = info.key.removeprefix(f"{name}/")
+        if relative != CHECKPOINT_MARKER:
+            store.download_file(info.key, target.joinpath(*relative.split("/")))
+    store.download_file(f"{name}/{CHECKPOINT_MARKER}", target / CHECKPOINT_MARKER)
+    return target
+
+
+def upload_checkpoint(store_url: str, folder: Path) -> str:
+    """Upload a finished checkpoint folder (marker last) and point ``latest`` at it."""
+    store = _open_store(store_url)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKPOINT_MARKER)
+    for path in files:
+        store.put_file(f"{folder.name}/{path.relative_to(folder).as_posix()}", path)
+    store.put_file(f"{folder.name}/{CHECKPOINT_MARKER}", folder / CHECKPOINT_MARKER)
+    store.put_text(LATEST_FILE, folder.name + "\n")
+    return f"{store.url.rstrip('/')}/{folder.name}/{MODEL_DIR}"
+
+
+def _rng_state(noise: torch.Generator) -> dict[str, Any]:
+    numpy_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(np.asarray(numpy_state["state"]["key"]).astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "noise": noise.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: Mapping[str, Any], noise: torch.Generator) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {
+                "key": numpy_state["key"].numpy().astype(np.uint32),
+                "pos": numpy_state["pos"],
+            },
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    noise.set_state(state["noise"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (returned on every process; paths are the main process's)."""
+
+    start_step: int
+    final_step: int
+    checkpoint: Path | None
+    checkpoint_sha256: str | None
+    checkpoint_uri: str | None
+    metrics_path: Path
+    plots: dict[str, Path] = field(default_factory=dict)
+    last_record: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    samples_per_degradation: dict[str, int] = field(default_factory=dict)
+    keys_seen: list[str] = field(default_factory=list)
+
+
+class TextFeatureCache:
+    """Text features per string, kept in an LRU of ``capacity`` entries (0: no cache).
+
+    With a cache every string is encoded on its own, so a cached feature is bit-identical
+    to a fresh one and a resumed run (cold cache) computes exactly what an uninterrupted
+    run did. Prompts and CoT parts repeat (vague list, templates, one answer per sample),
+    which makes the demo variants' MiniLM cheap after the first round.
+    """
+
+    def __init__(self, encoder: Any, max_length: int, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        self.encoder = encoder
+        self.max_length = max_length
+        self.capacity = capacity
+        self._entries: OrderedDict[str, Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        """A :class:`models.text_encoders.TextEncoding` of ``texts`` (one row each)."""
+        from models.text_encoders import TextEncoding
+
+        if not self.capacity:
+            return self.encoder.encode(list(texts), self.max_length)
+        rows = []
+        for text in texts:
+            entry = self._entries.get(text)
+            if entry is None:
+                self.misses += 1
+                entry = self.encoder.encode([text], self.max_length)
+                self._entries[text] = entry
+                if len(self._entries) > self.capacity:
+                    self._entries.popitem(last=False)
+            else:
+                self.hits += 1
+                self._entries.move_to_end(text)
+            rows.append(entry)
+        pooled = None
+        if rows[0].pooled is not None:
+            pooled = torch.cat([row.pooled for row in rows])
+        return TextEncoding(
+            embeds=torch.cat([row.embeds for row in rows]),
+            mask=torch.cat([row.mask for row in rows]),
+            pooled=pooled,
+        )
+
+
+@dataclass
+class _Parts:
+    """Everything the loop holds."""
+
+    accelerator: Any
+    variant: Variant
+    config: TrainConfig
+    model: Any
+    codec: Any
+    text_encoder: Any
+    texts: TextFeatureCache
+    optimizer: Any
+    scheduler: Any
+    dual: DualOptimizer | None
+    fixed: torch.Tensor | None
+    noise: torch.Generator
+
+
+def _make_accelerator(options: TrainOptions, config: TrainConfig) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Without an accelerator, accelerate only sets up gloo (multi-CPU DDP) when told cpu=True.
+    has_accelerator = torch.cuda.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available()
+    )
+    use_cpu = options.cpu or not has_accelerator
+    precision = config.mixed_precision
+    if precision == "auto":
+        precision = "no" if use_cpu else "bf16"
+    return Accelerator(
+        cpu=use_cpu,
+        mixed_precision=precision,
+        kwargs_handlers=[
+            # Mode none leaves the CoT prediction layers out of the loss graph.
+            DistributedDataParallelKwargs(
+                find_unused_parameters=config.constraints.mode is ConstraintMode.NONE
+            )
+        ],
+    )
+
+
+def _build(accelerator: Any, config: TrainConfig, reporter: Reporter) -> _Parts:
+    from models.lora import apply_lora, freeze
+    from models.restore import CoTIRRestorer
+
+    variant = get_variant(config.variant)
+    precision = str(accelerator.mixed_precision)
+    mode = config.constraints.mode
+    frozen_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    # The same seed on every rank: identical LoRA (and, for full variants, adapter) init.
+    torch.manual_seed(config.seed)
+    restorer = CoTIRRestorer.from_variant(config.variant, device="cpu", dtype=frozen_dtype)
+    model = restorer.model
+    apply_lora(model, variant.lora_rank, init_b=config.lora_init_b)
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.train()
+    codec = restorer.codec.to(accelerator.device)
+    text_encoder = restorer.text_encoder.to(accelerator.device)
+    freeze(codec, text_encoder)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optim = config.optimizer
+    optimizer = torch.optim.AdamW(
+        trainable, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, eps=optim.eps
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Not prepared: accelerate would step it once per process and step.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        lambda step: config.lr_at(step) / optim.lr,
+    )
+    dual = None
+    fixed = None
+    if has_learnable_multipliers(mode):
+        dual = DualOptimizer(
+            constraint_names(mode),
+            lr=config.constraints.dual_lr,
+            betas=config.constraints.dual_betas,
+            device=accelerator.device,
+        )
+    elif mode is ConstraintMode.FIXED:
+        fixed = torch.full((len(HEADS),), config.constraints.fixed_coefficient)
+    noise = torch.Generator().manual_seed(
+        derive_seed(config.seed, accelerator.process_index, "noise")
+    )
+    reporter.info(
+        f"{variant.name}: {sum(p.numel() for p in trainable):,d} trainable parameters, "
+        f"{accelerator.num_processes} process(es) on {accelerator.device}, precision {precision}, "
+        f"constraints {mode.value}"
+    )
+    return _Parts(
+        accelerator,
+        variant,
+        config,
+        model,
+        codec,
+        text_encoder,
+        TextFeatureCache(text_encoder, variant.max_text_tokens, config.text_cache_size),
+        optimizer,
+        scheduler,
+        dual,
+        fixed,
+        noise,
+    )
+
+
+def _model_inputs(parts: _Parts, batch: Any) -> dict[str, Any]:
+    from models.backbones import BackboneKind, grid_to_tokens, image_ids, text_ids
+    from models.text_targets import split_cot_answer
+
+    device = parts.accelerator.device
+    variant = parts.variant
+    with torch.no_grad():
+        # The VAE codecs cast to their own dtype; the pixel codec keeps float32.
+        hq = batch.hq.to(device, torch.float32)
+        lq = batch.lq.to(device, torch.float32)
+        clean = grid_to_tokens(parts.codec.encode(hq)).float()
+        reference = grid_to_tokens(parts.codec.encode(lq)).float()
+        prompt = parts.texts.encode(batch.prompts).to(device, torch.float32)
+        answers = [split_cot_answer(answer) for answer in batch.answers]
+        targets = {
+            "scene": parts.texts.encode([a.scene for a in answers]),
+            "degradation": parts.texts.encode([a.degradation for a in answers]),
+            "plan": parts.texts.encode([a.plan for a in answers]),
+        }
+    grid = batch.hq.shape[-1] // 16
+    kind = variant.backbone
+    ids = torch.cat(
+        [
+            image_ids(kind, grid, grid, reference=False, device=device),
+            image_ids(kind, grid, grid, reference=True, device=device),
+        ]
+    )
+    guidance = None
+    pooled = None
+    if kind is BackboneKind.FLUX1_KONTEXT:
+        pooled = prompt.pooled
+        if variant.guidance is not None:
+            guidance = torch.full((len(batch),), variant.guidance, device=device)
+    return {
+        "clean": clean,
+        "reference": reference,
+        "prompt": prompt.embeds,
+        "ids": ids,
+        "txt_ids": text_ids(kind, prompt.embeds.shape[1], device=device),
+        "pooled": pooled,
+        "guidance": guidance,
+        "targets": {name: item.embeds.to(device, torch.float32) for name, item in targets.items()},
+    }
+
+
+def _train_step(parts: _Parts, batch: Any) -> dict[str, torch.Tensor]:
+    accelerator = parts.accelerator
+    device = accelerator.device
+    config = parts.config
+    mode = config.constraints.mode
+    inputs = _model_inputs(parts, batch)
+    clean = inputs["clean"]
+    t = sample_timesteps(clean.shape[0], generator=parts.noise, device=device)
+    noise = torch.randn(clean.shape, generator=parts.noise).to(device)
+    noisy = interpolate(clean, noise, t)
+    hidden = torch.cat([noisy, inputs["reference"]], dim=1)
+    with accelerator.autocast():
+        output = parts.model(
+            hidden,
+            inputs["prompt"],
+            t,
+            inputs["ids"],
+            inputs["txt_ids"],
+            pooled_projections=inputs["pooled"],
+            guidance=inputs["guidance"],
+        )
+    n_tokens = clean.shape[1]
+    loss_fm = flow_matching_loss(output.sample[:, :n_tokens], velocity_target(clean, noise))
+    predictions = {"scene": output.scene, "degradation": output.degradation, "plan": output.plan}
+    if mode is ConstraintMode.NONE:
+        predictions = {name: value.detach() for name, value in predictions.items()}
+    heads = cot_head_losses(predictions, inputs["targets"])
+    coefficients = parts.dual.coefficients() if parts.dual is not None else parts.fixed
+    objective = build_objective(loss_fm, heads, mode, coefficients, delta=config.constraints.delta)
+    accelerator.backward(objective.total)
+    grad_norm = accelerator.clip_grad_norm_(parts.model.parameters(), config.optimizer.grad_clip)
+    parts.optimizer.step()
+    parts.scheduler.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    stats = torch.cat(
+        [
+            torch.stack(
+                [objective.total.detach().float(), loss_fm.detach().float()]
+                + [heads[name].detach().float() for name in HEADS]
+            ),
+            objective.violations.float(),
+        ]
+    ).to(device)
+    stats = accelerator.reduce(stats, reduction="mean")
+    violations = stats[2 + len(HEADS) :]
+    if parts.dual is not None:
+        parts.dual.step(violations)
+    result = {"loss": stats[0], "loss_fm": stats[1]}
+    result.update({f"loss_{name}": stats[2 + i] for i, name in enumerate(HEADS)})
+    result.update({f"violation_{n}": violations[i] for i, n in enumerate(objective.names)})
+    result["grad_norm"] = torch.as_tensor(grad_norm).detach().float()
+    return result
+
+
+class _Checkpointer:
+    """Atomic checkpoint folders, the ``latest`` pointer, pruning and store upload."""
+
+    def __init__(
+        self, out: Path, accelerator: Any, reporter: Reporter, keep: int, store_url: str | None
+    ) -> None:
+        self.root = out / CHECKPOINTS_DIR
+        self.accelerator = accelerator
+        self.reporter = reporter
+        self.keep = keep
+        self.store_url = store_url
+        self.last: Path | None = None
+        self.last_sha256: str | None = None
+        self.last_uri: str | None = None
+
+    def save(self, parts: _Parts, step: int, rank_state: Mapping[str, Any]) -> None:
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        accelerator = self.accelerator
+        name = f"step-{step:07d}"
+        partial = self.root / f".partial-{name}"
+        trainable, optimizer_state = get_state_dict(
+            parts.model,
+            parts.optimizer,
+            options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True, ignore_frozen_params=True
+            ),
+        )
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        torch.save(dict(rank_state), partial / f"rank-{accelerator.process_index:05d}.pt")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            tensors = {k: v.detach().contiguous().cpu() for k, v in trainable.items()}
+            save_file(tensors, str(partial / TRAINABLE_FILE))
+            torch.save(
+                {
+                    "step": step,
+                    "optimizer": optimizer_state,
+                    "scheduler": parts.scheduler.state_dict(),
+                    "dual": parts.dual.state_dict() if parts.dual is not None else None,
+                    "world_size": accelerator.num_processes,
+                    "config": parts.config.model_dump_json(),
+                },
+                partial / STATE_FILE,
+            )
+            export_inference_checkpoint(tensors, parts.variant, partial / MODEL_DIR)
+            model_sha = folder_sha256(partial / MODEL_DIR)
+            marker = {
+                "step": step,
+                "variant": parts.variant.name,
+                "model_sha256": model_sha,
+                "files": {
+                    p.relative_to(partial).as_posix(): file_sha256(p)
+                    for p in sorted(partial.rglob("*"))
+                    if p.is_file()
+                },
+            }
+            (partial / CHECKPOINT_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+            final = self.root / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            write_text_atomically(self.root / LATEST_FILE, name + "\n")
+            for old in finished_checkpoints(self.root)[: -self.keep]:
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+            self.last, self.last_sha256 = final, model_sha
+            if self.store_url:
+                self.last_uri = upload_checkpoint(self.store_url, final)
+            self.reporter.info(f"checkpoint {final} (model sha256 {model_sha[:12]})")
+        accelerator.wait_for_everyone()
+
+    def find(self, resume: str) -> Path | None:
+        """The checkpoint to resume from (downloaded from the store when only it has one)."""
+        if resume == "no":
+            return None
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            found = latest_checkpoint(self.root)
+            if found is None and self.store_url:
+                found = fetch_latest_from_store(self.store_url, self.root)
+        accelerator.wait_for_everyone()
+        found = latest_checkpoint(self.root)
+        if found is None and resume == "required":
+            where = f"{self.root}" + (f" or {self.store_url}" if self.store_url else "")
+            raise ResumeError(f"--resume: no finished checkpoint in {where}")
+        return found
+
+
+def _load(parts: _Parts, folder: Path, reporter: Reporter) -> tuple[int, dict[str, Any] | None]:
+    """Restore weights, optimizers, scheduler; returns the step and this rank's state."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    accelerator = parts.accelerator
+    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    trainable = load_file(str(folder / TRAINABLE_FILE))
+    set_state_dict(
+        parts.model,
+        parts.optimizer,
+        model_state_dict=trainable,
+        optim_state_dict=state["optimizer"],
+        options=StateDictOptions(full_state_dict=True, strict=False),
+    )
+    parts.scheduler.load_state_dict(state["scheduler"])
+    if parts.dual is not None:
+        if state["dual"] is None:
+            raise ResumeError(f"{folder} was trained without multipliers; the mode differs")
+        parts.dual.load_state_dict(state["dual"])
+    rank_file = folder / f"rank-{accelerator.process_index:05d}.pt"
+    rank_state = None
+    if rank_file.is_file() and int(state["world_size"]) == accelerator.num_processes:
+        rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
+    else:
+        reporter.warning(
+            f"{folder} was written by {state['world_size']} processes, this run has "
+            f"{accelerator.num_processes}: data order and noise restart from fresh seeds"
+        )
+    return int(state["step"]), rank_state
+
+
+def _trim_metrics(path: Path, completed: int) -> None:
+    """Keep the records of the ``completed`` steps a resumed run starts after."""
+    records = [r for r in read_jsonl(path) if int(r["step"]) <= completed]
+    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _local_weights_sha256(model: Any) -> str:
+    """Digest of this process's trainable tensors (its shards, under FSDP)."""
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        if parameter.requires_grad:
+            tensor = parameter.detach()
+            if hasattr(tensor, "to_local"):  # a DTensor: hash the local shard
+                tensor = tensor.to_local()
+            digest.update(name.encode())
+            digest.update(tensor.float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Run (or continue) one training run; see the module docstring."""
+    config = build_config(options)
+    out = Path(options.out)
+    # Open Pipes before anything heavy, so a failure while building is reported too.
+    # torchrun and accelerate launch set RANK; a plain python process is rank 0.
+    reporter = Reporter(main=int(os.environ.get("RANK", "0")) == 0)
+    error: BaseException | None = None
+    try:
+        accelerator = _make_accelerator(options, config)
+        parts = _build(accelerator, config, reporter)
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        result = _run(options, parts, out, reporter)
+        accelerator.wait_for_everyone()
+        return result
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        reporter.close(error)
+        _end_distributed()
+
+
+def _end_distributed() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) -> TrainResult:
+    accelerator = parts.accelerator
+    config = parts.config
+    rank = accelerator.process_index
+    total = config.total_steps
+    stop = min(options.stop_at or total, total)
+    checkpointer = _Checkpointer(
+        out, accelerator, reporter, config.keep_checkpoints, options.store_url
+    )
+    with accelerator.local_main_process_first():
+        from models.data import resolve_shard_source
+
+        root = resolve_shard_source(options.shards, options.cache_dir or out / "cache")
+    shards = discover_shards(root)
+    reporter.info(
+        f"training shards: {sum(len(v) for v in shards.values())} shards in {len(shards)} "
+        f"degradation folders under {root}"
+    )
+
+    start_step = 0
+    position = DataPosition(max(1, config.num_workers))
+    data_seed = config.seed
+    resume_from = checkpointer.find(options.resume)
+    if resume_from is not None:
+        start_step, rank_state = _load(parts, resume_from, reporter)
+        if rank_state is not None:
+            _restore_rng(rank_state["rng"], parts.noise)
+            if not position.load_state_dict(rank_state["data"]):
+                reporter.warning("the number of loader workers changed: data order restarts")
+                data_seed = derive_seed(config.seed, "restart", start_step)
+        else:
+            data_seed = derive_seed(config.seed, "restart", start_step)
+            parts.noise.manual_seed(derive_seed(config.seed, rank, "noise", start_step))
+        reporter.info(f"resumed from {resume_from} at step {start_step}")
+    metrics_path = out / METRICS_FILE
+    if accelerator.is_main_process:
+        _trim_metrics(metrics_path, start_step)
+        run_info = {"options": {k: str(v) for k, v in vars(options).items()}}
+        run_info["config"] = json.loads(config.model_dump_json())
+        write_text_atomically(out / "run.json", json.dumps(run_info, indent=1) + "\n")
+
+    loader = make_loader(
+        shards,
+        config,
+        seed=data_seed,
+        rank=rank,
+        world_size=accelerator.num_processes,
+        start_step=start_step,
+        stop_step=stop,
+        position=position,
+        pin_memory=accelerator.device.type == "cuda",
+    )
+    keys_seen: list[str] = []
+    last_record: dict[str, Any] = {}
+    started = time.perf_counter()
+    tick = started
+    step = start_step
+    rate_sum, rate_count = 0.0, 0
+    for batch in loader:
+        if batch.step != step:
+            raise RuntimeError(f"the loader gave the batch of step {batch.step} at step {step}")
+        lr = parts.scheduler.get_last_lr()[0]
+        values = _train_step(parts, batch)
+        position.update(batch)
+        if options.record_samples:
+            keys_seen += batch.keys
+        step += 1
+        now = time.perf_counter()
+        global_batch = len(batch) * accelerator.num_processes
+        rate = global_batch / max(now - tick, 1e-9)
+        tick = now
+        rate_sum, rate_count = rate_sum + rate, rate_count + 1
+        stage_index = config.stage_index(step - 1)
+        record: dict[str, Any] = {"step": step, "total_steps": total, "lr": lr}
+        record.update({name: float(value) for name, value in values.items()})
+        if parts.dual is not None:
+            record.update({f"lambda_{k}": v for k, v in parts.dual.as_dict().items()})
+        elif parts.fixed is not None:
+            fixed = parts.fixed.tolist()
+            record.update({f"lambda_{h}": v for h, v in zip(HEADS, fixed, strict=True)})
+        record.update(
+            {
+                "stage": stage_index + 1,
+                "patch": config.stages[stage_index].patch,
+                "batch_size": len(batch),
+                "global_batch": global_batch,
+                "vague_fraction": batch.arms.count("vague") / len(batch),
+                "samples_per_s": rate,
+                "step_time_s": global_batch / rate,
+                "peak_memory_mib": peak_memory_mib(accelerator.device),
+                "skipped_samples": sum(position.skip_counts().values()),
+            }
+        )
+        last_record = record
+        if accelerator.is_main_process:
+            with open(metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if step % config.log_every == 0 or step == stop:
+                reporter.metrics(record)
+        if step % config.checkpoint_every == 0 or step == stop:
+            rank_state = {
+                "step": step,
+                "rng": _rng_state(parts.noise),
+                "data": position.state_dict(),
+            }
+            checkpointer.save(parts, step, rank_state)
+            if accelerator.is_main_process and options.plots:
+                _plots(out, parts)
+        if step >= stop:
+            break
+
+    if step < stop:
+        raise RuntimeError(f"the data loader ended at step {step}, before {stop}")
+    plots: dict[str, Path] = {}
+    if accelerator.is_main_process:
+        records = read_jsonl(metrics_path)
+        if records:
+            write_csv(records, out / METRICS_CSV)
+        if options.plots and records:
+            plots = _plots(out, parts)
+    if checkpointer.last is None and resume_from is not None and accelerator.is_main_process:
+        checkpointer.last = resume_from
+        checkpointer.last_sha256 = json.loads((resume_from / CHECKPOINT_MARKER).read_text())[
+            "model_sha256"
+        ]
+    _write_rank_report(out, parts, position, keys_seen, options.record_samples)
+    result = TrainResult(
+        start_step=start_step,
+        final_step=step,
+        checkpoint=checkpointer.last,
+        checkpoint_sha256=checkpointer.last_sha256,
+        checkpoint_uri=checkpointer.last_uri,
+        metrics_path=metrics_path,
+        plots=plots,
+        last_record=last_record,
+        skipped=position.skip_counts(),
+        samples_per_degradation=position.samples_per_degradation(),
+        keys_seen=keys_seen,
+    )
+    if accelerator.is_main_process:
+        mean_rate = rate_sum / rate_count if rate_count else 0.0
+        reporter.materialization(_materialization_metadata(result, parts, out, mean_rate))
+        reporter.info(f"done: step {step}, checkpoint {result.checkpoint}")
+    return result
+
+
+def _plots(out: Path, parts: _Parts) -> dict[str, Path]:
+    records = read_jsonl(out / METRICS_FILE)
+    if not records:
+        return {}
+    title = f"({parts.variant.name}, {parts.config.constraints.mode.value})"
+    return plot_training_curves(records, out / PLOTS_DIR, title=title)
+
+
+def _write_rank_report(
+    out: Path, parts: _Parts, position: DataPosition, keys: list[str], record_keys: bool
+) -> None:
+    rank = parts.accelerator.process_index
+    folder = out / "ranks"
+    folder.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "rank": rank,
+        "world_size": parts.accelerator.num_processes,
+        "weights_sha256": _local_weights_sha256(parts.accelerator.unwrap_model(parts.model)),
+        "multipliers": parts.dual.as_dict() if parts.dual is not None else {},
+        "skipped": position.skip_counts(),
+        "samples_per_degradation": position.samples_per_degradation(),
+    }
+    if record_keys:
+        report["keys"] = keys
+    write_text_atomically(folder / f"rank-{rank:05d}.json", json.dumps(report, indent=1) + "\n")
+
+
+def _materialization_metadata(
+    result: TrainResult, parts: _Parts, out: Path, mean_rate: float
+) -> dict[str, Any]:
+    def path_value(path: Path) -> dict[str, Any]:
+        return {"raw_value": str(path), "type": "path"}
+
+    def json_value(value: Any) -> dict[str, Any]:
+        return {"raw_value": value, "type": "json"}
+
+    metadata: dict[str, Any] = {
+        "variant": parts.variant.name,
+        "constraint_mode": parts.config.constraints.mode.value,
+        "steps": result.final_step,
+        "resumed_from_step": result.start_step,
+        "processes": parts.accelerator.num_processes,
+        "metrics_jsonl": path_value(result.metrics_path),
+        "samples_per_s_mean": mean_rate,
+        "skipped_samples": json_value(result.skipped),
+        "samples_per_degradation": json_value(result.samples_per_degradation),
+    }
+    if result.checkpoint is not None:
+        metadata["checkpoint"] = path_value(result.checkpoint / MODEL_DIR)
+        metadata["checkpoint_sha256"] = result.checkpoint_sha256 or ""
+    if result.checkpoint_uri:
+        metadata["checkpoint_uri"] = {"raw_value": result.checkpoint_uri, "type": "url"}
+    for key, value in result.last_record.items():
+        if key.startswith(("loss", "lambda_", "violation_")) or key in (
+            "lr",
+            "peak_memory_mib",
+            "grad_norm",
+        ):
+            metadata[f"final_{key}"] = float(value)
+    if (out / METRICS_CSV).is_file():
+        metadata["metrics_csv"] = path_value(out / METRICS_CSV)
+    for name, path in result.plots.items():
+        metadata[f"plot_{name}"] = path_value(path)
+    return metadata
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    options = parse_options(argv)
+    train(options)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,315 @@
+"""Typed training configuration per variant (REFERENCE.md section 4; docs/TRAINING.md).
+
+One :class:`TrainConfig` holds everything a run needs beyond the model variant itself:
+the AdamW settings, the cosine learning-rate schedule with warm-up and floor, the
+progressive stages (patch size and per-process batch, ending at given steps), the
+prompt curriculum and the constraint mode with its dual optimizer settings.
+
+:func:`config_for_variant` gives the paper's configuration for ``cotir-12b``,
+``cotir-4b`` and ``cotir-9b`` (120k steps) and a scaled-down one for the demo variants
+(``tiny``, ``tiny-kontext``: 48 steps, patches 16-64), and :meth:`TrainConfig.scaled`
+rescales every step count to another total (``--steps`` on the command line).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.codecs import TOKEN_STRIDE
+from models.dual import DUAL_BETAS, DUAL_LR
+from models.losses import DEFAULT_DELTA, ConstraintMode
+from models.variants import get_variant
+
+#: Paper schedule length (REFERENCE.md section 4).
+PAPER_TOTAL_STEPS = 120_000
+#: Stored training pairs are this size; stages resize them (bilinear), never crop.
+STORED_PAIR_SIZE = 512
+#: Per-process batch per stage, per full-size variant (8 GPUs in the paper).
+PAPER_BATCHES: dict[str, tuple[int, int, int, int]] = {
+    "cotir-12b": (6, 5, 3, 2),
+    "cotir-4b": (12, 10, 6, 4),
+    "cotir-9b": (6, 4, 2, 1),
+}
+PAPER_STAGE_ENDS = (20_000, 40_000, 60_000, 120_000)
+PAPER_PATCHES = (128, 256, 384, 512)
+#: The demo variants: the same four stages at 1/8 of the paper's sizes.
+TINY_TOTAL_STEPS = 48
+TINY_PATCHES = (16, 32, 48, 64)
+TINY_BATCHES = (4, 3, 2, 2)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class OptimizerConfig(_Frozen):
+    """AdamW on the trainable parameters (adapter + LoRA)."""
+
+    lr: float = Field(default=5e-4, gt=0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="Adam betas.")
+    weight_decay: float = Field(default=0.01, ge=0, description="Decoupled weight decay.")
+    eps: float = Field(default=1e-8, gt=0, description="Adam epsilon.")
+    grad_clip: float = Field(default=1.0, gt=0, description="Max global gradient norm.")
+
+
+class ScheduleConfig(_Frozen):
+    """Linear warm-up to the peak, then a cosine decay to a floor at ``total_steps``."""
+
+    total_steps: int = Field(default=PAPER_TOTAL_STEPS, ge=1, description="Schedule length.")
+    warmup_steps: int = Field(default=2000, ge=0, description="Linear warm-up steps.")
+    min_lr: float = Field(default=5e-5, ge=0, description="LR floor reached at the end.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.warmup_steps > self.total_steps:
+            raise ValueError(
+                f"warmup_steps {self.warmup_steps} exceeds total_steps {self.total_steps}"
+            )
+        return self
+
+    def lr_at(self, step: int, peak: float) -> float:
+        """Learning rate of optimizer step ``step`` (0-based) for a peak ``peak``.
+
+        Warm-up: peak * (step + 1) / warmup, so the first step already trains and the
+        last warm-up step is at the peak. Then peak -> min_lr along half a cosine,
+        reaching min_lr at ``total_steps`` and staying there after.
+        """
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if peak < self.min_lr:
+            raise ValueError(f"peak lr {peak} is below the floor {self.min_lr}")
+        if step < self.warmup_steps:
+            return peak * (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr + (peak - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Stage(_Frozen):
+    """One progressive stage: steps up to ``end_step`` (exclusive) at this patch and batch."""
+
+    end_step: int = Field(ge=0, description="First step after the stage.")
+    patch: int = Field(gt=0, description="Side of the square training pairs (bilinear resize).")
+    batch_size: int = Field(gt=0, description="Samples per process per step.")
+
+    @field_validator("patch")
+    @classmethod
+    def _multiple(cls, value: int) -> int:
+        if value % TOKEN_STRIDE:
+            raise ValueError(f"patch {value} is not a multiple of {TOKEN_STRIDE}")
+        return value
+
+
+class CurriculumConfig(_Frozen):
+    """Per-sample prompt choice: vague with a probability that grows with the step."""
+
+    vague_schedule: tuple[tuple[int, float], ...] = Field(
+        default=((0, 0.2), (10_000, 0.3), (20_000, 0.4), (30_000, 0.5), (40_000, 0.6)),
+        description="(first step, vague probability) pairs, in step order.",
+    )
+    vague_list_probability: float = Field(
+        default=0.8, ge=0, le=1, description="Vague arm: a line of the vague list (else q[0])."
+    )
+    template_probability: float = Field(
+        default=0.7, ge=0, le=1, description="Precise arm: a template line (else q[1])."
+    )
+    template_probability_overrides: dict[str, float] = Field(
+        default_factory=lambda: {"lost_color": 0.2},
+        description="Precise-arm template probability per degradation, where it differs.",
+    )
+    fallback: str = Field(
+        default="Please correct {deg} issues.",
+        description="Prompt when the chosen source is missing ({deg}: the degradation).",
+    )
+
+    @field_validator("vague_schedule")
+    @classmethod
+    def _ordered(cls, value: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+        if not value or value[0][0] != 0:
+            raise ValueError("the vague schedule must start at step 0")
+        steps = [step for step, _ in value]
+        if steps != sorted(steps):
+            raise ValueError(f"vague schedule steps must not decrease: {steps}")
+        if any(not 0 <= p <= 1 for _, p in value):
+            raise ValueError("vague probabilities must lie in [0, 1]")
+        return value
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, value: str) -> str:
+        try:
+            value.format(deg="x")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"fallback may only use the {{deg}} placeholder: {error}") from None
+        return value
+
+    def vague_probability(self, step: int) -> float:
+        """Probability that a sample of step ``step`` gets a vague prompt."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        probability = self.vague_schedule[0][1]
+        for start, value in self.vague_schedule:
+            if step >= start:
+                probability = value
+        return probability
+
+    def template_probability_for(self, degradation: str) -> float:
+        """Precise arm: probability of a template line (vs. the record's precise question)."""
+        return self.template_probability_overrides.get(degradation, self.template_probability)
+
+
+class ConstraintConfig(_Frozen):
+    """How the CoT losses enter (mode) and the dual optimizer's settings."""
+
+    mode: ConstraintMode = Field(default=ConstraintMode.LAGRANGIAN, description="Ablation mode.")
+    delta: float = Field(default=DEFAULT_DELTA, ge=0, description="Slack of every constraint.")
+    dual_lr: float = Field(default=DUAL_LR, gt=0, description="Adam lr of the multipliers.")
+    dual_betas: tuple[float, float] = Field(default=DUAL_BETAS, description="Dual Adam betas.")
+    fixed_coefficient: float = Field(
+        default=1.0, ge=0, description="Weight of each constraint in mode 'fixed'."
+    )
+
+
+class TrainConfig(_Frozen):
+    """Everything that defines a training run of one variant."""
+
+    variant: str
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    stages: tuple[Stage, ...]
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    constraints: ConstraintConfig = Field(default_factory=ConstraintConfig)
+    mixed_precision: Literal["auto", "no", "bf16"] = Field(
+        default="auto", description="auto: bf16 on CUDA, fp32 elsewhere."
+    )
+    lora_init_b: Literal["zero", "random"] = Field(
+        default="zero", description="LoRA B init: zero (standard) or random (the release)."
+    )
+    gradient_checkpointing: bool = Field(default=False, description="Checkpoint backbone blocks.")
+    num_workers: int = Field(default=0, ge=0, description="Data loader worker processes.")
+    text_cache_size: int = Field(
+        default=0,
+        ge=0,
+        description="Prompt and CoT-part features kept per string (LRU); 0 encodes every "
+        "batch afresh (full-size encoders: 512 x D features per string are large).",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of LoRA init, noise and data order.")
+    log_every: int = Field(default=1, ge=1, description="Steps between streamed metric lines.")
+    checkpoint_every: int = Field(default=5000, ge=1, description="Steps between checkpoints.")
+    keep_checkpoints: int = Field(default=3, ge=1, description="Local checkpoints to keep.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        try:
+            get_variant(self.variant)
+        except KeyError as error:
+            raise ValueError(str(error.args[0])) from None
+        if not self.stages:
+            raise ValueError("at least one stage is needed")
+        ends = [stage.end_step for stage in self.stages]
+        if ends != sorted(ends):
+            raise ValueError(f"stage end steps must not decrease: {ends}")
+        if ends[-1] != self.schedule.total_steps:
+            raise ValueError(
+                f"the last stage ends at {ends[-1]}, the schedule at {self.schedule.total_steps}"
+            )
+        if self.optimizer.lr < self.schedule.min_lr:
+            raise ValueError(f"lr {self.optimizer.lr} is below min_lr {self.schedule.min_lr}")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        """Length of the run."""
+        return self.schedule.total_steps
+
+    def stage_index(self, step: int) -> int:
+        """Index of the stage that step ``step`` belongs to (the last one past the end)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        for index, stage in enumerate(self.stages):
+            if step < stage.end_step:
+                return index
+        return len(self.stages) - 1
+
+    def stage_at(self, step: int) -> Stage:
+        """The stage of step ``step``."""
+        return self.stages[self.stage_index(step)]
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of step ``step``."""
+        return self.schedule.lr_at(step, self.optimizer.lr)
+
+    def scaled(self, total_steps: int) -> TrainConfig:
+        """The same run with every step count scaled to ``total_steps`` (rounded).
+
+        Scales stage ends, warm-up, curriculum boundaries and the checkpoint interval;
+        patches, batches and probabilities are unchanged.
+        """
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        old = self.schedule.total_steps
+        if total_steps == old:
+            return self
+
+        def scale(value: int) -> int:
+            return round(value * total_steps / old)
+
+        stages = tuple(
+            stage.model_copy(update={"end_step": scale(stage.end_step)}) for stage in self.stages
+        )
+        stages = (*stages[:-1], stages[-1].model_copy(update={"end_step": total_steps}))
+        schedule = ScheduleConfig(
+            total_steps=total_steps,
+            warmup_steps=min(total_steps, scale(self.schedule.warmup_steps)),
+            min_lr=self.schedule.min_lr,
+        )
+        curriculum = self.curriculum.model_copy(
+            update={
+                "vague_schedule": tuple(
+                    (scale(start), value) for start, value in self.curriculum.vague_schedule
+                )
+            }
+        )
+        return self.model_copy(
+            update={
+                "stages": stages,
+                "schedule": schedule,
+                "curriculum": curriculum,
+                "checkpoint_every": max(1, scale(self.checkpoint_every)),
+            }
+        )
+
+    def with_overrides(self, **changes: object) -> TrainConfig:
+        """A validated copy with top-level fields replaced (unknown names raise)."""
+        unknown = set(changes) - set(type(self).model_fields)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+
+def _paper_stages(batches: tuple[int, int, int, int]) -> tuple[Stage, ...]:
+    return tuple(
+        Stage(end_step=end, patch=patch, batch_size=batch)
+        for end, patch, batch in zip(PAPER_STAGE_ENDS, PAPER_PATCHES, batches, strict=True)
+    )
+
+
+def config_for_variant(name: str) -> TrainConfig:
+    """The training configuration of a variant: the paper's, or the scaled-down demo one."""
+    variant = get_variant(name)
+    if name in PAPER_BATCHES:
+        return TrainConfig(
+            variant=name, stages=_paper_stages(PAPER_BATCHES[name]), num_workers=4, log_every=50
+        )
+    if not variant.is_demo:
+        raise ValueError(f"no training configuration for variant {name!r}")
+    paper = TrainConfig(variant=name, stages=_paper_stages(TINY_BATCHES))
+    tiny_stages = tuple(
+        stage.model_copy(update={"patch": patch})
+        for stage, patch in zip(paper.stages, TINY_PATCHES, strict=True)
+    )
+    scaled = paper.model_copy(update={"stages": tiny_stages}).scaled(TINY_TOTAL_STEPS)
+    return scaled.model_copy(update={"checkpoint_every": 16, "text_cache_size": 4096})

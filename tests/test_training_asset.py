@@ -1,0 +1,159 @@
+"""The cotir_checkpoint asset: training through Dagster Pipes on real demo training shards."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.resources import ObjectStoreResource
+from assets.training import (
+    CHECKPOINTS_PREFIX,
+    TrainingResource,
+    build_training_assets,
+    metrics_table,
+    training_resources,
+)
+from cotir_pipeline.annotation.clip_filter import ConsistencyFilter
+from cotir_pipeline.annotation.template_backend import TemplateBackend
+from cotir_pipeline.annotation_stage import annotate_source, filter_source, write_training_shards
+from cotir_pipeline.pair_stage import plan_demo_pairs, recipe_refs, write_pair_shards
+from cotir_pipeline.settings import CotirSettings
+from cotir_pipeline.store import LocalObjectStore
+
+
+@pytest.fixture(scope="module")
+def shard_store(tmp_path_factory: pytest.TempPathFactory) -> LocalObjectStore:
+    """Demo pairs -> template annotations -> filter -> training shards (a few seconds)."""
+    plan = plan_demo_pairs(
+        recipes=recipe_refs("demo"), patch_size=128, stride=128, recipes_per_patch=2, seed=0
+    )
+    train_pairs = [pair for pair in plan if pair.status == "ok" and pair.split == "train"]
+    store = LocalObjectStore(tmp_path_factory.mktemp("store"))
+    write_pair_shards(store, train_pairs[:16], size=64, shard_size=8)
+    annotate_source(store, "demo", TemplateBackend())
+    filter_source(store, "demo", ConsistencyFilter())
+    report = write_training_shards(store, ["demo"], shard_size=4)
+    assert report.samples > 8
+    return store
+
+
+@pytest.mark.slow
+def test_the_asset_trains_through_pipes_and_reports_metrics_and_plots(
+    shard_store: LocalObjectStore, tmp_path: Path
+) -> None:
+    assets = build_training_assets()
+    training = TrainingResource(variant="tiny", steps=6, output_dir=str(tmp_path / "training"))
+    resources = {
+        "store": ObjectStoreResource(url=shard_store.url),
+        "training": training,
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+    definitions = dg.Definitions(assets=assets, resources=resources)
+    job = definitions.resolve_implicit_global_asset_job_def()
+    assert (
+        dg.AssetKey("training_shards")
+        in job.asset_layer.asset_graph.get(dg.AssetKey("cotir_checkpoint")).parent_keys
+    )
+
+    result = dg.materialize(assets, resources=resources)
+    assert result.success
+    (event,) = result.get_asset_materialization_events()
+    metadata = event.materialization.metadata
+    assert metadata["variant"].value == "tiny"
+    assert metadata["steps"].value == 6
+    assert metadata["metric_records_streamed"].value == 6
+    for key in ("final_loss_fm", "final_loss_scene", "final_lambda_plan", "final_lr"):
+        assert isinstance(metadata[key].value, float), key
+    assert metadata["final_lambda_plan"].value > 0
+    assert metadata["restoration_loss_plot"].value.startswith("![restoration")
+    assert "data:image/png;base64," in metadata["multipliers_plot"].value
+    assert "| step |" in metadata["metrics"].value
+    checkpoint = Path(metadata["checkpoint"].value)
+    assert (checkpoint / "cotir.json").is_file()
+    assert len(metadata["checkpoint_sha256"].value) == 64
+    # The checkpoint was uploaded to the store under checkpoints/tiny/<run id>/.
+    run_prefix = f"{CHECKPOINTS_PREFIX}/tiny/{result.run_id}"
+    assert shard_store.get_text(f"{run_prefix}/latest").strip() == "step-0000006"
+    assert shard_store.exists(f"{run_prefix}/step-0000006/model/cotir.json")
+    assert metadata["checkpoint_uri"].value.endswith(f"{run_prefix}/step-0000006/model")
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed
+
+
+def test_missing_shards_fail_the_asset_clearly(tmp_path: Path) -> None:
+    resources = {
+        "store": ObjectStoreResource(url=str(tmp_path / "empty-store")),
+        "training": TrainingResource(output_dir=str(tmp_path / "training")),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+    result = dg.materialize(build_training_assets(), resources=resources, raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "materialize training_shards first" in str(failure)
+
+
+def test_commands_for_each_launcher(tmp_path: Path) -> None:
+    single = TrainingResource(output_dir=str(tmp_path), steps=5, constraint_mode="union")
+    command = single.command(shards="/data/ts", out=tmp_path / "run", store_url=None)
+    assert command[:3] == [sys.executable, "-m", "models.train"]
+    assert command[command.index("--constraint-mode") + 1] == "union"
+    assert command[command.index("--steps") + 1] == "5"
+    assert "--store-url" not in command
+
+    ddp = TrainingResource(output_dir=str(tmp_path), launcher="accelerate", num_processes=8)
+    command = ddp.command(shards="s3://b/ts", out=tmp_path / "run", store_url="s3://b/ck")
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    assert "--multi_gpu" in command
+    assert command[command.index("--num_processes") + 1] == "8"
+    assert command[command.index("--store-url") + 1] == "s3://b/ck"
+    assert "--steps" not in command  # the variant's full schedule
+
+    fsdp = TrainingResource(
+        output_dir=str(tmp_path),
+        launcher="accelerate",
+        num_processes=8,
+        variant="cotir-12b",
+        accelerate_config="configs/accelerate/fsdp_12b.yaml",
+        extra_args=["--gradient-checkpointing"],
+    )
+    command = fsdp.command(shards="s3://b/ts", out=tmp_path / "run", store_url=None)
+    assert command[command.index("--config_file") + 1] == "configs/accelerate/fsdp_12b.yaml"
+    assert "--multi_gpu" not in command
+    assert command[-1] == "--gradient-checkpointing"
+
+    with pytest.raises(ValueError, match="launcher=accelerate"):
+        TrainingResource(output_dir=str(tmp_path), num_processes=2).launcher_prefix()
+
+
+def test_resources_from_settings(tmp_path: Path) -> None:
+    demo = training_resources(CotirSettings(home=tmp_path))
+    assert demo["training"].variant == "tiny"
+    assert demo["training"].launcher == "python"
+    assert demo["training"].steps is not None
+    assert demo["training"].output_dir == str(tmp_path.resolve() / "training")
+    assert isinstance(demo["pipes_subprocess_client"], dg.PipesSubprocessClient)
+    full = TrainingResource.from_settings(
+        CotirSettings(home=tmp_path, profile="full", annotation_backend="template")
+    )
+    assert (full.variant, full.launcher, full.num_processes, full.steps) == (
+        "cotir-4b",
+        "accelerate",
+        8,
+        None,
+    )
+
+
+def test_metrics_table_samples_rows() -> None:
+    records = [
+        {"step": s, "lr": 1e-4, "loss_fm": 1.0 / s, "lambda_scene": s * 1e-4} for s in range(1, 50)
+    ]
+    table = metrics_table(records, rows=5).splitlines()
+    assert table[0].startswith("| step | lr | loss_fm")
+    assert "lambda_scene" in table[0]
+    assert table[2].startswith("| 1 |")
+    assert table[-1].startswith("| 49 |")
+    assert len(table) <= 2 + 6
+    assert metrics_table([]) == "no metrics were reported"
