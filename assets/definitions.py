@@ -9,14 +9,20 @@ import dagster as dg
 from assets import environment
 from assets.annotation_stage import AnnotationResource, build_annotation_assets
 from assets.data_stage import DEMO_SOURCE, DataStageResource, build_data_stage_assets
+from assets.evaluation import build_evaluation_definitions, evaluation_run_selection
 from assets.execution import build_executor, queue_tags
+from assets.lineage import build_lineage_assets, lineage_lookup
 from assets.resources import ObjectStoreResource, ProfileResource
+from assets.training import build_training_assets, training_resources
 from cotir_pipeline.settings import CotirSettings, load_settings
 from cotir_pipeline.sources.catalog import load_catalog
 
-#: Materializes every asset of the DAG; the README's first command runs it with the
-#: demo partition (partitioned assets) on the demo profile.
+#: Materializes every asset of the DAG except the method x bench evaluation and the tables
+#: (an asset job takes one partitions definition); the README's first command runs it with
+#: the demo partition on the demo profile, then ``evaluation`` and ``reporting`` follow.
 DEMO_JOB_NAME = "demo"
+#: Rebuilds the lineage index (after evaluation and reporting in the demo runner).
+LINEAGE_JOB_NAME = "lineage"
 
 
 def build_definitions(settings: CotirSettings) -> dg.Definitions:
@@ -24,11 +30,32 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
     catalog = load_catalog()
     tags = lambda name: queue_tags(name, settings)  # noqa: E731 - one-line routing rule
     source_catalog, raw_pairs, pair_shards = build_data_stage_assets(catalog, tags)
+    evaluation = build_evaluation_definitions(settings, tags)
+    annotation_assets = build_annotation_assets(catalog, pair_shards, tags)
+    training_assets = build_training_assets(tags)
+    lineage_assets = build_lineage_assets(
+        [
+            raw_pairs.key,
+            pair_shards.key,
+            *(asset.key for asset in annotation_assets),
+            *(asset.key for asset in training_assets),
+            *(asset.key for asset in evaluation.assets),
+        ],
+        queue_tags("sample_lineage", settings),
+    )
+    lineage_job = dg.define_asset_job(
+        name=LINEAGE_JOB_NAME,
+        selection=dg.AssetSelection.assets(*lineage_assets),
+        description="Rebuild the sample lineage index from every stage's manifests.",
+    )
     demo_job = dg.define_asset_job(
         name=DEMO_JOB_NAME,
-        selection=dg.AssetSelection.all(),
-        description="Every asset of the DAG, end to end; run it with the partition "
-        f"'{DEMO_SOURCE}' on the demo profile (minutes on a CPU).",
+        selection=dg.AssetSelection.all()
+        - evaluation_run_selection()
+        - dg.AssetSelection.assets(*lineage_assets),
+        description="Every asset of the DAG up to the bench sets, end to end; run it with the "
+        f"partition '{DEMO_SOURCE}' on the demo profile (minutes on a CPU), then the "
+        "'evaluation' job per method x bench partition and 'reporting'.",
     )
     return dg.Definitions(
         assets=[
@@ -36,16 +63,23 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
             source_catalog,
             raw_pairs,
             pair_shards,
-            *build_annotation_assets(catalog, pair_shards, tags),
+            *annotation_assets,
+            *training_assets,
+            *evaluation.assets,
+            *lineage_assets,
         ],
         asset_checks=dg.load_asset_checks_from_modules([environment]),
-        jobs=[demo_job],
+        jobs=[demo_job, *evaluation.jobs, lineage_job, lineage_lookup],
+        schedules=evaluation.schedules,
+        sensors=evaluation.sensors,
         executor=build_executor(settings),
         resources={
             "store": ObjectStoreResource.from_settings(settings),
             "profile": ProfileResource.from_settings(settings),
             "data_stage": DataStageResource.from_settings(settings),
             "annotation": AnnotationResource.from_settings(settings),
+            **evaluation.resources,
+            **training_resources(settings),
         },
     )
 

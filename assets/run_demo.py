@@ -1,7 +1,9 @@
-"""Run the ``demo`` job (every asset of the DAG) against the persistent Dagster instance.
+"""Run the whole demo against the persistent Dagster instance: data, evaluation, tables.
 
-``make demo`` calls this. Runs land in ``$DAGSTER_HOME``, so they show up in the
-UI (``make dev``) with their logs and metadata afterwards.
+``make demo`` calls this. It runs the ``demo`` job (every asset up to the bench sets)
+for partition ``demo``, then the ``evaluation`` job for every built-in method x demo
+bench partition, then the ``reporting`` job. Runs land in ``$DAGSTER_HOME``, so they
+show up in the UI (``make dev``) with their logs and metadata afterwards.
 
     DAGSTER_HOME=$PWD/.dagster_home python -m assets.run_demo
 """
@@ -12,12 +14,36 @@ import sys
 import dagster as dg
 
 from assets.data_stage import DEMO_SOURCE
-from assets.definitions import build_definitions
+from assets.definitions import LINEAGE_JOB_NAME, build_definitions
+from assets.evaluation import (
+    BENCHMARK_TABLES_PREFIX,
+    BUILTIN_METHODS,
+    EVALUATION_JOB,
+    REPORTING_JOB,
+    bench_specs,
+    ensure_builtin_methods,
+    evaluation_partition,
+)
 from cotir_pipeline.settings import SettingsError, load_settings
 
 
+def _report(result: dg.ExecuteInProcessResult, what: str) -> bool:
+    """Print what a run materialized (and which steps failed); True on success."""
+    print(f"\n{what}: run {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
+    for event in result.get_asset_materialization_events():
+        materialization = event.materialization
+        assert materialization is not None
+        uri = materialization.metadata.get("uri")
+        where = f" -> {uri.value}" if uri is not None else ""
+        print(f"  materialized {materialization.asset_key.to_user_string()}{where}")
+    for event in result.all_events:
+        if event.is_step_failure and event.step_key:
+            print(f"  step {event.step_key} failed: {event.event_specific_data}")
+    return result.success
+
+
 def main() -> int:
-    """Materialize the whole DAG; print where the results are; 0 on success."""
+    """Materialize the whole DAG and the demo evaluation; print where the results are."""
     try:
         settings = load_settings()
     except SettingsError as error:
@@ -26,25 +52,38 @@ def main() -> int:
     if not os.environ.get("DAGSTER_HOME"):
         print("cotir demo: DAGSTER_HOME is not set (make demo sets it)", file=sys.stderr)
         return 2
-    job = build_definitions(settings).resolve_job_def("demo")
+    definitions = build_definitions(settings)
+    ok = True
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(
+        demo = definitions.resolve_job_def("demo").execute_in_process(
             instance=instance, partition_key=DEMO_SOURCE, raise_on_error=False
         )
-        print(f"\nrun {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
-        for event in result.get_asset_materialization_events():
-            materialization = event.materialization
-            assert materialization is not None
-            uri = materialization.metadata.get("uri")
-            where = f" -> {uri.value}" if uri is not None else ""
-            print(f"  materialized {materialization.asset_key.to_user_string()}{where}")
-        for event in result.all_events:
-            if event.is_step_failure and event.step_key:
-                print(f"  step {event.step_key} failed: {event.event_specific_data}")
+        ok = _report(demo, "demo") and ok
+        if ok:
+            ensure_builtin_methods(instance)
+            evaluation = definitions.resolve_job_def(EVALUATION_JOB)
+            for spec in bench_specs(settings.profile):
+                for method in BUILTIN_METHODS:
+                    result = evaluation.execute_in_process(
+                        instance=instance,
+                        partition_key=evaluation_partition(method, spec.name),
+                        raise_on_error=False,
+                    )
+                    ok = _report(result, f"evaluation {method} x {spec.name}") and ok
+            reporting = definitions.resolve_job_def(REPORTING_JOB).execute_in_process(
+                instance=instance, raise_on_error=False
+            )
+            ok = _report(reporting, "reporting") and ok
+            lineage = definitions.resolve_job_def(LINEAGE_JOB_NAME).execute_in_process(
+                instance=instance, raise_on_error=False
+            )
+            ok = _report(lineage, "lineage") and ok
     print(f"\nprofile: {settings.profile.value}")
     print(f"results: {settings.store}")
+    print(f"tables:  {settings.store.rstrip('/')}/{BENCHMARK_TABLES_PREFIX}/index.md")
+    print("lineage: `.venv/bin/cotir lineage <sample id>` (ids: any manifest's sample_id)")
     print(f"runs:    {os.environ['DAGSTER_HOME']} (browse with `make dev`)")
-    return 0 if result.success else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

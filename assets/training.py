@@ -26,6 +26,7 @@ from pydantic import Field
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.annotation_stage import TRAINING_SHARDS_PREFIX
 from cotir_pipeline.settings import CotirSettings, Profile
+from cotir_pipeline.store import ObjectStore
 
 #: The training entry point, run as a module.
 TRAIN_MODULE = "models.train"
@@ -179,6 +180,34 @@ def _value(metadata: Mapping[str, Any], key: str) -> Any:
     return getattr(item, "value", item)
 
 
+def record_training_run(store: ObjectStore, run_id: str, variant: str) -> int:
+    """Write which samples this run trained on (``training_runs/<run>/manifest.parquet``).
+
+    Lineage reads it to list the runs that consumed each sample. The run draws from
+    every sample of the training shards, so the rows are the shards' manifest.
+    """
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = pq.read_table(
+        io.BytesIO(store.get_bytes(f"{TRAINING_SHARDS_PREFIX}/manifest.parquet")),
+        columns=["sample_id"],
+    )
+    label = f"{variant}/{run_id}"
+    table = pa.table(
+        {
+            "sample_id": shards.column("sample_id"),
+            "run_id": pa.array([label] * shards.num_rows, pa.string()),
+        }
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    store.put_bytes(f"training_runs/{run_id}/manifest.parquet", buffer.getvalue())
+    return shards.num_rows
+
+
 def build_training_assets(
     op_tags: Callable[[str], dict[str, str]] = lambda name: {},
 ) -> list[dg.AssetsDefinition]:
@@ -242,6 +271,8 @@ def build_training_assets(
             _value(metadata, "plot_multipliers"), "Lagrange multipliers over training"
         )
         metadata["run_folder"] = dg.MetadataValue.path(str(run_folder))
+        consumed = record_training_run(object_store, context.run.run_id, training.variant)
+        metadata["samples_in_training_shards"] = consumed
         finals = {key: _value(metadata, key) for key in metadata if key.startswith("final_loss")}
         finite = bool(finals) and all(
             isinstance(v, int | float) and math.isfinite(v) for v in finals.values()

@@ -80,6 +80,15 @@ def test_a_partition_runs_on_two_celery_workers(redis_port: int, tmp_path: Path)
         # Route the shard step to the gpu queue so that each worker must take a step.
         "COTIR_GPU_ASSETS": "pair_shards",
     }
+    # Create the instance's SQLite storage once, before two workers race to create it.
+    subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "instance", "migrate"],
+        env=environment,
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     workers = {}
     for queue in ("cpu", "gpu"):
         log = open(tmp_path / f"worker-{queue}.log", "wb")  # noqa: SIM115 - closed below

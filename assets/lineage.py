@@ -1,0 +1,92 @@
+"""The lineage of every sample: one index over all stages, and a job that looks one up."""
+
+import json
+
+import dagster as dg
+from pydantic import Field
+
+from assets.resources import ObjectStoreResource
+from cotir_pipeline.lineage import build_lineage_from_store, lookup
+from cotir_pipeline.lineage.build import STAGE_LOCATIONS
+
+
+def build_lineage_assets(
+    upstream: list[dg.AssetKey], op_tags: dict[str, str]
+) -> list[dg.AssetsDefinition]:
+    """``sample_lineage``, downstream of every stage whose per-sample rows it joins."""
+
+    @dg.asset(
+        group_name="lineage",
+        kinds={"parquet"},
+        deps=upstream,
+        op_tags=op_tags,
+        description="One queryable index of every sample's chain: source file, recipe and "
+        "seed, shards, annotation, filter decision, training, bench sets and evaluation rows.",
+    )
+    def sample_lineage(store: ObjectStoreResource) -> dg.MaterializeResult:
+        """Join every stage's per-sample rows in the store into the lineage index."""
+        object_store = store.open()
+        report = build_lineage_from_store(object_store)
+        stages = "\n".join(
+            f"| {stage} | `{prefix}/<partition>/{name}` | {report.stage_rows.get(stage, 0)} |"
+            for stage, (prefix, name) in STAGE_LOCATIONS.items()
+        )
+        per_sample = report.bytes_per_sample()
+        return dg.MaterializeResult(
+            metadata={
+                "samples": report.samples,
+                "parts_written": report.parts_written,
+                "parts_unchanged": report.parts_unchanged,
+                "bytes_per_sample": round(sum(per_sample.values()), 1),
+                "status_counts": dg.MetadataValue.json(report.status_counts),
+                "furthest_stage": dg.MetadataValue.json(report.stage_counts),
+                "stages": dg.MetadataValue.md(
+                    "| stage | rows read from | rows |\n|---|---|---:|\n" + stages
+                ),
+                "look_up": dg.MetadataValue.md(
+                    "Command line: `cotir lineage <sample id>` or "
+                    "`cotir lineage --where \"source = 'demo' and status = 'dropped'\"`; in "
+                    "this UI: launch the `lineage_lookup` job with the sample id."
+                ),
+                "uri": dg.MetadataValue.url(object_store.uri(report.index_key)),
+            }
+        )
+
+    return [sample_lineage]
+
+
+class LineageLookupConfig(dg.Config):
+    """The sample to look up."""
+
+    sample_id: str = Field(description="A sample id (32 hex characters) from any manifest.")
+
+
+@dg.op(description="Print one sample's chain from source file to evaluation rows.")
+def look_up_sample(
+    context: dg.OpExecutionContext, config: LineageLookupConfig, store: ObjectStoreResource
+) -> dg.Output[None]:
+    """Look the sample up in the lineage index and report its chain as metadata."""
+    try:
+        record = lookup(store.open(), config.sample_id.strip().lower())
+    except ValueError as error:
+        raise dg.Failure(description=f"sample_id: {error}") from None
+    if record is None:
+        raise dg.Failure(
+            description=f"sample {config.sample_id} is not in the lineage index; "
+            "materialize sample_lineage first"
+        )
+    text = record.format()
+    context.log.info(text)
+    return dg.Output(
+        None,
+        metadata={
+            "chain": dg.MetadataValue.md(f"```\n{text}\n```"),
+            "record": dg.MetadataValue.json(json.loads(json.dumps(record.to_dict(), default=str))),
+        },
+    )
+
+
+@dg.job(description="Look up one sample's lineage: set its id in the launchpad config.")
+def lineage_lookup() -> None:
+    """A one-op job for the UI: the same look-up as `cotir lineage SAMPLE_ID`."""
+    look_up_sample()

@@ -1,0 +1,476 @@
+"""The evaluation stage in Dagster: bench sets, method x bench runs, tables, schedule, sensors.
+
+One module-scoped scenario materializes the demo bench sets, the built-in methods on the
+demo bench, a tiny CoTIR checkpoint found by the sensor on the demo 7D subset, and the
+tables, against a temporary store and a temporary Dagster instance; the tests read its results.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+from assets.definitions import build_definitions
+from assets.evaluation import (
+    BUILTIN_METHODS,
+    CHECKPOINT_MARKER,
+    CHECKPOINT_SENSOR,
+    EVALUATION_JOB,
+    METHODS_PARTITIONS,
+    NIGHTLY_SCHEDULE,
+    REPORTING_JOB,
+    REPORTING_SENSOR,
+    EvaluationResource,
+    bench_specs,
+    build_evaluation_definitions,
+    cotir_method,
+    ensure_builtin_methods,
+    evaluation_partition,
+    find_checkpoints,
+    model_subfolder,
+    split_evaluation_partition,
+)
+from assets.resources import ObjectStoreResource
+from cotir_pipeline.settings import CotirSettings, Profile
+from cotir_pipeline.store import LocalObjectStore
+
+# Dagster itself tags multi-partitioned runs with dagster/partition/<dimension>, which its
+# own tag-key check calls non-compliant.
+pytestmark = pytest.mark.filterwarnings("ignore:Non-compliant tag keys:DeprecationWarning")
+
+DEMO_BENCHES = [spec.name for spec in bench_specs(Profile.DEMO)]
+NIGHT = datetime.datetime(2026, 1, 2, 3, 0, tzinfo=datetime.UTC)
+
+
+@dataclass
+class Scenario:
+    """Everything the module's scenario produced."""
+
+    settings: CotirSettings
+    definitions: dg.Definitions
+    instance: dg.DagsterInstance
+    store: LocalObjectStore
+    results: dict[str, dg.ExecuteInProcessResult] = field(default_factory=dict)
+    ticks: dict[str, Any] = field(default_factory=dict)
+    checkpoint_method: str = ""
+
+
+def _metadata(result: dg.ExecuteInProcessResult, node: str) -> dict[str, Any]:
+    return {
+        key: value.value
+        for key, value in result.asset_materializations_for_node(node)[0].metadata.items()
+    }
+
+
+def _sensor_tick(scenario: Scenario, name: str, cursor: str | None) -> dg.SensorResult:
+    sensor = scenario.definitions.resolve_sensor_def(name)
+    context = dg.build_sensor_context(
+        instance=scenario.instance,
+        instance_ref=scenario.instance.get_ref(),
+        cursor=cursor,
+        resources=scenario.definitions.resources,
+        definitions=scenario.definitions,
+    )
+    return sensor.evaluate_tick(context)  # type: ignore[return-value]
+
+
+def _apply_partition_requests(instance: dg.DagsterInstance, tick: Any) -> None:
+    """What the daemon does with a tick's dynamic partition requests."""
+    for request in tick.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+
+
+#: Where the training stage uploads a checkpoint: checkpoints/<variant>/<run>/step-N/.
+CHECKPOINT_FOLDER = "checkpoints/tiny/run-1/step-0000010"
+
+
+def _save_tiny_checkpoint(store: LocalObjectStore, folder: Path) -> None:
+    """A tiny-variant checkpoint laid out like training's: ``model/`` + state, marker last."""
+    from models.checkpoint_io import save_checkpoint
+    from models.restore import CoTIRRestorer
+
+    model = CoTIRRestorer.from_variant("tiny", seed=3).model
+    save_checkpoint(model, folder / "model", variant="tiny", include_base=True)
+    (folder / "training_state.pt").write_bytes(b"optimizer state, never downloaded")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        store.put_file(f"{CHECKPOINT_FOLDER}/{path.relative_to(folder).as_posix()}", path)
+    marker = {"step": 10, "variant": "tiny"}
+    store.put_text(f"{CHECKPOINT_FOLDER}/{CHECKPOINT_MARKER}", json.dumps(marker))
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    root = tmp_path_factory.mktemp("evaluation")
+    settings = CotirSettings(home=root / "home", store=(root / "store").as_uri())
+    definitions = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        scenario = Scenario(settings, definitions, instance, LocalObjectStore(root / "store"))
+        bench_sets = [definitions.resolve_assets_def("bench_sets")]
+        for run in ("bench_sets", "bench_sets_again"):
+            result = dg.materialize(bench_sets, instance=instance)
+            assert result.success
+            scenario.results[run] = result
+
+        # First sensor tick: the built-in methods become partitions; nothing to run yet.
+        first = _sensor_tick(scenario, CHECKPOINT_SENSOR, None)
+        scenario.ticks["first"] = first
+        _apply_partition_requests(instance, first)
+
+        evaluation = definitions.resolve_job_def(EVALUATION_JOB)
+        for method in BUILTIN_METHODS:
+            result = evaluation.execute_in_process(
+                instance=instance, partition_key=evaluation_partition(method, "demo_bench")
+            )
+            scenario.results[method] = result
+        scenario.results["identity_again"] = evaluation.execute_in_process(
+            instance=instance, partition_key=evaluation_partition("identity", "demo_bench")
+        )
+
+        # A finished checkpoint appears: the sensor adds its method and requests its runs.
+        _save_tiny_checkpoint(scenario.store, root / "checkpoint")
+        second = _sensor_tick(scenario, CHECKPOINT_SENSOR, first.cursor)
+        _apply_partition_requests(instance, second)
+        scenario.ticks["second"] = second
+        scenario.ticks["third"] = _sensor_tick(scenario, CHECKPOINT_SENSOR, second.cursor)
+        request = next(
+            r
+            for r in second.run_requests or []
+            if split_evaluation_partition(r.partition_key or "")[1] == "seven_d_demo"
+        )
+        scenario.checkpoint_method = split_evaluation_partition(request.partition_key or "")[0]
+        scenario.results["cotir"] = evaluation.execute_in_process(
+            instance=instance, partition_key=request.partition_key, tags=request.tags
+        )
+
+        scenario.ticks["reporting_before"] = _sensor_tick(scenario, REPORTING_SENSOR, None)
+        reporting = definitions.resolve_job_def(REPORTING_JOB)
+        scenario.results["tables"] = reporting.execute_in_process(instance=instance)
+        scenario.ticks["reporting_after"] = _sensor_tick(scenario, REPORTING_SENSOR, None)
+        yield scenario
+
+
+def test_bench_sets_are_built_in_the_public_format_with_counts(scenario: Scenario) -> None:
+    store = scenario.store
+    for name in DEMO_BENCHES:
+        keys = {info.key for info in store.list(f"bench_sets/{name}/")}
+        assert {f"bench_sets/{name}/test.jsonl", f"bench_sets/{name}/bench.json"} <= keys
+        records = [
+            json.loads(line)
+            for line in store.get_text(f"bench_sets/{name}/test.jsonl").splitlines()
+        ]
+        assert records
+        assert all(f"bench_sets/{name}/{r['lq_path']}" in keys for r in records)
+        assert all(f"bench_sets/{name}/hq/{Path(r['lq_path']).name}" in keys for r in records)
+    metadata = _metadata(scenario.results["bench_sets"], "bench_sets")
+    assert metadata["samples/demo_bench"] == 44
+    assert metadata["samples/agenticir_demo"] == 32  # 16 combinations x 2
+    assert metadata["samples/seven_d_demo"] == 30
+    assert "| agenticir_demo | A | 16 |" in metadata["by_subset"]
+    assert metadata["objects_uploaded"] > 0
+
+
+def test_bench_sets_rebuild_uploads_nothing_when_unchanged(scenario: Scenario) -> None:
+    again = _metadata(scenario.results["bench_sets_again"], "bench_sets")
+    assert again["objects_uploaded"] == 0
+    assert again["objects_deleted"] == 0
+    assert (
+        again["objects_unchanged"]
+        == _metadata(scenario.results["bench_sets"], "bench_sets")["objects_uploaded"]
+    )
+
+
+def test_builtin_methods_restore_and_score_the_demo_bench(scenario: Scenario) -> None:
+    store = scenario.store
+    for method in BUILTIN_METHODS:
+        result = scenario.results[method]
+        assert result.success
+        restored = _metadata(result, "restorations")
+        assert restored["written/vague"] == restored["written/precise"] == 44
+        assert "data:image/png;base64," in restored["preview"]
+        for kind in ("vague", "precise"):
+            outputs = list(store.list(f"restorations/{method}/demo_bench/{kind}/"))
+            assert len(outputs) == 44
+            assert store.exists(f"restorations/{method}/demo_bench/runtime-{kind}.jsonl")
+        scores = _metadata(result, "metric_scores")
+        for kind in ("vague", "precise"):
+            assert scores[f"psnr/{kind}"] > 10
+            assert 0 < scores[f"ssim/{kind}"] <= 1
+            assert "lpips/" + kind not in scores
+            assert "weights missing" in scores["not_available"][f"lpips/{kind}"]
+            assert "CUDA" in scores["not_available"][f"maclip/{kind}"]
+        table = pq.read_table(
+            store.root / "metric_scores" / method / "demo_bench.parquet"  # type: ignore[attr-defined]
+        ).to_pylist()
+        assert len(table) == 44 * 8 * 2
+        assert {row["metric"] for row in table if row["value"] is not None} == {"psnr", "ssim"}
+        assert all(row["reason"] for row in table if row["value"] is None)
+    chain = _metadata(scenario.results["classical_chain"], "metric_scores")
+    identity = _metadata(scenario.results["identity"], "metric_scores")
+    assert chain["psnr/precise"] > identity["psnr/precise"]
+
+
+def test_restorations_resume_instead_of_redoing(scenario: Scenario) -> None:
+    again = _metadata(scenario.results["identity_again"], "restorations")
+    assert again["written/vague"] == again["written/precise"] == 0
+    assert again["skipped/vague"] == again["skipped/precise"] == 44
+    assert again["objects_uploaded"] == 0
+
+
+def test_checkpoint_sensor_adds_partitions_and_requests_each_checkpoint_once(
+    scenario: Scenario,
+) -> None:
+    first = scenario.ticks["first"]
+    assert not first.run_requests
+    added = [key for r in first.dynamic_partitions_requests for key in r.partition_keys]
+    assert added == list(BUILTIN_METHODS)
+
+    second = scenario.ticks["second"]
+    (ref,) = find_checkpoints(scenario.store)
+    assert ref.folder == CHECKPOINT_FOLDER
+    assert scenario.checkpoint_method == cotir_method(ref.hash) == f"cotir-{ref.hash[:12]}"
+    added = [key for r in second.dynamic_partitions_requests for key in r.partition_keys]
+    assert added == [scenario.checkpoint_method]
+    assert sorted(split_evaluation_partition(r.partition_key) for r in second.run_requests) == [
+        (scenario.checkpoint_method, bench) for bench in sorted(DEMO_BENCHES)
+    ]
+    assert scenario.instance.has_dynamic_partition(METHODS_PARTITIONS, scenario.checkpoint_method)
+
+    third = scenario.ticks["third"]
+    assert not third.run_requests
+    assert not third.dynamic_partitions_requests
+
+
+def test_a_cotir_checkpoint_is_restored_with_both_prompts_and_scored(scenario: Scenario) -> None:
+    result = scenario.results["cotir"]
+    assert result.success
+    method = scenario.checkpoint_method
+    restored = _metadata(result, "restorations")
+    assert restored["written/vague"] == restored["written/precise"] == 30
+    assert restored["checkpoint_hash"].startswith(method.removeprefix("cotir-"))
+    cached = scenario.settings.cache_dir / "evaluation" / "checkpoints" / method[6:]  # type: ignore[operator]
+    assert (cached / "model" / "cotir.json").is_file()
+    assert not (cached / "training_state.pt").exists()
+    record = json.loads(scenario.store.get_text(f"restorations/{method}/seven_d_demo/run.json"))
+    assert record["parameters"] > 0
+    assert record["steps"] == 4
+    scores = _metadata(result, "metric_scores")
+    assert scores["psnr/vague"] > 0
+    assert scores["psnr/precise"] > 0
+
+
+def test_benchmark_tables_hold_our_rows_reported_rows_and_provenance(scenario: Scenario) -> None:
+    result = scenario.results["tables"]
+    assert result.success
+    store = scenario.store
+    files = {info.key.removeprefix("benchmark_tables/") for info in store.list("benchmark_tables/")}
+    for key in ("ii", "iii", "iv", "v", "vi", "viii"):
+        assert {f"table_{key}.parquet", f"table_{key}.md", f"table_{key}.html"} <= files
+    assert {"grid_demo_bench.png", "grid_seven_d_demo.png", "index.md"} <= files
+
+    metadata = _metadata(result, "benchmark_tables")
+    assert "reported (paper)" in metadata["table_ii"]
+    assert "| identity | precise | ours |" in metadata["table_ii"]
+    assert "data:image/png;base64," in metadata["grid"]
+
+    rows = pq.read_table(store.root / "benchmark_tables" / "table_ii.parquet").to_pylist()  # type: ignore[attr-defined]
+    ours = [row for row in rows if row["source"] == "ours"]
+    reported = [row for row in rows if row["source"] == "reported (paper)"]
+    assert {row["method"] for row in ours} == set(BUILTIN_METHODS)
+    assert reported
+    assert all(row["provenance_source"] != "this run" for row in reported)
+    for row in ours:
+        assert row["psnr"] is not None
+        assert row["lpips"] is None
+        assert "lpips" in json.loads(row["na_reasons"])
+        assert row["code_version"]
+        assert row["seed"] == 0
+        assert "psnr" in json.loads(row["metric_settings"])
+
+    seven_d = pq.read_table(store.root / "benchmark_tables" / "table_iv.parquet").to_pylist()  # type: ignore[attr-defined]
+    cotir_rows = [row for row in seven_d if row["method"] == scenario.checkpoint_method]
+    assert {row["prompt"] for row in cotir_rows} == {"vague", "precise"}
+    assert all(
+        row["checkpoint_hash"].startswith(scenario.checkpoint_method[6:]) for row in cotir_rows
+    )
+    assert all(row["runtime_s"] is not None for row in cotir_rows)
+
+
+def test_reporting_sensor_runs_once_after_new_scores(scenario: Scenario) -> None:
+    before = scenario.ticks["reporting_before"]
+    assert len(before.run_requests) == 1
+    after = scenario.ticks["reporting_after"]
+    assert not after.run_requests  # the tables are newer than every score
+
+
+def test_nightly_schedule_requests_every_method_on_every_bench(scenario: Scenario) -> None:
+    schedule = scenario.definitions.resolve_schedule_def(NIGHTLY_SCHEDULE)
+    assert schedule.cron_schedule == "0 3 * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    context = dg.build_schedule_context(
+        instance=scenario.instance,
+        scheduled_execution_time=NIGHT,
+        repository_def=scenario.definitions.get_repository_def(),
+        resources=scenario.definitions.resources,
+    )
+    requests = schedule.evaluate_tick(context).run_requests or []
+    methods = [*BUILTIN_METHODS, scenario.checkpoint_method]
+    assert sorted(split_evaluation_partition(r.partition_key or "") for r in requests) == sorted(
+        (method, bench) for method in methods for bench in DEMO_BENCHES
+    )
+
+
+def test_schedule_skips_without_methods(tmp_path: Path) -> None:
+    settings = CotirSettings(home=tmp_path, store=(tmp_path / "store").as_uri())
+    definitions = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        # Resolved inside: Dagster resolves definitions against the current instance.
+        schedule = definitions.resolve_schedule_def(NIGHTLY_SCHEDULE)
+        repository = definitions.get_repository_def()
+        tick = schedule.evaluate_tick(
+            dg.build_schedule_context(
+                instance=instance,
+                scheduled_execution_time=NIGHT,
+                repository_def=repository,
+                resources=definitions.resources,
+            )
+        )
+        assert not tick.run_requests
+        assert tick.skip_message
+        assert ensure_builtin_methods(instance) == list(BUILTIN_METHODS)
+        assert ensure_builtin_methods(instance) == []
+        tick = schedule.evaluate_tick(
+            dg.build_schedule_context(
+                instance=instance,
+                scheduled_execution_time=NIGHT,
+                repository_def=repository,
+                resources=definitions.resources,
+            )
+        )
+        assert len(tick.run_requests or []) == len(BUILTIN_METHODS) * len(DEMO_BENCHES)
+
+
+def test_restorations_fail_clearly_without_bench_sets(tmp_path: Path) -> None:
+    settings = CotirSettings(home=tmp_path, store=(tmp_path / "store").as_uri())
+    with dg.instance_for_test() as instance:
+        job = build_definitions(settings).resolve_job_def(EVALUATION_JOB)
+        ensure_builtin_methods(instance)
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=evaluation_partition("identity", "demo_bench"),
+            raise_on_error=False,
+        )
+        assert not result.success
+        failure = next(event for event in result.all_events if event.is_step_failure)
+    assert "bench set 'demo_bench' is not in the store" in str(failure.event_specific_data)
+    assert "materialize bench_sets first" in str(failure.event_specific_data)
+
+
+def test_the_full_profile_reports_unconfigured_sets_as_not_available(tmp_path: Path) -> None:
+    settings = CotirSettings(
+        home=tmp_path,
+        store=(tmp_path / "store").as_uri(),
+        profile=Profile.FULL,
+        annotation_backend="template",
+    )
+    definitions = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([definitions.resolve_assets_def("bench_sets")], instance=instance)
+        ensure_builtin_methods(instance)
+        tick = definitions.resolve_schedule_def(NIGHTLY_SCHEDULE).evaluate_tick(
+            dg.build_schedule_context(
+                instance=instance,
+                scheduled_execution_time=NIGHT,
+                repository_def=definitions.get_repository_def(),
+                resources=definitions.resources,
+            )
+        )
+        assert result.success
+        metadata = _metadata(result, "bench_sets")
+    assert not tick.run_requests
+    assert "bench_sets built no set" in (tick.skip_message or "")
+    assert "not configured: set evaluation.cotir_bench_dir" in metadata["sets"]
+    assert "COTIR_MIRROR_DIR/mio100" in metadata["sets"]
+    status = json.loads(LocalObjectStore(tmp_path / "store").get_text("bench_sets/index.json"))
+    assert {entry["status"] for entry in status.values()} == {"n/a"}
+
+
+def test_partition_keys_are_readable() -> None:
+    key = evaluation_partition("cotir-0123456789ab", "demo_bench")
+    assert key.keys_by_dimension == {"method": "cotir-0123456789ab", "bench": "demo_bench"}
+    assert split_evaluation_partition(str(key)) == ("cotir-0123456789ab", "demo_bench")
+    with pytest.raises(ValueError, match="lower-case hex"):
+        cotir_method("not-a-hash")
+
+
+def test_a_folder_of_another_methods_outputs_is_scored_as_it_is(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """``folder-<name>``: precomputed outputs (here: the identity's) scored like any method."""
+    for kind in ("vague", "precise"):
+        target = tmp_path / "other" / "demo_bench" / kind
+        target.mkdir(parents=True)
+        for info in scenario.store.list(f"restorations/identity/demo_bench/{kind}/"):
+            scenario.store.download_file(info.key, target / info.key.rsplit("/", 1)[-1])
+    resource = EvaluationResource.from_settings(scenario.settings)
+    custom = EvaluationResource(
+        **{**resource.model_dump(), "method_folders": {"other": str(tmp_path / "other")}}
+    )
+    built = build_evaluation_definitions(scenario.settings, evaluation=custom)
+    definitions = dg.Definitions(
+        assets=built.assets,
+        jobs=built.jobs,
+        sensors=built.sensors,
+        resources={
+            "store": ObjectStoreResource.from_settings(scenario.settings),
+            **built.resources,
+        },
+    )
+    with dg.instance_for_test() as instance:
+        sensor = definitions.resolve_sensor_def(CHECKPOINT_SENSOR)
+        tick = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance,
+                instance_ref=instance.get_ref(),
+                resources=definitions.resources,
+                definitions=definitions,
+            )
+        )
+        added = [key for r in tick.dynamic_partitions_requests for key in r.partition_keys]
+        assert "folder-other" in added
+        _apply_partition_requests(instance, tick)
+        result = definitions.resolve_job_def(EVALUATION_JOB).execute_in_process(
+            instance=instance, partition_key=evaluation_partition("folder-other", "demo_bench")
+        )
+        assert result.success
+        scores = _metadata(result, "metric_scores")
+        version = _metadata(result, "restorations")["restorer_version"]
+    identity = _metadata(scenario.results["identity"], "metric_scores")
+    assert scores["psnr/precise"] == pytest.approx(identity["psnr/precise"])
+    assert version.startswith("precomputed:")
+
+
+def test_checkpoints_are_found_by_marker_with_their_declared_hash(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path / "store")
+    store.put_text("checkpoints/a/run/step-1/model/cotir.json", "{}")
+    store.put_text("checkpoints/a/run/step-2/model/cotir.json", "{}")  # unfinished: no marker
+    declared = "ab" * 32
+    store.put_text(
+        f"checkpoints/a/run/step-1/{CHECKPOINT_MARKER}", json.dumps({"model_sha256": declared})
+    )
+    store.put_text("checkpoints/b/" + CHECKPOINT_MARKER, "not json")
+    refs = {ref.folder: ref for ref in find_checkpoints(store)}
+    assert set(refs) == {"checkpoints/a/run/step-1", "checkpoints/b"}
+    assert refs["checkpoints/a/run/step-1"].method == "cotir-abababababab"
+    assert model_subfolder(refs["checkpoints/a/run/step-1"]) == "model"
+    computed = refs["checkpoints/b"].hash
+    assert len(computed) == 64
+    store.put_text("checkpoints/b/extra.bin", "x")
+    assert find_checkpoints(store)[-1].hash != computed  # a changed folder is a new method
