@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 from assets.definitions import build_definitions, defs
@@ -63,14 +65,19 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
     # (an asset job takes one partitions definition); the demo job runs everything else.
     evaluated = {dg.AssetKey(name) for name in ("restorations", "metric_scores")}
     reported = {dg.AssetKey("benchmark_tables")}
-    for name, keys in (("evaluation", evaluated), ("reporting", reported)):
+    indexed = {dg.AssetKey("sample_lineage")}
+    for name, keys in (
+        ("evaluation", evaluated),
+        ("reporting", reported),
+        ("lineage", indexed),
+    ):
         assert set(definitions.resolve_job_def(name).asset_layer.executable_asset_keys) == keys
     job = definitions.resolve_job_def("demo")
     with dg.DagsterInstance.ephemeral() as instance:
         first = job.execute_in_process(instance=instance, partition_key="demo")
         assert first.success
         materialized = {event.asset_key for event in first.get_asset_materialization_events()}
-        assert materialized == set(all_keys) - evaluated - reported
+        assert materialized == set(all_keys) - evaluated - reported - indexed
         checks = [
             event.event_specific_data
             for event in first.all_events
@@ -105,6 +112,26 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         assert shards_again["shards_skipped"].value == shards["shards"].value
         assert shards_again["samples_ok"].value == shards["samples_ok"].value
         assert {info.key: info.size for info in store.list("pair_shards/demo/")} == written_before
+
+        # The lineage index joins every stage; the UI's look-up job reports one chain.
+        indexed_run = definitions.resolve_job_def("lineage").execute_in_process(instance=instance)
+        index_metadata = indexed_run.asset_materializations_for_node("sample_lineage")[0].metadata
+        assert index_metadata["samples"].value == shards["samples_ok"].value + shards[
+            "samples_dropped"
+        ].value
+        trained = store.get_bytes("training_shards/manifest.parquet")
+        sample = pq.read_table(io.BytesIO(trained)).column("sample_id")[0].as_py()
+        looked_up = definitions.resolve_job_def("lineage_lookup").execute_in_process(
+            instance=instance,
+            run_config={"ops": {"look_up_sample": {"config": {"sample_id": sample}}}},
+        )
+        chain = looked_up.output_for_node("look_up_sample")
+        assert chain is None
+        [event] = [e for e in looked_up.all_events if e.event_type_value == "STEP_OUTPUT"]
+        text = event.event_specific_data.metadata["chain"].value  # type: ignore[union-attr]
+        assert sample in text
+        assert "training_shards" in text
+        assert "training_runs" in text
 
 
 def test_an_unreachable_store_fails_the_run_naming_the_setting(
