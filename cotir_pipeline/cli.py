@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import click
 
@@ -372,3 +373,128 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- bench ---------------------------------------------------------------------------------
+
+#: Entry-point group of restorer factories for `cotir bench --method NAME:ARG` (``models``
+#: registers ``cotir``: a CoTIR checkpoint folder), so this library never imports torch.
+RESTORER_GROUP = "cotir.restorers"
+
+
+def _restorer_for(method: str, prompt_kind: str) -> object:
+    """The restorer a ``--method`` value names (folders hold one subfolder per prompt kind)."""
+    from cotir_pipeline.evaluation.restorers import (
+        FolderRestorer,
+        IdentityRestorer,
+        SequentialToolChain,
+    )
+
+    kind, _, argument = method.partition(":")
+    if kind == "identity" and not argument:
+        return IdentityRestorer()
+    if kind == "classical_chain" and not argument:
+        return SequentialToolChain()
+    if kind == "folder" and argument:
+        name = f"folder-{Path(argument).name}"
+        return FolderRestorer.for_release(Path(argument), prompt_kind, name)  # type: ignore[arg-type]
+    for point in entry_points(group=RESTORER_GROUP):
+        if point.name == kind and argument:
+            return point.load()(argument)
+    known = ", ".join(
+        ["identity", "classical_chain", "folder:PATH"]
+        + [f"{point.name}:ARG" for point in entry_points(group=RESTORER_GROUP)]
+    )
+    raise click.BadParameter(f"unknown method {method!r} (known: {known})", param_hint="--method")
+
+
+@cli.command("bench")
+@click.argument(
+    "bench_dir", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--method",
+    default="classical_chain",
+    show_default=True,
+    help="identity, classical_chain, folder:PATH (another method's outputs), or "
+    "cotir:CHECKPOINT_DIR (a trained CoTIR checkpoint).",
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+    help="Where outputs go (<out>/vague/, <out>/precise/) and the scores (scores.parquet).",
+)
+@click.option(
+    "--prompt", "prompt_kinds", type=click.Choice(["vague", "precise"]), multiple=True,
+    default=("vague", "precise"), show_default=True, help="Which prompts to run.",
+)
+@click.option(
+    "--metrics", default="psnr,ssim", show_default=True,
+    help="Comma-separated pyiqa metrics; unavailable ones are reported n/a with the reason.",
+)
+@click.option("--device", default="cpu", show_default=True, help="Device for the metrics.")
+@click.option("--json", "as_json", is_flag=True, help="Print the averages as JSON.")
+def bench(
+    bench_dir: Path,
+    method: str,
+    out: Path,
+    prompt_kinds: tuple[str, ...],
+    metrics: str,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Restore a bench set (test.jsonl + lq/ + hq/) with a method and score the outputs.
+
+    Interrupted runs resume: existing outputs are kept.
+
+    \b
+    Example (the demo bench that `make demo` writes into the store):
+      cotir bench .cotir/store/bench_sets/demo_bench --method classical_chain --out runs/cc
+    """
+    from tqdm import tqdm
+
+    from cotir_pipeline.evaluation.bench_sets import BenchFormatError, read_bench_set
+    from cotir_pipeline.evaluation.restorers import run_restorer
+    from cotir_pipeline.evaluation.scoring import evaluate_outputs, write_rows
+
+    try:
+        bench_set = read_bench_set(bench_dir)
+    except (BenchFormatError, FileNotFoundError) as error:
+        click.echo(f"cotir bench: {error}", err=True)
+        sys.exit(EXIT_BAD_SETTING)
+    names = [name.strip() for name in metrics.split(",") if name.strip()]
+    rows = []
+    with tqdm(total=len(prompt_kinds) * 2, desc="bench", unit="step", file=sys.stderr) as bar:
+        for kind in prompt_kinds:
+            restorer = _restorer_for(method, kind)
+            summary = run_restorer(restorer, bench_set, out, kind)  # type: ignore[arg-type]
+            bar.update(1)
+            for sample, reason in summary.failed:
+                click.echo(f"  {kind}: {sample} failed: {reason}", err=True)
+            rows += evaluate_outputs(
+                bench_set,
+                out / kind,
+                names,
+                method=method,
+                prompt_kind=kind,  # type: ignore[arg-type]
+                device=device,
+            )
+            bar.update(1)
+    write_rows(rows, out / "scores.parquet")
+    averages: dict[str, dict[str, object]] = {}
+    for kind in prompt_kinds:
+        for name in names:
+            values = [r.value for r in rows if r.prompt_kind == kind and r.metric == name]
+            present = [v for v in values if v is not None]
+            reasons = {r.reason for r in rows if r.metric == name and r.reason}
+            averages.setdefault(kind, {})[name] = (
+                round(sum(present) / len(present), 4)
+                if present and len(present) == len(values)
+                else f"n/a ({'; '.join(sorted(reasons))[:200] or 'no value'})"
+            )
+    if as_json:
+        click.echo(json.dumps({"bench": str(bench_dir), "method": method, "mean": averages}))
+        return
+    click.echo(f"{method} on {bench_dir} ({len(bench_set.records)} samples):")
+    for kind, values in averages.items():
+        click.echo(f"  {kind:8} " + "  ".join(f"{name}={value}" for name, value in values.items()))
+    click.echo(f"scores: {out / 'scores.parquet'}")

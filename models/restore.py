@@ -405,3 +405,15 @@ class EvaluationRestorer:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got {array.shape} {array.dtype}")
         result = self.restorer.restore(Image.fromarray(array), prompt, self.steps)
         return np.asarray(result, dtype=np.uint8)
+
+
+def restorer_from_checkpoint(checkpoint: str) -> EvaluationRestorer:
+    """A restorer for a saved CoTIR checkpoint folder (`cotir bench --method cotir:DIR`).
+
+    Registered under the ``cotir.restorers`` entry point, so the command line reaches
+    the model without the library importing torch.
+    """
+    folder = Path(checkpoint)
+    if (folder / "model").is_dir():  # a training checkpoint: its inference part
+        folder = folder / "model"
+    return CoTIRRestorer.from_pretrained(folder).for_evaluation(name=f"cotir-{folder.name}")
