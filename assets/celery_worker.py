@@ -17,8 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from assets.execution import CPU_QUEUE, GPU_QUEUE, celery_config
-from cotir_pipeline.settings import SettingsError, load_settings
+from assets.execution import CPU_QUEUE, GPU_QUEUE, celery_config, entry_point_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,14 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loglevel", default="INFO")
     parser.add_argument("--concurrency", type=int, default=1, help="steps run at once")
     arguments = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except SettingsError as error:
-        print(f"celery worker: bad setting: {error}", file=sys.stderr)
-        return 2
-    if not os.environ.get("DAGSTER_HOME"):
-        print("celery worker: DAGSTER_HOME is not set", file=sys.stderr)
-        return 2
+    settings = entry_point_settings("celery worker")
     config_dir = Path(tempfile.mkdtemp(prefix="cotir-celery-"))
     config_path = config_dir / "celery.yaml"
     config_path.write_text(yaml.safe_dump({"execution": {"celery": celery_config(settings)}}))

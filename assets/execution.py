@@ -8,10 +8,13 @@ of the assets named in ``COTIR_GPU_ASSETS`` go to the ``gpu`` queue, the rest to
     python -m assets.celery_worker --queue gpu     # on GPU nodes
 """
 
+import os
+import sys
+
 import dagster as dg
 from dagster_celery import celery_executor
 
-from cotir_pipeline.settings import CotirSettings
+from cotir_pipeline.settings import CotirSettings, SettingsError, load_settings
 
 CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
@@ -45,3 +48,19 @@ def build_executor(settings: CotirSettings) -> dg.ExecutorDefinition:
     if settings.executor == "in_process":
         return dg.in_process_executor
     return dg.multiprocess_executor
+
+
+def entry_point_settings(program: str) -> CotirSettings:
+    """Settings for a command that runs steps against ``$DAGSTER_HOME`` (demo, workers).
+
+    A bad setting or a missing DAGSTER_HOME ends the program with one line and exit 2.
+    """
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"{program}: bad setting: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not os.environ.get("DAGSTER_HOME"):
+        print(f"{program}: DAGSTER_HOME is not set (make sets it)", file=sys.stderr)
+        raise SystemExit(2)
+    return settings

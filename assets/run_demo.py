@@ -24,7 +24,7 @@ from assets.evaluation import (
     ensure_builtin_methods,
     evaluation_partition,
 )
-from cotir_pipeline.settings import SettingsError, load_settings
+from assets.execution import entry_point_settings
 
 
 def _report(result: dg.ExecuteInProcessResult, what: str) -> bool:
@@ -44,14 +44,7 @@ def _report(result: dg.ExecuteInProcessResult, what: str) -> bool:
 
 def main() -> int:
     """Materialize the whole DAG and the demo evaluation; print where the results are."""
-    try:
-        settings = load_settings()
-    except SettingsError as error:
-        print(f"cotir demo: bad setting: {error}", file=sys.stderr)
-        return 2
-    if not os.environ.get("DAGSTER_HOME"):
-        print("cotir demo: DAGSTER_HOME is not set (make demo sets it)", file=sys.stderr)
-        return 2
+    settings = entry_point_settings("cotir demo")
     definitions = build_definitions(settings)
     ok = True
     with dg.DagsterInstance.get() as instance:
