@@ -40,6 +40,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+@pytest.fixture(autouse=True)
+def _no_dagster_instance_left_from_other_tests() -> Iterator[None]:
+    """Give every test a clean "current instance" state.
+
+    Dagster keeps the state storage of the last instance it created in a context
+    variable; once that instance is garbage collected, building a Definitions in a
+    later test fails ("undefined DagsterInstance weakref"), depending on GC timing.
+    """
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
+
+
 @pytest.fixture(scope="session")
 def service_report() -> list[str]:
     """Append a line here for each real service a fixture starts."""
