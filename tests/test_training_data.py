@@ -10,13 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training_support import (
-    DEGRADATIONS,
-    make_sample,
-    members_of,
-    write_raw_tar,
-    write_shards,
-)
 
 from cotir_pipeline.store import S3ObjectStore
 from models.data import (
@@ -31,6 +24,13 @@ from models.data import (
     resolve_shard_source,
 )
 from models.train_config import TrainConfig, config_for_variant
+from training_shards_support import (
+    DEGRADATIONS,
+    make_sample,
+    members_of,
+    write_raw_tar,
+    write_shards,
+)
 
 
 @pytest.fixture(scope="module")

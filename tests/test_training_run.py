@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_training_support import write_shards
 
 from cotir_test_support import REPO_ROOT
 from models.metrics_plots import read_jsonl
@@ -25,6 +24,7 @@ from models.train import (
     train,
 )
 from models.train_config import config_for_variant
+from training_shards_support import write_shards
 
 
 @pytest.fixture(scope="module")
