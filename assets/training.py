@@ -191,6 +191,8 @@ def record_training_run(store: ObjectStore, run_id: str, variant: str) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from cotir_pipeline.shards import parquet_bytes
+
     shards = pq.read_table(
         io.BytesIO(store.get_bytes(f"{TRAINING_SHARDS_PREFIX}/manifest.parquet")),
         columns=["sample_id"],
@@ -202,9 +204,7 @@ def record_training_run(store: ObjectStore, run_id: str, variant: str) -> int:
             "run_id": pa.array([label] * shards.num_rows, pa.string()),
         }
     )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    store.put_bytes(f"training_runs/{run_id}/manifest.parquet", buffer.getvalue())
+    store.put_bytes(f"training_runs/{run_id}/manifest.parquet", parquet_bytes(table))
     return shards.num_rows
 
 

@@ -41,6 +41,7 @@ from cotir_pipeline.shards import (
     STATUS_FAILED,
     STATUS_OK,
     ShardSample,
+    parquet_bytes,
     read_manifest,
     read_shard,
     write_shard,
@@ -62,12 +63,6 @@ TRAINING_MANIFEST_SCHEMA = pa.schema(
         pa.field("shard_key", pa.string(), nullable=False),
     ]
 )
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
 
 
 def _read_table(store: ObjectStore, key: str) -> pa.Table:
@@ -164,7 +159,7 @@ def annotate_source(
             for start in range(0, len(requests), batch_size):
                 results += backend.annotate(requests[start : start + batch_size])
             table = annotation_table(results)
-            store.put_bytes(out_key, _parquet_bytes(table))
+            store.put_bytes(out_key, parquet_bytes(table))
             rows = table.to_pylist()
             report.shards_written += 1
         else:
@@ -175,7 +170,7 @@ def annotate_source(
             progress(done, len(tar_keys))
     # One file per source for lineage and inspection, written after every shard.
     combined = pa.concat_tables(tables).sort_by("sample_id")
-    store.put_bytes(f"{ANNOTATIONS_PREFIX}/{source}/manifest.parquet", _parquet_bytes(combined))
+    store.put_bytes(f"{ANNOTATIONS_PREFIX}/{source}/manifest.parquet", parquet_bytes(combined))
     return report
 
 
@@ -216,7 +211,7 @@ def filter_source(
                     )
                 items.append(FilterItem.from_annotation(request, result))
             table = filter_table(consistency_filter.run(items))
-            store.put_bytes(out_key, _parquet_bytes(table))
+            store.put_bytes(out_key, parquet_bytes(table))
             rows = table.to_pylist()
             report.shards_written += 1
         else:
@@ -226,7 +221,7 @@ def filter_source(
         if progress is not None:
             progress(done, len(tar_keys))
     store.put_bytes(
-        f"{FILTERED_PREFIX}/{source}/manifest.parquet", _parquet_bytes(decision_manifest(decisions))
+        f"{FILTERED_PREFIX}/{source}/manifest.parquet", parquet_bytes(decision_manifest(decisions))
     )
     return report
 
@@ -425,7 +420,7 @@ def write_training_shards(
                 write_shard(samples, local)
                 store.put_file(tar_key, local)
             table = pa.Table.from_pylist(rows, schema=TRAINING_MANIFEST_SCHEMA)
-            store.put_bytes(marker_key, _parquet_bytes(table))
+            store.put_bytes(marker_key, parquet_bytes(table))
             report.shards_written += 1
         else:
             report.shards_skipped += 1
@@ -438,7 +433,7 @@ def write_training_shards(
             f"{TRAINING_SHARDS_PREFIX}/{degradation}/sizes.json", json.dumps(counts, indent=1)
         )
     table = pa.Table.from_pylist(manifest_rows, schema=TRAINING_MANIFEST_SCHEMA)
-    store.put_bytes(f"{TRAINING_SHARDS_PREFIX}/manifest.parquet", _parquet_bytes(table))
+    store.put_bytes(f"{TRAINING_SHARDS_PREFIX}/manifest.parquet", parquet_bytes(table))
     report.samples = len(manifest_rows)
     report.by_degradation = dict(Counter(row["degradation"] for row in manifest_rows))
     report.by_source = dict(Counter(row["source"] for row in manifest_rows))

@@ -41,6 +41,7 @@ from cotir_pipeline.shards import (
     ShardSample,
     encode_png,
     manifest_bytes,
+    parquet_bytes,
     read_manifest,
     sample_id,
     write_shard,
@@ -332,12 +333,8 @@ def plan_from_table(table: pa.Table) -> list[PlannedPair]:
 
 def save_plan(store: ObjectStore, source: str, pairs: list[PlannedPair]) -> str:
     """Write the plan of ``source`` to the store (atomic); return its key."""
-    import io
-
-    buffer = io.BytesIO()
-    pq.write_table(plan_table(pairs), buffer, compression="zstd")
     key = f"{RAW_PAIRS_PREFIX}/{source}/pairs.parquet"
-    store.put_bytes(key, buffer.getvalue())
+    store.put_bytes(key, parquet_bytes(plan_table(pairs)))
     return key
 
 

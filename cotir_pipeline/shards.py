@@ -179,12 +179,16 @@ def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
 
 
-def manifest_bytes(rows: list[dict[str, Any]]) -> bytes:
-    """The manifest rows as Parquet bytes (zstd), sorted by sample id for point look-ups."""
-    table = manifest_table(rows).sort_by("sample_id")
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as zstd Parquet bytes: the one encoding of every per-sample file we store."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
+
+
+def manifest_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """The manifest rows as Parquet bytes (zstd), sorted by sample id for point look-ups."""
+    return parquet_bytes(manifest_table(rows).sort_by("sample_id"))
 
 
 def read_manifest(data: bytes) -> pa.Table:
