@@ -13,7 +13,13 @@ from assets.evaluation import build_evaluation_definitions, evaluation_run_selec
 from assets.execution import build_executor, queue_tags
 from assets.lineage import build_lineage_assets, lineage_lookup
 from assets.resources import ObjectStoreResource, ProfileResource
-from assets.training import build_training_assets, training_resources
+from assets.training import (
+    TABLE_VII_JOB,
+    TableVIIResource,
+    build_table_vii_asset,
+    build_training_assets,
+    training_resources,
+)
 from cotir_pipeline.settings import CotirSettings, load_settings
 from cotir_pipeline.sources.catalog import load_catalog
 
@@ -32,7 +38,9 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
     source_catalog, raw_pairs, pair_shards = build_data_stage_assets(catalog, tags)
     evaluation = build_evaluation_definitions(settings, tags)
     annotation_assets = build_annotation_assets(catalog, pair_shards, tags)
-    training_assets = build_training_assets(tags)
+    training_assets = build_training_assets(
+        tags, paper_objective_run=training_resources(settings)["training"].paper_objective_run
+    )
     lineage_assets = build_lineage_assets(
         [
             raw_pairs.key,
@@ -43,6 +51,13 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
         ],
         queue_tags("sample_lineage", settings),
     )
+    table_vii = build_table_vii_asset(tags)
+    table_vii_job = dg.define_asset_job(
+        name=TABLE_VII_JOB,
+        selection=dg.AssetSelection.assets(table_vii),
+        description="Table VII at demo scale: the ablation arms over seeds (about 30 minutes "
+        "on 2 CPU cores for 4 arms x 3 seeds); run after the demo job.",
+    )
     lineage_job = dg.define_asset_job(
         name=LINEAGE_JOB_NAME,
         selection=dg.AssetSelection.assets(*lineage_assets),
@@ -52,7 +67,7 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
         name=DEMO_JOB_NAME,
         selection=dg.AssetSelection.all()
         - evaluation_run_selection()
-        - dg.AssetSelection.assets(*lineage_assets),
+        - dg.AssetSelection.assets(*lineage_assets, table_vii),
         description="Every asset of the DAG up to the bench sets, end to end; run it with the "
         f"partition '{DEMO_SOURCE}' on the demo profile (minutes on a CPU), then the "
         "'evaluation' job per method x bench partition and 'reporting'.",
@@ -65,11 +80,12 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
             pair_shards,
             *annotation_assets,
             *training_assets,
+            table_vii,
             *evaluation.assets,
             *lineage_assets,
         ],
         asset_checks=dg.load_asset_checks_from_modules([environment]),
-        jobs=[demo_job, *evaluation.jobs, lineage_job, lineage_lookup],
+        jobs=[demo_job, *evaluation.jobs, lineage_job, lineage_lookup, table_vii_job],
         schedules=evaluation.schedules,
         sensors=evaluation.sensors,
         executor=build_executor(settings),
@@ -80,6 +96,7 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
             "annotation": AnnotationResource.from_settings(settings),
             **evaluation.resources,
             **training_resources(settings),
+            "table_vii_config": TableVIIResource.from_settings(settings),
         },
     )
 

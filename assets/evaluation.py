@@ -195,6 +195,27 @@ def cotir_method(checkpoint_hash: str) -> str:
     return COTIR_METHOD_PREFIX + checkpoint_hash[:METHOD_HASH_LENGTH]
 
 
+def checkpoint_method(marker: Mapping[str, Any], checkpoint_hash: str) -> str:
+    """A checkpoint's method name: ``cotir-<variant>-<recipe>-<run>-s<step>`` from its marker.
+
+    The recipe says how it was trained (``paper``: the flow from noise; ``lqflow``: the
+    flow from the LQ; a constraint mode other than the paper's is appended). Markers that
+    do not name run and step (checkpoints copied in by hand, the release's) fall back to
+    ``cotir-<hash12>``.
+    """
+    run, step, variant = marker.get("run"), marker.get("step"), marker.get("variant")
+    if not (isinstance(run, str) and isinstance(step, int) and isinstance(variant, str)):
+        return cotir_method(checkpoint_hash)
+    recipe = "lqflow" if marker.get("flow_start") == "reference" else "paper"
+    mode = marker.get("constraint_mode")
+    if isinstance(mode, str) and mode not in ("", "lagrangian"):
+        recipe += f"-{mode}"
+    name = variant.removeprefix(COTIR_METHOD_PREFIX)
+    method = f"{COTIR_METHOD_PREFIX}{name}-{recipe}-{run}-s{step}".lower()
+    method = re.sub(r"[^a-z0-9._-]", "-", method)
+    return method if _METHOD_NAME.match(method) else cotir_method(checkpoint_hash)
+
+
 def folder_method(name: str) -> str:
     """The method name of a configured output folder: ``folder-<name>``."""
     method = FOLDER_METHOD_PREFIX + name
@@ -272,6 +293,10 @@ class EvaluationResource(dg.ConfigurableResource):
     )
     checkpoint_prefix: str = Field(
         default=CHECKPOINT_PREFIX, description="Store prefix of the training checkpoints."
+    )
+    evaluate_intermediate_checkpoints: bool = Field(
+        default=False,
+        description="Also evaluate a run's intermediate checkpoints (default: final ones only).",
     )
     torch_threads: int | None = Field(
         default=None,
@@ -666,8 +691,13 @@ class CheckpointRef:
 
     @property
     def method(self) -> str:
-        """Its method partition: ``cotir-<hash12>``."""
-        return cotir_method(self.hash)
+        """Its method partition (:func:`checkpoint_method`)."""
+        return checkpoint_method(self.marker, self.hash)
+
+    @property
+    def final(self) -> bool:
+        """Whether this is the last checkpoint of its run (markers without the field: yes)."""
+        return bool(self.marker.get("final", True))
 
 
 def find_checkpoints(store: ObjectStore, prefix: str = CHECKPOINT_PREFIX) -> list[CheckpointRef]:
@@ -1507,7 +1537,25 @@ def _latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
     return records[0].storage_id if records else 0
 
 
-def build_checkpoint_sensor(job: AssetJob, benches: Sequence[str]) -> dg.SensorDefinition:
+def evaluated_partitions(instance: dg.DagsterInstance, scores_key: dg.AssetKey) -> set[str]:
+    """The method x bench partitions whose scores are already materialized."""
+    return {str(key) for key in instance.get_materialized_partitions(scores_key)}
+
+
+def checkpoints_to_evaluate(
+    store: ObjectStore, evaluation: EvaluationResource
+) -> list[CheckpointRef]:
+    """Finished checkpoints that become evaluation methods: final ones, or all when opted in."""
+    return [
+        ref
+        for ref in find_checkpoints(store, evaluation.checkpoint_prefix)
+        if ref.final or evaluation.evaluate_intermediate_checkpoints
+    ]
+
+
+def build_checkpoint_sensor(
+    job: AssetJob, benches: Sequence[str], scores_key: dg.AssetKey | None = None
+) -> dg.SensorDefinition:
     """``new_checkpoint_sensor``: a method partition and evaluation runs per new checkpoint."""
 
     @dg.sensor(
@@ -1516,9 +1564,11 @@ def build_checkpoint_sensor(job: AssetJob, benches: Sequence[str]) -> dg.SensorD
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Adds the built-in methods, every configured output folder and a "
-        f"cotir-<hash> method for each finished checkpoint (a folder with {CHECKPOINT_MARKER} "
-        f"under the checkpoint prefix), and requests evaluation runs for each new checkpoint "
-        f"on every bench set; the cursor remembers the checkpoints already requested.",
+        f"cotir-<variant>-<recipe>-<run>-s<step> method for each run's final checkpoint (a "
+        f"folder with {CHECKPOINT_MARKER} under the checkpoint prefix; intermediate ones "
+        f"when evaluation.evaluate_intermediate_checkpoints is set), and requests evaluation "
+        f"runs for each new checkpoint on every bench set whose scores are not there yet; "
+        f"the cursor remembers the checkpoints already requested.",
     )
     def new_checkpoint_sensor(
         context: dg.SensorEvaluationContext,
@@ -1534,20 +1584,25 @@ def build_checkpoint_sensor(job: AssetJob, benches: Sequence[str]) -> dg.SensorD
         requests = []
         object_store = store.open()
         ready = available_benches(object_store, benches)
-        for ref in find_checkpoints(object_store, evaluation.checkpoint_prefix):
+        done = evaluated_partitions(context.instance, scores_key) if scores_key else set()
+        for ref in checkpoints_to_evaluate(object_store, evaluation):
             if ref.hash in seen:
                 continue
             seen.add(ref.hash)
             if not context.instance.has_dynamic_partition(METHODS_PARTITIONS, ref.method):
                 new_methods.append(ref.method)
-            context.log.info(f"new checkpoint {ref.folder}: method {ref.method}")
+            todo = [b for b in ready if str(evaluation_partition(ref.method, b)) not in done]
+            context.log.info(
+                f"new checkpoint {ref.folder}: method {ref.method}, "
+                f"{len(todo)} of {len(ready)} bench set(s) still to evaluate"
+            )
             requests += [
                 dg.RunRequest(
                     run_key=f"{ref.hash}/{bench}",
                     partition_key=evaluation_partition(ref.method, bench),
                     tags={"cotir/checkpoint": ref.folder},
                 )
-                for bench in ready
+                for bench in todo
             ]
         new_methods = list(dict.fromkeys(new_methods))
         return dg.SensorResult(
@@ -1679,7 +1734,7 @@ def build_evaluation_definitions(
         jobs=[evaluation_job, reporting_job],
         schedules=[build_nightly_schedule(evaluation_job, benches, nightly_cron)],
         sensors=[
-            build_checkpoint_sensor(evaluation_job, benches),
+            build_checkpoint_sensor(evaluation_job, benches, built.metric_scores.key),
             build_reporting_sensor(
                 reporting_job, built.metric_scores.key, built.benchmark_tables.key
             ),

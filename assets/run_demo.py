@@ -1,8 +1,10 @@
 """Run the whole demo against the persistent Dagster instance: data, evaluation, tables.
 
-``make demo`` calls this. It runs the ``demo`` job (every asset up to the bench sets)
-for partition ``demo``, then the ``evaluation`` job for every built-in method x demo
-bench partition, then the ``reporting`` job. Runs land in ``$DAGSTER_HOME``, so they
+``make demo`` calls this. It runs the ``demo`` job (every asset up to the bench sets,
+the base model and the training runs) for partition ``demo``, then the ``evaluation``
+job for every built-in method and every trained run's final checkpoint x demo bench
+partition (checkpoints whose scores are already there are not evaluated again), then
+the ``reporting`` job. Runs land in ``$DAGSTER_HOME``, so they
 show up in the UI (``make dev``) with their logs and metadata afterwards.
 
     DAGSTER_HOME=$PWD/.dagster_home python -m assets.run_demo
@@ -20,11 +22,18 @@ from assets.evaluation import (
     BUILTIN_METHODS,
     EVALUATION_JOB,
     REPORTING_JOB,
+    EvaluationResource,
     bench_specs,
+    checkpoints_to_evaluate,
     ensure_builtin_methods,
+    evaluated_partitions,
     evaluation_partition,
 )
 from assets.execution import entry_point_settings
+from assets.resources import ObjectStoreResource
+
+#: The asset whose materialized partitions say a method x bench pair is scored.
+SCORES_KEY = dg.AssetKey("metric_scores")
 
 
 def _report(result: dg.ExecuteInProcessResult, what: str) -> bool:
@@ -53,13 +62,21 @@ def main() -> int:
         )
         ok = _report(demo, "demo") and ok
         if ok:
-            ensure_builtin_methods(instance)
+            store = ObjectStoreResource.from_settings(settings).open()
+            checkpoints = checkpoints_to_evaluate(store, EvaluationResource.from_settings(settings))
+            trained = [ref.method for ref in checkpoints]
+            ensure_builtin_methods(instance, extra=trained)
+            done = evaluated_partitions(instance, SCORES_KEY)
             evaluation = definitions.resolve_job_def(EVALUATION_JOB)
             for spec in bench_specs(settings.profile):
-                for method in BUILTIN_METHODS:
+                for method in [*BUILTIN_METHODS, *trained]:
+                    key = evaluation_partition(method, spec.name)
+                    if method in trained and str(key) in done:
+                        print(f"\nevaluation {method} x {spec.name}: already scored")
+                        continue
                     result = evaluation.execute_in_process(
                         instance=instance,
-                        partition_key=evaluation_partition(method, spec.name),
+                        partition_key=key,
                         raise_on_error=False,
                     )
                     ok = _report(result, f"evaluation {method} x {spec.name}") and ok

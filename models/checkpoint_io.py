@@ -127,8 +127,13 @@ def save_checkpoint(
     *,
     variant: str | None = None,
     include_base: bool = False,
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write adapter, LoRA (if any), optionally the base transformer, and ``cotir.json``."""
+    """Write adapter, LoRA (if any), optionally the base transformer, and ``cotir.json``.
+
+    ``extra_meta`` adds fields to ``cotir.json`` (training writes ``flow_start`` and the
+    ``base`` it started from), never replacing the layout fields.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -170,6 +175,11 @@ def save_checkpoint(
         "lora": _lora_settings(model),
         "has_base": include_base,
     }
+    for key, value in (extra_meta or {}).items():
+        if key in meta:
+            raise ValueError(f"extra_meta may not replace the layout field {key!r}")
+        if value is not None:
+            meta[key] = value
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return folder
 

@@ -1,12 +1,15 @@
 """Image <-> token-grid codecs: the backbones' VAEs and the demo-only pixel codec.
 
 Every codec maps RGB images in [-1, 1], (B, 3, H, W) with H and W multiples of 16, to
-a grid (B, C, H/16, W/16) whose channel vector at each cell is one transformer token,
-and back. For the FLUX VAEs that is VAE encode (8x), normalisation and the 2x2 patch
-packing the diffusers pipelines apply; for the ``tiny`` variant it is a plain
-``pixel_unshuffle(16)`` (C = 3 * 16 * 16 = 768): lossless, weightless, deterministic,
-and *demo-only* (it has none of a VAE's compression, so it only exists to run the whole
-pipeline on a CPU without downloaded weights).
+a grid (B, C, H/s, W/s) whose channel vector at each cell is one transformer token,
+and back; s is the codec's ``stride`` (pixels per token side). For the FLUX VAEs that
+is VAE encode (8x), normalisation and the 2x2 patch packing the diffusers pipelines
+apply (s = 16); the demo variants use a plain ``pixel_unshuffle(s)``: lossless,
+weightless, deterministic, and *demo-only* (it has none of a VAE's compression). The
+``tiny`` test variants use s = 16 (C = 768 per token); the ``demo`` variant uses s = 8
+(C = 192), so that its transformer's width (192) can represent every token exactly: a
+codec whose tokens are wider than the model leaves the sampler's noise in the
+directions the model cannot reach (docs/TRAINING.md, "The demo model").
 """
 
 from __future__ import annotations
@@ -17,16 +20,16 @@ from torch import nn
 
 from models.backbones import patchify, unpatchify
 
-#: Pixels per token side for every codec (8x VAE, then 2x2 patches).
+#: Image sides are multiples of this for every codec (FLUX: 8x VAE, then 2x2 patches).
 TOKEN_STRIDE = 16
 
 
-def _check_pixels(pixels: torch.Tensor) -> None:
+def _check_pixels(pixels: torch.Tensor, stride: int = TOKEN_STRIDE) -> None:
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise ValueError(f"expected (B, 3, H, W) images, got shape {tuple(pixels.shape)}")
-    if pixels.shape[2] % TOKEN_STRIDE or pixels.shape[3] % TOKEN_STRIDE:
+    if pixels.shape[2] % stride or pixels.shape[3] % stride:
         raise ValueError(
-            f"image size {pixels.shape[2]}x{pixels.shape[3]} is not a multiple of {TOKEN_STRIDE}"
+            f"image size {pixels.shape[2]}x{pixels.shape[3]} is not a multiple of {stride}"
         )
 
 
@@ -35,31 +38,36 @@ class LatentCodec(nn.Module):
 
     #: Channels per token (the transformer's ``in_channels``).
     token_channels: int
+    #: Pixels per token side.
+    stride: int = TOKEN_STRIDE
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, token_channels, H/16, W/16)."""
+        """(B, 3, H, W) in [-1, 1] -> (B, token_channels, H/stride, W/stride)."""
         raise NotImplementedError
 
     def decode(self, grid: torch.Tensor) -> torch.Tensor:
-        """(B, token_channels, h, w) -> (B, 3, 16h, 16w), roughly in [-1, 1]."""
+        """(B, token_channels, h, w) -> (B, 3, stride*h, stride*w), roughly in [-1, 1]."""
         raise NotImplementedError
 
 
 class PixelUnshuffleCodec(LatentCodec):
-    """Demo-only codec: ``pixel_unshuffle`` by 16 (768 channels per token), no weights."""
+    """Demo-only codec: ``pixel_unshuffle`` by ``stride`` (3 * stride^2 channels), no weights."""
 
-    def __init__(self) -> None:
+    def __init__(self, stride: int = TOKEN_STRIDE) -> None:
         super().__init__()
-        self.token_channels = 3 * TOKEN_STRIDE * TOKEN_STRIDE
+        if stride < 1 or TOKEN_STRIDE % stride:
+            raise ValueError(f"pixel codec stride must divide {TOKEN_STRIDE}, got {stride}")
+        self.stride = stride
+        self.token_channels = 3 * stride * stride
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Rearrange each 16x16 pixel patch into one token."""
-        _check_pixels(pixels)
-        return F.pixel_unshuffle(pixels, TOKEN_STRIDE)
+        """Rearrange each stride x stride pixel patch into one token."""
+        _check_pixels(pixels, self.stride)
+        return F.pixel_unshuffle(pixels, self.stride)
 
     def decode(self, grid: torch.Tensor) -> torch.Tensor:
         """Inverse rearrangement."""
-        return F.pixel_shuffle(grid, TOKEN_STRIDE)
+        return F.pixel_shuffle(grid, self.stride)
 
 
 class FluxVAECodec(LatentCodec):

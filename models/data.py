@@ -311,10 +311,13 @@ class DegradationStream:
 
 
 def image_to_tensor(image: Image.Image, patch: int) -> torch.Tensor:
-    """RGB image -> (3, patch, patch) float32 in [-1, 1], bilinear (antialiased) resize."""
+    """RGB image -> (3, patch, patch) float32 in [-1, 1], bilinear (antialiased) resize.
+
+    ``patch`` 0 keeps the image's own size.
+    """
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
-    if tensor.shape[-2:] != (patch, patch):
+    if patch and tensor.shape[-2:] != (patch, patch):
         tensor = F.interpolate(
             tensor, size=(patch, patch), mode="bilinear", antialias=True, align_corners=False
         ).clamp_(-1.0, 1.0)
@@ -344,8 +347,34 @@ class DecodedSample:
     answer: str
 
 
-def decode_record(record: Mapping[str, Any], patch: int, folder: str) -> DecodedSample:
-    """Check and decode one raw record; raises :class:`BadSample` with a reason."""
+def crop_pair(
+    lq: torch.Tensor, hq: torch.Tensor, patch: int, rng: random.Random
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random ``patch`` x ``patch`` window of both images (resized up if smaller)."""
+    height, width = hq.shape[-2:]
+    if height < patch or width < patch:
+        return (
+            F.interpolate(lq[None], size=(patch, patch), mode="bilinear", align_corners=False)[0],
+            F.interpolate(hq[None], size=(patch, patch), mode="bilinear", align_corners=False)[0],
+        )
+    top = rng.randrange(height - patch + 1)
+    left = rng.randrange(width - patch + 1)
+    window = (slice(None), slice(top, top + patch), slice(left, left + patch))
+    return lq[window].contiguous(), hq[window].contiguous()
+
+
+def decode_record(
+    record: Mapping[str, Any],
+    patch: int,
+    folder: str,
+    *,
+    crop_rng: random.Random | None = None,
+) -> DecodedSample:
+    """Check and decode one raw record; raises :class:`BadSample` with a reason.
+
+    Both images are resized to ``patch`` (the paper's stages), or, with ``crop_rng``,
+    cut to the same random ``patch`` window at full resolution (the demo's stages).
+    """
     key = str(record.get("__key__", "?"))
     missing = [name for name in REQUIRED_FIELDS if name not in record]
     if missing:
@@ -373,11 +402,17 @@ def decode_record(record: Mapping[str, Any], patch: int, folder: str) -> Decoded
     hq = _open_image(record["hq.png"], "hq.png")
     if lq.size != hq.size:
         raise BadSample("size_mismatch", f"{key}: lq {lq.size} != hq {hq.size}")
+    if crop_rng is None:
+        lq_tensor, hq_tensor = image_to_tensor(lq, patch), image_to_tensor(hq, patch)
+    else:
+        lq_tensor, hq_tensor = crop_pair(
+            image_to_tensor(lq, 0), image_to_tensor(hq, 0), patch, crop_rng
+        )
     return DecodedSample(
         key=key,
         degradation=degradation or folder,
-        lq=image_to_tensor(lq, patch),
-        hq=image_to_tensor(hq, patch),
+        lq=lq_tensor,
+        hq=hq_tensor,
         questions=(questions[0].strip(), questions[1].strip()),
         answer=answer,
     )
@@ -532,14 +567,16 @@ class TrainingStream:
             if not self.streams[name].exhausted:
                 return name
 
-    def next_sample(self, step: int, patch: int) -> tuple[DecodedSample, PromptChoice]:
+    def next_sample(
+        self, step: int, patch: int, *, crop: bool = False
+    ) -> tuple[DecodedSample, PromptChoice]:
         """One decoded sample of the next degradation in the round, with its prompt."""
         while True:
             name = self.next_degradation()
             stream = self.streams[name]
             for record in stream:
                 try:
-                    sample = decode_record(record, patch, name)
+                    sample = decode_record(record, patch, name, crop_rng=self.rng if crop else None)
                 except BadSample as bad:
                     self.skips.count(bad.reason, str(bad))
                     continue
@@ -552,7 +589,8 @@ class TrainingStream:
     def next_batch(self, step: int, stream_id: int = 0) -> TrainBatch:
         """The batch of step ``step`` at that step's stage (patch and batch size)."""
         stage = self.config.stage_at(step)
-        picked = [self.next_sample(step, stage.patch) for _ in range(stage.batch_size)]
+        crop = stage.sampling == "crop"
+        picked = [self.next_sample(step, stage.patch, crop=crop) for _ in range(stage.batch_size)]
         return TrainBatch(
             step=step,
             stream=stream_id,

@@ -17,6 +17,7 @@ release's (``cot_adapter.pt`` + ``lora.pt``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +32,6 @@ from models.backbones import (
     CoTIRTransformer,
     grid_to_tokens,
     image_ids,
-    load_transformer,
     text_ids,
     tokens_to_grid,
 )
@@ -115,7 +115,7 @@ def _build_demo_transformer(variant: Variant, seed: int) -> CoTIRTransformer:
 
 def _load_codec(variant: Variant, base: Path | None, dtype: torch.dtype) -> LatentCodec:
     if variant.codec is CodecKind.PIXEL:
-        return PixelUnshuffleCodec()
+        return PixelUnshuffleCodec(variant.token_stride)
     if base is None:
         raise MissingWeightsError(f"the {variant.name} VAE needs a base weights folder")
     from diffusers import AutoencoderKL, AutoencoderKLFlux2
@@ -135,6 +135,63 @@ def _load_text_encoder(variant: Variant, base: Path | None, dtype: torch.dtype) 
     if variant.text_encoder is TextEncoderKind.T5_CLIP:
         return T5ClipTextEncoder.from_pipeline_folder(base, dtype=dtype)
     return Qwen3TextEncoder.from_pipeline_folder(base, dtype=dtype, layers=variant.text_layers)
+
+
+def bundled_base_folder(variant: Variant) -> Path:
+    """The variant's base shipped inside the ``models`` package, checked against its record."""
+    if variant.bundled_base is None:
+        raise ValueError(f"{variant.name} ships no base")
+    folder = Path(__file__).resolve().parent / variant.bundled_base
+    return base_folder(folder)
+
+
+def base_folder(folder: Path) -> Path:
+    """``folder`` after checking it: a prior folder (``prior.json``) must match its digests."""
+    from models.prior import RECORD_FILE, verify_prior
+
+    folder = Path(folder)
+    if (folder / RECORD_FILE).is_file():
+        verify_prior(folder)
+    elif not folder.exists():
+        raise MissingWeightsError(f"the base model folder {folder} does not exist")
+    return folder
+
+
+def base_identity(folder: Path) -> dict[str, str]:
+    """What a checkpoint records about its base: path and digest (a prior's own sha256)."""
+    from models.prior import RECORD_FILE, read_record
+
+    folder = Path(folder).resolve()
+    identity = {"path": str(folder)}
+    if (folder / RECORD_FILE).is_file():
+        identity["sha256"] = str(read_record(folder)["sha256"])
+    else:
+        config = folder / "transformer" / "config.json"
+        config = config if config.is_file() else folder / "config.json"
+        if config.is_file():
+            identity["config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()
+    return identity
+
+
+def _base_of_checkpoint(variant: Variant, meta: dict[str, object]) -> Path | None:
+    """The base a checkpoint was trained on, when it is not the variant's default one."""
+    recorded = meta.get("base")
+    if not isinstance(recorded, dict) or "sha256" not in recorded:
+        return None
+    wanted = str(recorded["sha256"])
+    candidates = []
+    if variant.bundled_base is not None:
+        candidates.append(Path(__file__).resolve().parent / variant.bundled_base)
+    if isinstance(recorded.get("path"), str):
+        candidates.append(Path(str(recorded["path"])))
+    for candidate in candidates:
+        if candidate.is_dir() and base_identity(candidate).get("sha256") == wanted:
+            return base_folder(candidate)
+    raise MissingWeightsError(
+        f"the checkpoint was trained on base {wanted[:16]}... (recorded at "
+        f"{recorded.get('path')}), and no such base is available: the shipped prior differs "
+        "(rebuild it with `make prior` at the recorded settings, or pass its folder)"
+    )
 
 
 class CoTIRRestorer:
@@ -157,6 +214,8 @@ class CoTIRRestorer:
                 f"{text_encoder.dim}"
             )
         self.variant = variant
+        #: Where the Euler sampler starts: Gaussian noise (the paper) or the LQ tokens.
+        self.flow_start = "noise"
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.codec = codec.to(self.device).eval()
@@ -197,12 +256,19 @@ class CoTIRRestorer:
             )
             for sub in _BASE_SUBFOLDERS[variant.text_encoder]:
                 require_weights(config, f"{variant.weights_folder}/{sub}", what=f"{name} {sub}")
+        elif variant.bundled_base is not None and base is None:
+            pipeline_folder = bundled_base_folder(variant)
         if base is not None:
-            transformer = load_transformer(variant.backbone, base, dtype=dtype)
-            model = CoTIRTransformer.with_new_adapter(
-                transformer, text_dim=variant.text_dim, adapter_depth=variant.adapter_depth
+            base_folder(base)  # a prior folder is checked against its record
+            model = CoTIRTransformer.from_pretrained_base(
+                variant.backbone,
+                base,
+                text_dim=variant.text_dim,
+                adapter_depth=variant.adapter_depth,
+                dtype=dtype,
             )
         elif pipeline_folder is not None:
+            # The full variants' FLUX folders and the demo's shipped prior load alike.
             model = CoTIRTransformer.from_pretrained_base(
                 variant.backbone,
                 pipeline_folder / "transformer",
@@ -212,6 +278,8 @@ class CoTIRRestorer:
             )
         else:
             model = _build_demo_transformer(variant, seed).to(dtype)
+        if variant.is_demo:
+            pipeline_folder = None  # the demo codec and text encoder need no files
         vae_folder = None if pipeline_folder is None else pipeline_folder / "vae"
         codec = _load_codec(variant, vae_folder, dtype).to(dtype)
         text_encoder = _load_text_encoder(variant, pipeline_folder, dtype)
@@ -245,11 +313,15 @@ class CoTIRRestorer:
             if not name:
                 raise ValueError(f"{folder} names no variant; pass variant=")
             base = folder / BASE_DIR if (folder / BASE_DIR).is_dir() else None
+            if base is None:
+                base = _base_of_checkpoint(get_variant(name), meta)
             restorer = cls.from_variant(
                 name, settings=settings, device="cpu", dtype=dtype, base=base
             )
             load_checkpoint(restorer.model, folder)
+            flow_start = str(meta.get("flow_start", "noise"))
         elif (folder / RELEASE_ADAPTER_FILE).is_file():
+            flow_start = "noise"
             if not variant:
                 raise ValueError("the release's checkpoint files name no variant; pass variant=")
             restorer = cls.from_variant(variant, settings=settings, device="cpu", dtype=dtype)
@@ -262,13 +334,17 @@ class CoTIRRestorer:
                 f"{folder} holds neither {META_FILE} (a cotir checkpoint) nor "
                 f"{RELEASE_ADAPTER_FILE} (the public release)"
             )
-        return cls(
+        loaded = cls(
             restorer.variant,
             restorer.model,
             restorer.codec,
             restorer.text_encoder,
             device=device,
         )
+        if flow_start not in ("noise", "reference"):
+            raise ValueError(f"{folder}: unknown flow_start {flow_start!r}")
+        loaded.flow_start = flow_start
+        return loaded
 
     # -- inference ----------------------------------------------------------------------
 
@@ -303,7 +379,7 @@ class CoTIRRestorer:
 
         pixels = pil_to_tensor(source).to(self.device, self.dtype)
         reference = grid_to_tokens(self.codec.encode(pixels)).to(self.dtype)
-        grid_h, grid_w = work_h // 16, work_w // 16
+        grid_h, grid_w = work_h // self.codec.stride, work_w // self.codec.stride
         n_tokens = grid_h * grid_w
         text = self.encode_prompt(prompt)
         kind = self.variant.backbone
@@ -347,7 +423,8 @@ class CoTIRRestorer:
             )
             return output.sample[:, :n_tokens]
 
-        latents = euler_sample(velocity, noise.to(self.device), sigmas, on_step=on_step)
+        start = reference.float() if self.flow_start == "reference" else noise.to(self.device)
+        latents = euler_sample(velocity, start, sigmas, on_step=on_step)
         grid = tokens_to_grid(latents.to(self.dtype), grid_h, grid_w)
         result = tensor_to_pil(self.codec.decode(grid))
         if result.size != (width, height):

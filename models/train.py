@@ -78,7 +78,7 @@ from models.losses import (
     velocity_target,
 )
 from models.metrics_plots import plot_training_curves, read_jsonl, write_csv
-from models.train_config import TrainConfig, config_for_variant
+from models.train_config import Stage, TrainConfig, config_for_variant
 from models.variants import Variant, get_variant
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -113,6 +113,7 @@ class TrainOptions:
     seed: int | None = None
     lr: float | None = None
     batch_size: int | None = None
+    patch: int | None = None
     num_workers: int | None = None
     log_every: int | None = None
     checkpoint_every: int | None = None
@@ -120,6 +121,9 @@ class TrainOptions:
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
     lora_init_b: str | None = None
+    flow_start: str | None = None
+    base: Path | None = None
+    no_adapter: bool = False
     resume: str = "no"
     store_url: str | None = None
     cache_dir: Path | None = None
@@ -164,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=int, help="Per-process batch for every stage (default: per stage)."
     )
+    parser.add_argument(
+        "--patch",
+        type=int,
+        help="One training patch side for every stage (a multiple of 16; default: per stage).",
+    )
     parser.add_argument("--num-workers", type=int, help="Data loader worker processes.")
     parser.add_argument("--log-every", type=int, help="Steps between streamed metric lines.")
     parser.add_argument("--checkpoint-every", type=int, help="Steps between checkpoints.")
@@ -182,6 +191,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--lora-init-b",
         choices=["zero", "random"],
         help="LoRA B initialisation: zero (standard, default) or random (the release).",
+    )
+    parser.add_argument(
+        "--flow-start",
+        choices=["noise", "reference"],
+        help="Where the flow starts: noise (the paper, default) or the LQ reference tokens "
+        "(the demo's main recipe).",
+    )
+    parser.add_argument(
+        "--no-adapter",
+        action="store_true",
+        help="Table VII arm (a): keep the adapter's injection gates at zero (base + LoRA "
+        "only); use with --constraint-mode none.",
+    )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="Base model folder (diffusers layout, transformer/ inside): default the "
+        "variant's (COTIR_WEIGHTS_DIR/<FLUX folder>, or the demo's shipped prior).",
     )
     parser.add_argument(
         "--resume",
@@ -213,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
     """Parse and check the command line."""
     args = build_parser().parse_args(argv)
-    for name in ("steps", "stop_at", "batch_size", "log_every", "checkpoint_every"):
+    for name in ("steps", "stop_at", "batch_size", "patch", "log_every", "checkpoint_every"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -227,6 +254,7 @@ def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
         seed=args.seed,
         lr=args.lr,
         batch_size=args.batch_size,
+        patch=args.patch,
         num_workers=args.num_workers,
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
@@ -234,6 +262,9 @@ def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
         lora_init_b=args.lora_init_b,
+        flow_start=args.flow_start,
+        base=args.base,
+        no_adapter=args.no_adapter,
         resume=args.resume,
         store_url=args.store_url,
         cache_dir=args.cache_dir,
@@ -257,6 +288,7 @@ def build_config(options: TrainOptions) -> TrainConfig:
         "keep_checkpoints",
         "mixed_precision",
         "lora_init_b",
+        "flow_start",
     ):
         value = getattr(options, name)
         if value is not None:
@@ -269,9 +301,14 @@ def build_config(options: TrainOptions) -> TrainConfig:
         changes["constraints"] = config.constraints.model_copy(
             update={"mode": ConstraintMode(options.constraint_mode)}
         )
+    stage_changes: dict[str, Any] = {}
     if options.batch_size is not None:
+        stage_changes["batch_size"] = options.batch_size
+    if options.patch is not None:
+        stage_changes["patch"] = options.patch
+    if stage_changes:
         changes["stages"] = tuple(
-            stage.model_copy(update={"batch_size": options.batch_size}) for stage in config.stages
+            Stage.model_validate({**stage.model_dump(), **stage_changes}) for stage in config.stages
         )
     return config.with_overrides(**changes) if changes else config
 
@@ -383,6 +420,7 @@ def export_inference_checkpoint(
     folder: Path,
     *,
     lora_bias: bool = True,
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write adapter + LoRA as an inference checkpoint (``models.checkpoint_io`` layout).
 
@@ -408,7 +446,7 @@ def export_inference_checkpoint(
         raise ValueError(f"trainable state lacks {len(missing)} tensors, e.g. {missing[:3]}")
     selected = {name: trainable[name] for name in wanted}
     skeleton.load_state_dict(selected, strict=False, assign=True)
-    return save_checkpoint(skeleton, folder, variant=variant.name)
+    return save_checkpoint(skeleton, folder, variant=variant.name, extra_meta=extra_meta)
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -534,13 +572,28 @@ class TrainResult:
     keys_seen: list[str] = field(default_factory=list)
 
 
+#: Text features per (encoder class, width, max length), shared by the runs of one process.
+_SHARED_TEXT_FEATURES: dict[tuple[Any, ...], OrderedDict[str, Any]] = {}
+
+
+def _encoder_fingerprint(encoder: Any, max_length: int) -> tuple[str, int, str]:
+    """Class, max length and a sha256 over the encoder's weights: equal means same features."""
+    digest = hashlib.sha256()
+    for name, tensor in encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return type(encoder).__name__, max_length, digest.hexdigest()
+
+
 class TextFeatureCache:
     """Text features per string, kept in an LRU of ``capacity`` entries (0: no cache).
 
-    With a cache every string is encoded on its own, so a cached feature is bit-identical
-    to a fresh one and a resumed run (cold cache) computes exactly what an uninterrupted
-    run did. Prompts and CoT parts repeat (vague list, templates, one answer per sample),
-    which makes the demo variants' MiniLM cheap after the first round.
+    Strings missing from the cache are encoded together in one padded batch (rows are
+    independent: every row is padded to ``max_length`` and masked, and a test checks a
+    row is bit-identical to encoding its string alone), so a resumed run (cold cache)
+    computes exactly what an uninterrupted run did. Prompts and CoT parts repeat (vague
+    list, templates, one answer per sample), which makes the demo variants' MiniLM cheap
+    after the first round; :meth:`prefetch` encodes a whole step's strings at once.
     """
 
     def __init__(self, encoder: Any, max_length: int, capacity: int) -> None:
@@ -549,7 +602,14 @@ class TextFeatureCache:
         self.encoder = encoder
         self.max_length = max_length
         self.capacity = capacity
-        self._entries: OrderedDict[str, Any] = OrderedDict()
+        # Runs in one process with the same encoder kind share features (Table VII's arms).
+        self._entries: OrderedDict[str, Any] = (
+            _SHARED_TEXT_FEATURES.setdefault(
+                _encoder_fingerprint(encoder, max_length), OrderedDict()
+            )
+            if capacity
+            else OrderedDict()
+        )
         self.hits = 0
         self.misses = 0
 
@@ -559,18 +619,15 @@ class TextFeatureCache:
 
         if not self.capacity:
             return self.encoder.encode(list(texts), self.max_length)
+        self.prefetch(texts)
         rows = []
         for text in texts:
             entry = self._entries.get(text)
-            if entry is None:
-                self.misses += 1
-                entry = self.encoder.encode([text], self.max_length)
-                self._entries[text] = entry
-                if len(self._entries) > self.capacity:
-                    self._entries.popitem(last=False)
-            else:
-                self.hits += 1
-                self._entries.move_to_end(text)
+            if entry is None:  # evicted by this very call (more strings than capacity)
+                self.prefetch([text])
+                entry = self._entries[text]
+            self.hits += 1
+            self._entries.move_to_end(text)
             rows.append(entry)
         pooled = None
         if rows[0].pooled is not None:
@@ -580,6 +637,27 @@ class TextFeatureCache:
             mask=torch.cat([row.mask for row in rows]),
             pooled=pooled,
         )
+
+    def prefetch(self, texts: Sequence[str]) -> None:
+        """Encode the strings not cached yet, in one batch, and cache one row per string."""
+        from models.text_encoders import TextEncoding
+
+        if not self.capacity:
+            return
+        missing = list(dict.fromkeys(t for t in texts if t not in self._entries))
+        if not missing:
+            return
+        self.misses += len(missing)
+        encoded = self.encoder.encode(missing, self.max_length)
+        for index, text in enumerate(missing):
+            pooled = None if encoded.pooled is None else encoded.pooled[index : index + 1]
+            self._entries[text] = TextEncoding(
+                embeds=encoded.embeds[index : index + 1],
+                mask=encoded.mask[index : index + 1],
+                pooled=pooled,
+            )
+            if len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
 
 
 @dataclass
@@ -598,6 +676,9 @@ class _Parts:
     dual: DualOptimizer | None
     fixed: torch.Tensor | None
     noise: torch.Generator
+    base: dict[str, str] | None = None
+    #: Parameters that would train but are held fixed (the gates of --no-adapter).
+    held: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _make_accelerator(options: TrainOptions, config: TrainConfig) -> Any:
@@ -624,9 +705,20 @@ def _make_accelerator(options: TrainOptions, config: TrainConfig) -> Any:
     )
 
 
-def _build(accelerator: Any, config: TrainConfig, reporter: Reporter) -> _Parts:
+#: The adapter's zero-initialised injection gates (REFERENCE.md section 2).
+ADAPTER_GATES = ("scale_sharpness", "scale_degradation", "scale_planning")
+
+
+def _build(
+    accelerator: Any,
+    config: TrainConfig,
+    reporter: Reporter,
+    base: Path | None = None,
+    *,
+    no_adapter: bool = False,
+) -> _Parts:
     from models.lora import apply_lora, freeze
-    from models.restore import CoTIRRestorer
+    from models.restore import CoTIRRestorer, base_identity, bundled_base_folder
 
     variant = get_variant(config.variant)
     precision = str(accelerator.mixed_precision)
@@ -634,12 +726,27 @@ def _build(accelerator: Any, config: TrainConfig, reporter: Reporter) -> _Parts:
     frozen_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     # The same seed on every rank: identical LoRA (and, for full variants, adapter) init.
     torch.manual_seed(config.seed)
-    restorer = CoTIRRestorer.from_variant(config.variant, device="cpu", dtype=frozen_dtype)
+    restorer = CoTIRRestorer.from_variant(
+        config.variant, device="cpu", dtype=frozen_dtype, base=base
+    )
+    base_info = None
+    if base is not None:
+        base_info = base_identity(base)
+    elif variant.bundled_base is not None:
+        base_info = base_identity(bundled_base_folder(variant))
     model = restorer.model
     apply_lora(model, variant.lora_rank, init_b=config.lora_init_b)
     for parameter in model.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.float()
+    held: dict[str, torch.Tensor] = {}
+    if no_adapter:
+        if config.constraints.mode is not ConstraintMode.NONE:
+            raise ValueError("--no-adapter trains without CoT supervision: use mode none")
+        for gate in ADAPTER_GATES:
+            parameter = getattr(model.cot_adapter, gate)
+            parameter.requires_grad_(False)
+            held[f"cot_adapter.{gate}"] = parameter.detach().clone()
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
@@ -689,6 +796,8 @@ def _build(accelerator: Any, config: TrainConfig, reporter: Reporter) -> _Parts:
         dual,
         fixed,
         noise,
+        base_info,
+        held,
     )
 
 
@@ -704,14 +813,17 @@ def _model_inputs(parts: _Parts, batch: Any) -> dict[str, Any]:
         lq = batch.lq.to(device, torch.float32)
         clean = grid_to_tokens(parts.codec.encode(hq)).float()
         reference = grid_to_tokens(parts.codec.encode(lq)).float()
-        prompt = parts.texts.encode(batch.prompts).to(device, torch.float32)
         answers = [split_cot_answer(answer) for answer in batch.answers]
+        parts.texts.prefetch(
+            [*batch.prompts, *(text for a in answers for text in (a.scene, a.degradation, a.plan))]
+        )
+        prompt = parts.texts.encode(batch.prompts).to(device, torch.float32)
         targets = {
             "scene": parts.texts.encode([a.scene for a in answers]),
             "degradation": parts.texts.encode([a.degradation for a in answers]),
             "plan": parts.texts.encode([a.plan for a in answers]),
         }
-    grid = batch.hq.shape[-1] // 16
+    grid = batch.hq.shape[-1] // parts.codec.stride
     kind = variant.backbone
     ids = torch.cat(
         [
@@ -746,6 +858,9 @@ def _train_step(parts: _Parts, batch: Any) -> dict[str, torch.Tensor]:
     clean = inputs["clean"]
     t = sample_timesteps(clean.shape[0], generator=parts.noise, device=device)
     noise = torch.randn(clean.shape, generator=parts.noise).to(device)
+    if config.flow_start == "reference":
+        # The demo's main recipe: the flow runs from the LQ tokens to the HQ tokens.
+        noise = inputs["reference"]
     noisy = interpolate(clean, noise, t)
     hidden = torch.cat([noisy, inputs["reference"]], dim=1)
     with accelerator.autocast():
@@ -828,6 +943,7 @@ class _Checkpointer:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             tensors = {k: v.detach().contiguous().cpu() for k, v in trainable.items()}
+            tensors.update({k: v.contiguous().cpu() for k, v in parts.held.items()})
             save_file(tensors, str(partial / TRAINABLE_FILE))
             torch.save(
                 {
@@ -840,11 +956,21 @@ class _Checkpointer:
                 },
                 partial / STATE_FILE,
             )
-            export_inference_checkpoint(tensors, parts.variant, partial / MODEL_DIR)
+            export_inference_checkpoint(
+                tensors,
+                parts.variant,
+                partial / MODEL_DIR,
+                extra_meta={"flow_start": parts.config.flow_start, "base": parts.base},
+            )
             model_sha = folder_sha256(partial / MODEL_DIR)
             marker = {
                 "step": step,
+                "total_steps": parts.config.total_steps,
+                "final": step >= parts.config.total_steps,
+                "run": self.root.parent.name,
                 "variant": parts.variant.name,
+                "flow_start": parts.config.flow_start,
+                "constraint_mode": parts.config.constraints.mode.value,
                 "model_sha256": model_sha,
                 "files": {
                     p.relative_to(partial).as_posix(): file_sha256(p)
@@ -945,7 +1071,7 @@ def train(options: TrainOptions) -> TrainResult:
     error: BaseException | None = None
     try:
         accelerator = _make_accelerator(options, config)
-        parts = _build(accelerator, config, reporter)
+        parts = _build(accelerator, config, reporter, options.base, no_adapter=options.no_adapter)
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()

@@ -35,7 +35,16 @@ PAPER_BATCHES: dict[str, tuple[int, int, int, int]] = {
 }
 PAPER_STAGE_ENDS = (20_000, 40_000, 60_000, 120_000)
 PAPER_PATCHES = (128, 256, 384, 512)
-#: The demo variants: the same four stages at 1/8 of the paper's sizes.
+#: The ``demo`` variant (the shipped prior): a short run on random crops, then full pairs.
+DEMO_TOTAL_STEPS = 600
+DEMO_STAGES = (
+    # (share of the run, patch, batch, sampling)
+    (0.75, 64, 8, "crop"),
+    (1.0, 128, 4, "crop"),
+)
+DEMO_LR = 1e-3
+DEMO_WARMUP = 30
+#: The tiny test variants: the same four stages at 1/8 of the paper's sizes.
 TINY_TOTAL_STEPS = 48
 TINY_PATCHES = (16, 32, 48, 64)
 TINY_BATCHES = (4, 3, 2, 2)
@@ -94,6 +103,11 @@ class Stage(_Frozen):
     end_step: int = Field(ge=0, description="First step after the stage.")
     patch: int = Field(gt=0, description="Side of the square training pairs (bilinear resize).")
     batch_size: int = Field(gt=0, description="Samples per process per step.")
+    sampling: Literal["resize", "crop"] = Field(
+        default="resize",
+        description="resize: the whole stored pair, bilinear (the paper); crop: a random "
+        "window at full resolution (the demo: degradations keep their scale).",
+    )
 
     @field_validator("patch")
     @classmethod
@@ -189,6 +203,11 @@ class TrainConfig(_Frozen):
         default="zero", description="LoRA B init: zero (standard) or random (the release)."
     )
     gradient_checkpointing: bool = Field(default=False, description="Checkpoint backbone blocks.")
+    flow_start: Literal["noise", "reference"] = Field(
+        default="noise",
+        description="noise: the paper's flow from Gaussian noise to HQ; reference: the flow "
+        "starts at the LQ reference tokens (the demo's main recipe, docs/TRAINING.md).",
+    )
     num_workers: int = Field(default=0, ge=0, description="Data loader worker processes.")
     text_cache_size: int = Field(
         default=0,
@@ -306,6 +325,8 @@ def config_for_variant(name: str) -> TrainConfig:
         )
     if not variant.is_demo:
         raise ValueError(f"no training configuration for variant {name!r}")
+    if variant.bundled_base is not None:
+        return _demo_config(name)
     paper = TrainConfig(variant=name, stages=_paper_stages(TINY_BATCHES))
     tiny_stages = tuple(
         stage.model_copy(update={"patch": patch})
@@ -313,3 +334,31 @@ def config_for_variant(name: str) -> TrainConfig:
     )
     scaled = paper.model_copy(update={"stages": tiny_stages}).scaled(TINY_TOTAL_STEPS)
     return scaled.model_copy(update={"checkpoint_every": 16, "text_cache_size": 4096})
+
+
+def _demo_config(name: str) -> TrainConfig:
+    """The demo variant's run: the paper's recipe at CPU scale (docs/TRAINING.md)."""
+    stages = tuple(
+        Stage(
+            end_step=round(share * DEMO_TOTAL_STEPS),
+            patch=patch,
+            batch_size=batch,
+            sampling=sampling,
+        )
+        for share, patch, batch, sampling in DEMO_STAGES
+    )
+    paper = TrainConfig(variant=name, stages=_paper_stages(TINY_BATCHES))
+    curriculum = paper.scaled(DEMO_TOTAL_STEPS).curriculum
+    return TrainConfig(
+        variant=name,
+        optimizer=OptimizerConfig(lr=DEMO_LR),
+        schedule=ScheduleConfig(
+            total_steps=DEMO_TOTAL_STEPS, warmup_steps=DEMO_WARMUP, min_lr=5e-5
+        ),
+        stages=stages,
+        curriculum=curriculum,
+        text_cache_size=4096,
+        log_every=10,
+        checkpoint_every=DEMO_TOTAL_STEPS // 4,
+        keep_checkpoints=4,
+    )

@@ -56,8 +56,12 @@ class Variant:
     #: FLUX.1 shifted schedule (base shift, max shift over 256..4096 image tokens).
     base_shift: float = 0.5
     max_shift: float = 1.15
-    #: Base diffusers pipeline folder under COTIR_WEIGHTS_DIR; None: built in code (demo).
+    #: Base diffusers pipeline folder under COTIR_WEIGHTS_DIR; None: none needed there.
     weights_folder: str | None = None
+    #: Base pipeline folder shipped inside the ``models`` package (the demo prior), if any.
+    bundled_base: str | None = None
+    #: Pixels per token side of the codec (16 for the FLUX VAEs).
+    token_stride: int = 16
     #: Paper's total parameter count in billions (the CoTIR paper and its public release), if any.
     paper_params_b: float | None = None
     description: str = ""
@@ -70,8 +74,13 @@ class Variant:
 
     @property
     def is_demo(self) -> bool:
-        """True for variants built entirely in code (no base weights needed)."""
+        """True for the CPU demo variants (no base weights under COTIR_WEIGHTS_DIR needed)."""
         return self.weights_folder is None
+
+    @property
+    def builds_in_code(self) -> bool:
+        """True for the random test toys (``tiny``): no base weights at all."""
+        return self.weights_folder is None and self.bundled_base is None
 
 
 def _frozen(config: dict[str, Any]) -> Mapping[str, Any]:
@@ -193,6 +202,39 @@ VARIANTS: dict[str, Variant] = {
         max_text_tokens=64,
         description="demo only: FLUX.2-architecture toy (width 64), pixel-unshuffle codec, "
         "all-MiniLM-L6-v2 text features, random weights",
+    ),
+    "demo": Variant(
+        name="demo",
+        backbone=BackboneKind.FLUX2_KLEIN,
+        transformer_config=_frozen(
+            {
+                "patch_size": 1,
+                "in_channels": 192,
+                "num_layers": 1,
+                "num_single_layers": 3,
+                "attention_head_dim": 32,
+                "num_attention_heads": 6,
+                "joint_attention_dim": 384,
+                "timestep_guidance_channels": 64,
+                "mlp_ratio": 3.0,
+                "axes_dims_rope": (4, 12, 12, 4),
+                "rope_theta": 100,
+                "eps": 1e-6,
+                "guidance_embeds": False,
+            }
+        ),
+        text_encoder=TextEncoderKind.MINILM,
+        text_dim=384,
+        codec=CodecKind.PIXEL,
+        token_stride=8,
+        steps=8,
+        adapter_depth=2,
+        lora_rank=32,
+        image_size=128,
+        max_text_tokens=64,
+        bundled_base="demo_prior",
+        description="demo only: a 3.2M-parameter FLUX.2-architecture editing prior pretrained "
+        "on the demo train photos (shipped in models/demo_prior), 8x8 pixel tokens",
     ),
     "tiny-kontext": Variant(
         name="tiny-kontext",

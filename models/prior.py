@@ -1,0 +1,639 @@
+"""The demo's editing prior: a small FLUX.2-architecture model pretrained to edit photos.
+
+CoTIR fine-tunes a *pretrained* FLUX editing model (FLUX.1 Kontext, FLUX.2 klein). The
+demo profile cannot download one, so it ships its own stand-in: the ``demo`` variant's
+``Flux2Transformer2DModel`` (3.2 M parameters, 8x8 pixel tokens), every parameter
+trained here on a general editing objective over the demo *train* photos only:
+
+- ``copy``: reproduce the reference image ("Keep the image unchanged."), half the samples;
+- five prompted global edits of the reference (brighter, darker, more and less contrast,
+  black and white), the other half.
+
+The objective is the paper's flow matching (noise -> target, the reference as tokens at
+FLUX.2's reference time coordinate, logit-normal times); only the data differ from the
+CoTIR fine-tune. Photos held apart from training (``PriorConfig.held_out``) measure how
+well the prior copies a reference it never saw, through the same sampler the demo uses.
+
+The weights are saved in diffusers' ``save_pretrained`` layout (``transformer/``, bf16
+safetensors) with ``prior.json`` beside them: command, seed, data, steps, sha256 of
+every file and the measured quality. The CoTIR fine-tune loads them through
+:func:`models.backbones.load_transformer`, the path that loads FLUX.2 klein in the
+full profile. Training is deterministic on a given CPU kind and thread count, and
+resumes exactly from its state file, so ``make prior`` rebuilds the shipped weights bit
+for bit (:func:`verify_prior` checks the digests).
+
+    python -m models.prior --out models/demo_prior            # the shipped prior (~45 min, 2 cores)
+    python -m models.prior --out /tmp/prior --steps 200       # a quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the torch convention
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.variants import get_variant
+
+#: The variant the prior is the base of.
+PRIOR_VARIANT = "demo"
+#: Where the shipped prior lives, inside the ``models`` package.
+BUNDLED_PRIOR_DIR = Path(__file__).resolve().parent / "demo_prior"
+#: The record written next to the weights.
+RECORD_FILE = "prior.json"
+#: The diffusers subfolder holding the transformer.
+TRANSFORMER_DIR = "transformer"
+#: Resumable training state (removed when the prior is finished).
+STATE_FILE = ".prior-state.pt"
+RECORD_FORMAT = "cotir-demo-prior/1"
+
+
+class PriorIntegrityError(RuntimeError):
+    """A prior folder's files do not match the sha256 digests its record lists."""
+
+
+class PriorConfig(BaseModel):
+    """Everything that determines the prior's weights (with the photos and library versions)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    variant: str = Field(default=PRIOR_VARIANT, description="Variant whose base this is.")
+    steps: int = Field(default=16_000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(default=8, ge=1, description="Samples per step.")
+    crop: int = Field(default=64, ge=16, description="Side of the square training crops.")
+    scales: tuple[float, ...] = Field(
+        default=(1.0, 0.75, 0.5), description="Photo scales crops are cut from."
+    )
+    lr: float = Field(default=2e-3, gt=0, description="Peak AdamW learning rate.")
+    min_lr: float = Field(default=2e-5, ge=0, description="LR at the end of the cosine.")
+    warmup_steps: int = Field(default=200, ge=0, description="Linear warm-up steps.")
+    betas: tuple[float, float] = Field(default=(0.9, 0.99), description="Adam betas.")
+    weight_decay: float = Field(default=0.0, ge=0, description="Decoupled weight decay.")
+    grad_clip: float = Field(default=1.0, gt=0, description="Max global gradient norm.")
+    copy_probability: float = Field(
+        default=0.5, ge=0, le=1, description="Share of plain copies (the rest: global edits)."
+    )
+    held_out: tuple[str, ...] = Field(
+        default=("kodak_i08", "rocket"),
+        description="Train-split photos kept out of the prior's training, to measure it.",
+    )
+    eval_size: int = Field(default=128, ge=16, description="Side of the held-out crops.")
+    eval_crops: int = Field(default=8, ge=1, description="Held-out crops measured.")
+    seed: int = Field(default=0, ge=0, description="Seed of init, data and noise.")
+    threads: int = Field(
+        default=2, ge=1, description="torch threads (fixed: results depend on it)."
+    )
+    checkpoint_every: int = Field(default=500, ge=1, description="Steps between state saves.")
+    log_every: int = Field(default=250, ge=1, description="Steps between progress lines.")
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then half a cosine from ``lr`` to ``min_lr`` at ``steps``."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def digest(self) -> str:
+        """sha256 of the config (a state file only resumes the same config)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+# -- edits --------------------------------------------------------------------------------------
+
+
+def _luma(x01: torch.Tensor) -> torch.Tensor:
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x01.dtype).view(1, 3, 1, 1)
+    return (x01 * weights).sum(1, keepdim=True)
+
+
+def _contrast(x01: torch.Tensor, factor: float) -> torch.Tensor:
+    mean = _luma(x01).mean(dim=(1, 2, 3), keepdim=True)
+    return (x01 - mean) * factor + mean
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A prompted global edit: instructions and the function on images in [0, 1]."""
+
+    name: str
+    prompts: tuple[str, ...]
+    apply: Callable[[torch.Tensor], torch.Tensor]
+
+
+COPY = Edit(
+    "copy",
+    (
+        "Keep the image unchanged.",
+        "Reproduce this photo exactly.",
+        "Return the same image.",
+        "Do not change anything.",
+    ),
+    lambda x: x,
+)
+EDITS: tuple[Edit, ...] = (
+    Edit(
+        "brighter",
+        ("Make the image brighter.", "Brighten the photo.", "Increase the exposure."),
+        lambda x: x.clamp(0, 1) ** (1 / 1.8),
+    ),
+    Edit(
+        "darker",
+        ("Make the image darker.", "Darken the photo.", "Lower the exposure."),
+        lambda x: x.clamp(0, 1) ** 1.8,
+    ),
+    Edit(
+        "more_contrast",
+        ("Increase the contrast.", "Make the colors more vivid and contrasted."),
+        lambda x: _contrast(x, 1.6),
+    ),
+    Edit(
+        "less_contrast",
+        ("Reduce the contrast.", "Make the image flatter and softer."),
+        lambda x: _contrast(x, 0.6),
+    ),
+    Edit(
+        "grayscale",
+        ("Convert the photo to black and white.", "Remove the colors."),
+        lambda x: _luma(x).expand(-1, 3, -1, -1),
+    ),
+)
+
+
+def all_prompts() -> list[str]:
+    """Every instruction the prior is trained with."""
+    return [prompt for edit in (COPY, *EDITS) for prompt in edit.prompts]
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PriorPhotos:
+    """The photo pyramid crops are cut from, and the held-out evaluation crops."""
+
+    train: tuple[torch.Tensor, ...]
+    evaluation: torch.Tensor
+    train_ids: tuple[str, ...]
+    held_out_ids: tuple[str, ...]
+    digests: Mapping[str, str]
+
+
+def _to_unit(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+
+
+def load_prior_photos(config: PriorConfig) -> PriorPhotos:
+    """Train-split demo photos (never the bench's), at every scale; held-out eval crops."""
+    from cotir_pipeline.demo_photos import DEMO_PHOTOS, load_photo, photo_digest
+
+    known = {photo.photo_id for photo in DEMO_PHOTOS if photo.split == "train"}
+    unknown = sorted(set(config.held_out) - known)
+    if unknown:
+        raise ValueError(f"held_out names photos that are not train-split demo photos: {unknown}")
+    train: list[torch.Tensor] = []
+    train_ids: list[str] = []
+    evaluation: list[torch.Tensor] = []
+    digests: dict[str, str] = {}
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    for photo in DEMO_PHOTOS:
+        if photo.split != "train":
+            continue
+        image = _to_unit(load_photo(photo))
+        digests[photo.photo_id] = photo_digest(photo)
+        if photo.photo_id in config.held_out:
+            evaluation.append(image)
+            continue
+        train_ids.append(photo.photo_id)
+        for scale in config.scales:
+            size = (round(image.shape[2] * scale), round(image.shape[3] * scale))
+            if min(size) < config.crop:
+                continue
+            scaled = (
+                image
+                if scale == 1.0
+                else F.interpolate(
+                    image, size=size, mode="bilinear", antialias=True, align_corners=False
+                )
+            )
+            train.append(scaled[0])
+    crops = []
+    for index in range(config.eval_crops):
+        image = evaluation[index % len(evaluation)][0]
+        crops.append(_random_crop(image, config.eval_size, generator))
+    return PriorPhotos(
+        train=tuple(train),
+        evaluation=torch.stack(crops),
+        train_ids=tuple(train_ids),
+        held_out_ids=tuple(config.held_out),
+        digests=digests,
+    )
+
+
+def _random_crop(image: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    _, height, width = image.shape
+    top = int(torch.randint(height - size + 1, (1,), generator=generator))
+    left = int(torch.randint(width - size + 1, (1,), generator=generator))
+    return image[:, top : top + size, left : left + size]
+
+
+def draw_batch(
+    photos: PriorPhotos, config: PriorConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Reference and target crops in [-1, 1] and the instruction of each sample."""
+    references, targets, prompts = [], [], []
+    for _ in range(config.batch_size):
+        image = photos.train[int(torch.randint(len(photos.train), (1,), generator=generator))]
+        crop = _random_crop(image, config.crop, generator)
+        if bool(torch.rand(1, generator=generator) < 0.5):
+            crop = crop.flip(-1)
+        if float(torch.rand(1, generator=generator)) < config.copy_probability:
+            edit = COPY
+        else:
+            edit = EDITS[int(torch.randint(len(EDITS), (1,), generator=generator))]
+        prompt = edit.prompts[int(torch.randint(len(edit.prompts), (1,), generator=generator))]
+        target = edit.apply(crop.unsqueeze(0))[0].clamp(0, 1)
+        references.append(crop)
+        targets.append(target)
+        prompts.append(prompt)
+    return torch.stack(references) * 2 - 1, torch.stack(targets) * 2 - 1, prompts
+
+
+# -- model --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PriorParts:
+    """The transformer being trained and the frozen pieces around it."""
+
+    transformer: torch.nn.Module
+    codec: Any
+    text_encoder: Any
+    prompt_features: dict[str, torch.Tensor]
+
+
+def build_parts(config: PriorConfig) -> PriorParts:
+    """A freshly initialised demo transformer (seeded), its pixel codec and text encoder."""
+    from models.backbones import build_transformer
+    from models.codecs import PixelUnshuffleCodec
+    from models.text_encoders import MiniLMTextEncoder
+
+    variant = get_variant(config.variant)
+    torch.manual_seed(config.seed)
+    transformer = build_transformer(variant.backbone, variant.transformer_config).train()
+    codec = PixelUnshuffleCodec(variant.token_stride)
+    text_encoder = MiniLMTextEncoder.from_folder().eval()
+    features = {
+        prompt: text_encoder.encode([prompt], variant.max_text_tokens).embeds.float()
+        for prompt in all_prompts()
+    }
+    return PriorParts(transformer, codec, text_encoder, features)
+
+
+def _token_ids(variant_name: str, grid: int, text_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from models.backbones import image_ids, text_ids
+
+    kind = get_variant(variant_name).backbone
+    ids = torch.cat(
+        [
+            image_ids(kind, grid, grid, reference=False),
+            image_ids(kind, grid, grid, reference=True),
+        ]
+    )
+    return ids, text_ids(kind, text_length)
+
+
+def prior_loss(
+    parts: PriorParts,
+    config: PriorConfig,
+    references: torch.Tensor,
+    targets: torch.Tensor,
+    prompts: Sequence[str],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Flow matching from noise to the target, the reference as FLUX.2 reference tokens."""
+    from models.backbones import grid_to_tokens
+    from models.losses import flow_matching_loss, interpolate, sample_timesteps, velocity_target
+
+    clean = grid_to_tokens(parts.codec.encode(targets))
+    reference = grid_to_tokens(parts.codec.encode(references))
+    t = sample_timesteps(clean.shape[0], generator=generator)
+    noise = torch.randn(clean.shape, generator=generator)
+    text = torch.cat([parts.prompt_features[prompt] for prompt in prompts])
+    ids, txt_ids = _token_ids(config.variant, config.crop // parts.codec.stride, text.shape[1])
+    prediction = parts.transformer(
+        hidden_states=torch.cat([interpolate(clean, noise, t), reference], dim=1),
+        encoder_hidden_states=text,
+        timestep=t,
+        img_ids=ids,
+        txt_ids=txt_ids,
+        guidance=None,
+        return_dict=False,
+    )[0]
+    return flow_matching_loss(prediction[:, : clean.shape[1]], velocity_target(clean, noise))
+
+
+def psnr(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per image of tensors in [0, 1] (uint8-quantised, as saved images are)."""
+    output = (output.clamp(0, 1) * 255).round() / 255
+    target = (target.clamp(0, 1) * 255).round() / 255
+    mse = (output - target).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+@torch.no_grad()
+def measure_prior(
+    transformer: torch.nn.Module,
+    text_encoder: Any,
+    images01: torch.Tensor,
+    *,
+    variant_name: str = PRIOR_VARIANT,
+    steps: int | None = None,
+) -> dict[str, float]:
+    """Copy and edit PSNR on ``images01`` through the demo's own restore path (seed 42)."""
+    from PIL import Image
+
+    from models.backbones import CoTIRTransformer
+    from models.restore import CoTIRRestorer
+
+    variant = get_variant(variant_name)
+    was_training = transformer.training
+    model = CoTIRTransformer.with_new_adapter(
+        transformer.eval(), text_dim=variant.text_dim, adapter_depth=variant.adapter_depth
+    )
+    restorer = CoTIRRestorer(variant, model, _codec_for(variant_name), text_encoder, device="cpu")
+    results: dict[str, float] = {}
+    for edit in (COPY, *EDITS):
+        targets = edit.apply(images01).clamp(0, 1)
+        scores = []
+        for image, target in zip(images01, targets, strict=True):
+            array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            out = restorer.restore(Image.fromarray(array), edit.prompts[0], steps)
+            restored = torch.from_numpy(np.asarray(out)).permute(2, 0, 1).float() / 255
+            scores.append(float(psnr(restored.unsqueeze(0), target.unsqueeze(0))[0]))
+        results[edit.name] = float(np.mean(scores))
+    model.remove_hooks()
+    transformer.train(was_training)
+    return results
+
+
+def _codec_for(variant_name: str) -> Any:
+    from models.codecs import PixelUnshuffleCodec
+
+    return PixelUnshuffleCodec(get_variant(variant_name).token_stride)
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weight_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file of the prior's ``transformer/`` folder, by relative path."""
+    root = Path(folder) / TRANSFORMER_DIR
+    return {
+        path.relative_to(folder).as_posix(): _sha256(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def prior_digest(files: Mapping[str, str]) -> str:
+    """One sha256 over the (path, digest) list: the prior's identity."""
+    text = "".join(f"{name}\0{digest}\n" for name, digest in sorted(files.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    """The prior's ``prior.json``; a clear error when the folder holds no prior."""
+    path = Path(folder) / RECORD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: not a demo prior folder (build one with `make prior`)"
+        )
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("format") != RECORD_FORMAT:
+        raise PriorIntegrityError(f"{path}: not a demo prior record ({record.get('format')!r})")
+    return record
+
+
+def verify_prior(folder: Path) -> dict[str, Any]:
+    """Check every weight file against the record's sha256; return the record."""
+    folder = Path(folder)
+    record = read_record(folder)
+    expected = record.get("files", {})
+    actual = weight_files(folder)
+    if actual != expected:
+        changed = sorted(
+            name for name in set(actual) | set(expected) if actual.get(name) != expected.get(name)
+        )
+        raise PriorIntegrityError(
+            f"{folder}: files differ from {RECORD_FILE}: {', '.join(changed)} (rebuild with "
+            "`make prior`, or restore the shipped files with git)"
+        )
+    if prior_digest(actual) != record.get("sha256"):
+        raise PriorIntegrityError(f"{folder}: the combined sha256 does not match {RECORD_FILE}")
+    return record
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def _save_state(
+    path: Path,
+    step: int,
+    parts: PriorParts,
+    optimizer: Any,
+    generator: Any,
+    config: PriorConfig,
+    log: list[dict[str, Any]],
+) -> None:
+    temporary = path.with_suffix(".partial")
+    torch.save(
+        {
+            "config_digest": config.digest(),
+            "step": step,
+            "model": parts.transformer.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "log": log,
+        },
+        temporary,
+    )
+    os.replace(temporary, path)
+
+
+def train_prior(
+    config: PriorConfig,
+    out: Path,
+    *,
+    command: str = "",
+    print_fn: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train the prior into ``out`` (resuming ``out/.prior-state.pt``); return its record."""
+    from diffusers import __version__ as diffusers_version
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True)
+    photos = load_prior_photos(config)
+    parts = build_parts(config)
+    optimizer = torch.optim.AdamW(
+        parts.transformer.parameters(),
+        lr=config.lr,
+        betas=config.betas,
+        weight_decay=config.weight_decay,
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    state_path = out / STATE_FILE
+    step = 0
+    log: list[dict[str, Any]] = []
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        if state.get("config_digest") == config.digest():
+            parts.transformer.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            step = int(state["step"])
+            log = list(state.get("log", []))
+            print_fn(f"resuming the prior at step {step} from {state_path}")
+        else:
+            print_fn(f"{state_path} belongs to another config; starting afresh")
+    started = time.perf_counter()
+    window: list[float] = []
+    while step < config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(step)
+        references, targets, prompts = draw_batch(photos, config, generator)
+        loss = prior_loss(parts, config, references, targets, prompts, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parts.transformer.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        window.append(loss.item())
+        if step % config.log_every == 0 or step == config.steps:
+            entry = {"step": step, "loss": float(np.mean(window)), "lr": config.lr_at(step - 1)}
+            window = []
+            log.append(entry)
+            print_fn(
+                f"prior step {step}/{config.steps}: loss {entry['loss']:.4f} "
+                f"lr {entry['lr']:.2e} ({time.perf_counter() - started:.0f} s)"
+            )
+        if step % config.checkpoint_every == 0 and step < config.steps:
+            _save_state(state_path, step, parts, optimizer, generator, config, log)
+    elapsed = time.perf_counter() - started
+    transformer = parts.transformer.eval().to(torch.bfloat16)
+    transformer.save_pretrained(str(out / TRANSFORMER_DIR), safe_serialization=True)
+    shipped = type(transformer).from_pretrained(
+        str(out / TRANSFORMER_DIR), torch_dtype=torch.float32, local_files_only=True
+    )
+    quality = measure_prior(
+        shipped, parts.text_encoder, photos.evaluation * 1.0, variant_name=config.variant
+    )
+    files = weight_files(out)
+    record = {
+        "format": RECORD_FORMAT,
+        "variant": config.variant,
+        "command": command,
+        "config": json.loads(config.model_dump_json()),
+        "config_sha256": config.digest(),
+        "steps": config.steps,
+        "seed": config.seed,
+        "data": {
+            "train_photos": list(photos.train_ids),
+            "held_out_photos": list(photos.held_out_ids),
+            "photo_sha256": dict(photos.digests),
+            "note": "demo train-split photos only; the bench photos are never used",
+        },
+        "objective": {
+            "copy_probability": config.copy_probability,
+            "edits": {edit.name: list(edit.prompts) for edit in (COPY, *EDITS)},
+        },
+        "quality": {
+            "what": f"PSNR (dB) of the bf16 weights on {config.eval_crops} held-out "
+            f"{config.eval_size}px crops, {get_variant(config.variant).steps} Euler steps, seed 42",
+            "psnr": quality,
+        },
+        "parameters": sum(p.numel() for p in transformer.parameters()),
+        "training_seconds": round(elapsed, 1),
+        "environment": {
+            "torch": torch.__version__,
+            "diffusers": diffusers_version,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "threads": config.threads,
+        },
+        "files": files,
+        "sha256": prior_digest(files),
+    }
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    state_path.unlink(missing_ok=True)
+    print_fn(
+        f"prior written to {out}: sha256 {record['sha256'][:16]}..., "
+        + ", ".join(f"{name} {value:.2f} dB" for name, value in quality.items())
+    )
+    return record
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m models.prior`` command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m models.prior",
+        description="Pretrain the demo's editing prior (the demo stand-in for FLUX.2 klein).",
+    )
+    parser.add_argument("--out", type=Path, default=BUNDLED_PRIOR_DIR, help="Output folder.")
+    parser.add_argument("--steps", type=int, help="Optimizer steps (default: the config's).")
+    parser.add_argument("--seed", type=int, help="Seed (default 0).")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="After training, compare the weights with this prior folder's record (exit 1 if "
+        "they differ): `make prior` checks the shipped prior is reproduced bit for bit.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train a prior; optionally compare it with another (the shipped one)."""
+    args = build_parser().parse_args(argv)
+    changes: dict[str, Any] = {}
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    config = PriorConfig(**changes)
+    command = "python -m models.prior " + " ".join(sys.argv[1:] if argv is None else argv)
+    record = train_prior(config, args.out, command=command.strip())
+    if args.compare is not None:
+        reference = read_record(args.compare)
+        same = reference.get("sha256") == record["sha256"]
+        print(
+            f"{'identical to' if same else 'DIFFERS from'} {args.compare}: "
+            f"{record['sha256']} vs {reference.get('sha256')}"
+        )
+        return 0 if same else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
