@@ -13,7 +13,7 @@ STAMP := $(VENV)/.cotir-installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export COTIR_PROFILE ?= demo
 
-.PHONY: setup system-deps demo test lint dev clean
+.PHONY: setup system-deps demo test lint dev clean prior table-vii bench-model
 
 # Reinstall only when the dependency list changes.
 $(STAMP): pyproject.toml
@@ -36,6 +36,21 @@ system-deps:
 ## demo: materialize every asset of the DAG on the embedded demo profile
 demo: setup
 	$(BIN)/python -m assets.run_demo
+
+## prior: retrain the demo's editing prior from scratch (about an hour on 2 cores) and
+## check it is bit-for-bit the shipped one (models/demo_prior); PRIOR_OUT picks the folder
+PRIOR_OUT ?= .cotir/prior-rebuild
+prior: setup
+	$(BIN)/python -m models.prior --out $(PRIOR_OUT) --compare models/demo_prior
+
+## table-vii: the paper's Table VII at demo scale (4 arms x 3 seeds, after `make demo`)
+table-vii: setup
+	$(BIN)/dagster job execute -m assets.definitions -j table_vii
+
+## bench-model: the demo model's benchmarks (training step, restore), see docs/PERFORMANCE.md
+bench-model: setup
+	$(BIN)/python scripts/bench_training_step.py
+	$(BIN)/python scripts/bench_restore.py
 
 ## lint: ruff over the whole tree
 lint: setup

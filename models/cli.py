@@ -47,8 +47,9 @@ def _turn_path(output: Path, turn: int, turns: int) -> Path:
     "--variant",
     type=click.Choice(sorted(VARIANTS)),
     default=None,
-    help="Model variant. Default: the checkpoint's own variant, or 'tiny' (the CPU demo: "
-    "random weights, no downloads) without --checkpoint. Required for release checkpoints.",
+    help="Model variant. Default: the checkpoint's own variant, or 'demo' (the CPU demo's "
+    "shipped editing prior, no downloads) without --checkpoint. Required for release "
+    "checkpoints.",
 )
 @click.option(
     "--checkpoint",
@@ -118,7 +119,7 @@ def restore(
     try:
         if checkpoint is None:
             restorer = CoTIRRestorer.from_variant(
-                variant or "tiny", settings=settings, device=device, dtype=torch_dtype
+                variant or "demo", settings=settings, device=device, dtype=torch_dtype
             )
         else:
             restorer = CoTIRRestorer.from_pretrained(

@@ -487,8 +487,13 @@ def train_prior(
     *,
     command: str = "",
     print_fn: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Train the prior into ``out`` (resuming ``out/.prior-state.pt``); return its record."""
+    stop_after: int | None = None,
+) -> dict[str, Any] | None:
+    """Train the prior into ``out`` (resuming ``out/.prior-state.pt``); return its record.
+
+    ``stop_after`` saves the state after that many steps and returns None (an
+    interruption, for tests); a later call resumes exactly where it stopped.
+    """
     from diffusers import __version__ as diffusers_version
 
     out = Path(out)
@@ -539,8 +544,11 @@ def train_prior(
                 f"prior step {step}/{config.steps}: loss {entry['loss']:.4f} "
                 f"lr {entry['lr']:.2e} ({time.perf_counter() - started:.0f} s)"
             )
-        if step % config.checkpoint_every == 0 and step < config.steps:
+        if (step % config.checkpoint_every == 0 and step < config.steps) or step == stop_after:
             _save_state(state_path, step, parts, optimizer, generator, config, log)
+        if step == stop_after and step < config.steps:
+            print_fn(f"stopped after step {step}; the state is in {state_path}")
+            return None
     elapsed = time.perf_counter() - started
     transformer = parts.transformer.eval().to(torch.bfloat16)
     transformer.save_pretrained(str(out / TRANSFORMER_DIR), safe_serialization=True)
@@ -624,6 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = PriorConfig(**changes)
     command = "python -m models.prior " + " ".join(sys.argv[1:] if argv is None else argv)
     record = train_prior(config, args.out, command=command.strip())
+    if record is None:
+        return 1
     if args.compare is not None:
         reference = read_record(args.compare)
         same = reference.get("sha256") == record["sha256"]

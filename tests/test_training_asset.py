@@ -60,8 +60,12 @@ def test_the_asset_trains_through_pipes_and_reports_metrics_and_plots(
 
     result = dg.materialize(assets, resources=resources)
     assert result.success
-    (event,) = result.get_asset_materialization_events()
-    metadata = event.materialization.metadata
+    events = {
+        e.materialization.asset_key.to_user_string(): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    assert events["base_model"]["kind"].value == "random (test toy, no base)"
+    metadata = events["cotir_checkpoint"]
     assert metadata["variant"].value == "tiny"
     assert metadata["steps"].value == 6
     assert metadata["metric_records_streamed"].value == 6
@@ -74,19 +78,38 @@ def test_the_asset_trains_through_pipes_and_reports_metrics_and_plots(
     checkpoint = Path(metadata["checkpoint"].value)
     assert (checkpoint / "cotir.json").is_file()
     assert len(metadata["checkpoint_sha256"].value) == 64
-    # The checkpoint was uploaded to the store under checkpoints/tiny/<run id>/.
-    run_prefix = f"{CHECKPOINTS_PREFIX}/tiny/{result.run_id}"
+    # The checkpoint was uploaded to the store under checkpoints/tiny/<run id>/, the run id
+    # derived from what determines the weights (command, shards, base).
+    run_id = metadata["run_id"].value
+    assert run_id.startswith("r")
+    assert len(run_id) == 11
+    run_prefix = f"{CHECKPOINTS_PREFIX}/tiny/{run_id}"
     assert shard_store.get_text(f"{run_prefix}/latest").strip() == "step-0000006"
     assert shard_store.exists(f"{run_prefix}/step-0000006/model/cotir.json")
     assert metadata["checkpoint_uri"].value.endswith(f"{run_prefix}/step-0000006/model")
     (check,) = result.get_asset_check_evaluations()
     assert check.passed
+    marker = shard_store.get_text(f"{run_prefix}/step-0000006/checkpoint.json")
+    assert '"final": true' in marker
+    assert f'"run": "{run_id}"' in marker
+
+    # Nothing changed: the same run folder is found finished, nothing is trained again.
+    again = dg.materialize(assets, resources=resources)
+    assert again.success
+    (repeat,) = [
+        e.materialization.metadata
+        for e in again.get_asset_materialization_events()
+        if e.materialization.asset_key.to_user_string() == "cotir_checkpoint"
+    ]
+    assert repeat["run_id"].value == run_id
+    assert repeat["checkpoint_sha256"].value == metadata["checkpoint_sha256"].value
+    assert repeat["metric_records_streamed"].value == 0
 
 
 def test_missing_shards_fail_the_asset_clearly(tmp_path: Path) -> None:
     resources = {
         "store": ObjectStoreResource(url=str(tmp_path / "empty-store")),
-        "training": TrainingResource(output_dir=str(tmp_path / "training")),
+        "training": TrainingResource(variant="tiny", output_dir=str(tmp_path / "training")),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
     result = dg.materialize(build_training_assets(), resources=resources, raise_on_error=False)
@@ -130,9 +153,11 @@ def test_commands_for_each_launcher(tmp_path: Path) -> None:
 
 def test_resources_from_settings(tmp_path: Path) -> None:
     demo = training_resources(CotirSettings(home=tmp_path))
-    assert demo["training"].variant == "tiny"
+    assert demo["training"].variant == "demo"
     assert demo["training"].launcher == "python"
-    assert demo["training"].steps is not None
+    # The demo's main run starts the flow at the LQ; the paper's objective is its own asset.
+    assert demo["training"].flow_start == "reference"
+    assert demo["training"].paper_objective_run
     assert demo["training"].output_dir == str(tmp_path.resolve() / "training")
     assert isinstance(demo["pipes_subprocess_client"], dg.PipesSubprocessClient)
     full = TrainingResource.from_settings(
@@ -144,6 +169,13 @@ def test_resources_from_settings(tmp_path: Path) -> None:
         8,
         None,
     )
+    assert full.flow_start == "noise"
+    assert not full.paper_objective_run
+    names = [a.key.to_user_string() for a in build_training_assets(paper_objective_run=True)]
+    assert names == ["base_model", "cotir_checkpoint", "cotir_checkpoint_paper_objective"]
+    command = demo["training"].command(shards="/s", out=tmp_path / "r", store_url=None)
+    assert command[command.index("--flow-start") + 1] == "reference"
+    assert "--base" not in command  # the variant's own (shipped) base
 
 
 def test_metrics_table_samples_rows() -> None:

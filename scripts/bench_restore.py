@@ -1,0 +1,128 @@
+"""Benchmark ``cotir restore`` on a 128 px image: cold start and per-image time.
+
+In one run:
+
+- cold: ``cotir restore`` as a fresh process (wall time, end to end: imports, model
+  and checkpoint loading, the Euler steps, the PNG), ``--repeats`` times; the
+  baseline is a fresh process that only imports torch and PIL and reads the image,
+  the floor any Python CLI on torch pays here;
+- warm: per-image restore time in a loaded process (median of ``--repeats``), against
+  the classical tool chain on the same image as the baseline.
+
+It prints each number and the ratios. ``--checkpoint`` is a trained demo checkpoint
+(its ``model/`` folder); without it the shipped prior alone is timed.
+
+    .venv/bin/python scripts/bench_restore.py \
+        --checkpoint .cotir/training/demo/<run>/checkpoints/step-0000600/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROMPT = "Please remove the haze."
+COLD_BASELINE = (
+    "import sys, torch\nfrom PIL import Image\nImage.open(sys.argv[1]).convert('RGB').load()\n"
+)
+
+
+def _cotir_command() -> list[str]:
+    binary = Path(sys.executable).with_name("cotir")
+    if binary.is_file():
+        return [str(binary)]
+    return [sys.executable, "-m", "cotir_pipeline.cli"]
+
+
+def _wall(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def _bench_image(folder: Path) -> Path:
+    from PIL import Image
+
+    from cotir_pipeline.demo_photos import DEMO_PHOTOS, load_photo
+
+    photo = next(p for p in DEMO_PHOTOS if p.photo_id == "coffee")
+    pixels = load_photo(photo)[100:228, 200:328]
+    hazy = np.clip(pixels * 0.55 + 0.45 * 220, 0, 255).astype(np.uint8)
+    path = folder / "hazy-128.png"
+    Image.fromarray(hazy).save(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time cold and warm restores and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, help="A demo checkpoint's model/ folder.")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    env_note = f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        image = _bench_image(folder)
+        command = [*_cotir_command(), "restore", str(image), "-p", PROMPT, "-o"]
+        if args.checkpoint is not None:
+            extra = ["--checkpoint", str(args.checkpoint)]
+        else:
+            extra = ["--variant", "demo"]
+        cold = [_wall([*command, str(folder / f"out{i}.png"), *extra]) for i in range(args.repeats)]
+        floor = [
+            _wall([sys.executable, "-c", COLD_BASELINE, str(image)]) for _ in range(args.repeats)
+        ]
+
+        from PIL import Image
+
+        from cotir_pipeline.evaluation.restorers import SequentialToolChain
+        from models.restore import CoTIRRestorer
+
+        if args.checkpoint is not None:
+            restorer = CoTIRRestorer.from_pretrained(args.checkpoint)
+        else:
+            restorer = CoTIRRestorer.from_variant("demo")
+        lq = Image.open(image).convert("RGB")
+        restorer.restore(lq, PROMPT)  # warm-up
+        warm = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            restorer.restore(lq, PROMPT)
+            warm.append(time.perf_counter() - started)
+        chain = SequentialToolChain(order="label", name="classical_chain")
+        array = np.asarray(lq)
+        chain.restore(array, PROMPT, "haze")
+        classical = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            chain.restore(array, PROMPT, "haze")
+            classical.append(time.perf_counter() - started)
+
+    cold_s, floor_s = statistics.median(cold), statistics.median(floor)
+    warm_s, chain_s = statistics.median(warm), statistics.median(classical)
+    print(f"cotir restore, 128x128 px, {restorer.variant.steps} Euler steps, {env_note}")
+    print("| measurement | seconds (median) | baseline | baseline seconds | ratio |")
+    print("|---|---:|---|---:|---:|")
+    print(
+        f"| cold `cotir restore` process | {cold_s:.2f} | python + import torch + read image "
+        f"| {floor_s:.2f} | {cold_s / floor_s:.2f}x |"
+    )
+    print(
+        f"| warm restore, one image | {warm_s:.3f} | classical tool chain (haze) "
+        f"| {chain_s:.3f} | {warm_s / chain_s:.2f}x |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
