@@ -474,3 +474,81 @@ def test_checkpoints_are_found_by_marker_with_their_declared_hash(tmp_path: Path
     assert len(computed) == 64
     store.put_text("checkpoints/b/extra.bin", "x")
     assert find_checkpoints(store)[-1].hash != computed  # a changed folder is a new method
+
+
+def _marker(step: int, final: bool, run: str = "r0123456789") -> str:
+    """A training marker as ``models.train`` writes it (hash declared, run and step named)."""
+    return json.dumps(
+        {
+            "step": step,
+            "total_steps": 10,
+            "final": final,
+            "run": run,
+            "variant": "demo",
+            "flow_start": "reference",
+            "constraint_mode": "lagrangian",
+            "model_sha256": f"{step:02d}" * 32,
+        }
+    )
+
+
+def test_checkpoint_methods_say_variant_recipe_run_and_step(tmp_path: Path) -> None:
+    from assets.evaluation import checkpoint_method
+
+    marker = json.loads(_marker(10, True))
+    assert checkpoint_method(marker, "ab" * 32) == "cotir-demo-lqflow-r0123456789-s10"
+    paper = {**marker, "flow_start": "noise", "constraint_mode": "union", "variant": "cotir-4b"}
+    assert checkpoint_method(paper, "ab" * 32) == "cotir-4b-paper-union-r0123456789-s10"
+    assert checkpoint_method({"step": 3}, "ab" * 32) == "cotir-abababababab"
+
+
+def test_the_sensor_evaluates_final_checkpoints_and_skips_scored_benches(tmp_path: Path) -> None:
+    """Intermediate checkpoints are opt-in; a bench whose scores exist is not requested."""
+    store_root = tmp_path / "store"
+    store = LocalObjectStore(store_root)
+    for step, final in ((5, False), (10, True)):
+        store.put_text(f"checkpoints/demo/r0123456789/step-{step:07d}/model/cotir.json", "{}")
+        store.put_text(
+            f"checkpoints/demo/r0123456789/step-{step:07d}/{CHECKPOINT_MARKER}",
+            _marker(step, final),
+        )
+    settings = CotirSettings(home=tmp_path / "home", store=store_root.as_uri())
+    final_method = "cotir-demo-lqflow-r0123456789-s10"
+
+    def tick(evaluation: EvaluationResource, instance: dg.DagsterInstance) -> Any:
+        built = build_evaluation_definitions(settings, evaluation=evaluation)
+        definitions = dg.Definitions(
+            assets=built.assets,
+            jobs=built.jobs,
+            sensors=built.sensors,
+            resources={"store": ObjectStoreResource.from_settings(settings), **built.resources},
+        )
+        return definitions.resolve_sensor_def(CHECKPOINT_SENSOR).evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance,
+                instance_ref=instance.get_ref(),
+                resources=definitions.resources,
+                definitions=definitions,
+            )
+        )
+
+    default = EvaluationResource.from_settings(settings)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(METHODS_PARTITIONS, [final_method])
+        scored = evaluation_partition(final_method, "demo_bench")
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key="metric_scores", partition=str(scored))
+        )
+        requested = sorted(
+            split_evaluation_partition(r.partition_key)
+            for r in tick(default, instance).run_requests
+        )
+        assert requested == [
+            (final_method, bench) for bench in sorted(DEMO_BENCHES) if bench != "demo_bench"
+        ]
+        everything = EvaluationResource(
+            **{**default.model_dump(), "evaluate_intermediate_checkpoints": True}
+        )
+        requests = tick(everything, instance).run_requests
+        methods = {split_evaluation_partition(r.partition_key)[0] for r in requests}
+        assert methods == {final_method, "cotir-demo-lqflow-r0123456789-s5"}
