@@ -31,6 +31,7 @@ from assets.evaluation import (
 )
 from assets.execution import entry_point_settings
 from assets.resources import ObjectStoreResource
+from cotir_pipeline.store import ObjectStore
 
 #: The asset whose materialized partitions say a method x bench pair is scored.
 SCORES_KEY = dg.AssetKey("metric_scores")
@@ -49,6 +50,18 @@ def _report(result: dg.ExecuteInProcessResult, what: str) -> bool:
         if event.is_step_failure and event.step_key:
             print(f"  step {event.step_key} failed: {event.event_specific_data}")
     return result.success
+
+
+#: The tables printed at the end of the demo: overall and per task on the main bench set.
+PRINTED_TABLES = ("table_ii.md", "table_iii.md")
+
+
+def _print_tables(store: ObjectStore) -> None:
+    """Print Tables II and III (every method's rows, ours beside the paper's reported ones)."""
+    for name in PRINTED_TABLES:
+        key = f"{BENCHMARK_TABLES_PREFIX}/{name}"
+        if store.exists(key):
+            print("\n" + store.get_text(key).strip())
 
 
 def main() -> int:
@@ -84,6 +97,8 @@ def main() -> int:
                 instance=instance, raise_on_error=False
             )
             ok = _report(reporting, "reporting") and ok
+            if reporting.success:
+                _print_tables(store)
             lineage = definitions.resolve_job_def(LINEAGE_JOB_NAME).execute_in_process(
                 instance=instance, raise_on_error=False
             )

@@ -42,7 +42,7 @@ DEMO_STAGES = (
     (0.75, 64, 8, "crop"),
     (1.0, 128, 4, "crop"),
 )
-DEMO_LR = 1e-3
+DEMO_LR = 2e-3
 DEMO_WARMUP = 30
 #: The tiny test variants: the same four stages at 1/8 of the paper's sizes.
 TINY_TOTAL_STEPS = 48
