@@ -59,6 +59,8 @@ TRANSFORMER_DIR = "transformer"
 #: Resumable training state (removed when the prior is finished).
 STATE_FILE = ".prior-state.pt"
 RECORD_FORMAT = "cotir-demo-prior/1"
+#: Euler steps of the quality measurement (fixed, whatever the variant samples with).
+PRIOR_EVAL_STEPS = 8
 
 
 class PriorIntegrityError(RuntimeError):
@@ -360,7 +362,7 @@ def measure_prior(
     images01: torch.Tensor,
     *,
     variant_name: str = PRIOR_VARIANT,
-    steps: int | None = None,
+    steps: int = PRIOR_EVAL_STEPS,
 ) -> dict[str, float]:
     """Copy and edit PSNR on ``images01`` through the demo's own restore path (seed 42)."""
     from PIL import Image
@@ -381,7 +383,7 @@ def measure_prior(
         for image, target in zip(images01, targets, strict=True):
             array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             out = restorer.restore(Image.fromarray(array), edit.prompts[0], steps)
-            restored = torch.from_numpy(np.asarray(out)).permute(2, 0, 1).float() / 255
+            restored = torch.from_numpy(np.array(out)).permute(2, 0, 1).float() / 255
             scores.append(float(psnr(restored.unsqueeze(0), target.unsqueeze(0))[0]))
         results[edit.name] = float(np.mean(scores))
     model.remove_hooks()
@@ -579,7 +581,7 @@ def train_prior(
         },
         "quality": {
             "what": f"PSNR (dB) of the bf16 weights on {config.eval_crops} held-out "
-            f"{config.eval_size}px crops, {get_variant(config.variant).steps} Euler steps, seed 42",
+            f"{config.eval_size}px crops, {PRIOR_EVAL_STEPS} Euler steps, seed 42",
             "psnr": quality,
         },
         "parameters": sum(p.numel() for p in transformer.parameters()),
