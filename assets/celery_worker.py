@@ -36,11 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(executable).exists():
         executable = shutil.which("dagster-celery") or "dagster-celery"
     command = [
-        executable, "worker", "start", "-A", "dagster_celery.app", "-y", str(config_path),
-        "-q", arguments.queue, "--loglevel", arguments.loglevel,
-        "-n", arguments.name or arguments.queue,
+        executable,
+        "worker",
+        "start",
+        "-A",
+        "dagster_celery.app",
+        "-y",
+        str(config_path),
+        "-q",
+        arguments.queue,
+        "--loglevel",
+        arguments.loglevel,
+        "-n",
+        arguments.name or arguments.queue,
         # One step at a time per worker process; start more workers for more parallelism.
-        "--", "--concurrency", str(arguments.concurrency),
+        "--",
+        "--concurrency",
+        str(arguments.concurrency),
     ]
     # dagster-celery starts `celery` by name: make this environment's scripts findable.
     scripts = str(Path(sys.executable).parent)

@@ -39,7 +39,7 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
     evaluation = build_evaluation_definitions(settings, tags)
     annotation_assets = build_annotation_assets(catalog, pair_shards, tags)
     training_assets = build_training_assets(
-        tags, paper_objective_run=training_resources(settings)["training"].paper_objective_run
+        tags, lq_flow_run=training_resources(settings)["training"].lq_flow_run
     )
     lineage_assets = build_lineage_assets(
         [

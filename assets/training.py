@@ -39,8 +39,8 @@ TRAIN_MODULE = "models.train"
 CHECKPOINTS_PREFIX = "checkpoints"
 #: The demo runs: the ``demo`` variant on its shipped prior (the variant's own schedule).
 DEMO_VARIANT = "demo"
-#: The demo's second training asset: the paper's objective (flow from noise).
-PAPER_OBJECTIVE_ASSET = "cotir_checkpoint_paper_objective"
+#: The demo's second training asset: the same run with the flow started at the LQ.
+LQ_FLOW_ASSET = "cotir_checkpoint_lq_flow"
 #: Where a rebuilt demo prior goes, under COTIR_HOME.
 REBUILT_PRIOR_DIR = "base_model/rebuilt-prior"
 #: Rows of the metrics table in the asset's metadata.
@@ -76,12 +76,12 @@ class TrainingResource(dg.ConfigurableResource):
     )
     flow_start: Literal["noise", "reference"] = Field(
         default="noise",
-        description="Main run's flow start: noise (the paper) or the LQ tokens (demo recipe).",
+        description="Main run's flow start: noise (the paper's objective) or the LQ tokens.",
     )
-    paper_objective_run: bool = Field(
+    lq_flow_run: bool = Field(
         default=False,
-        description="Also train the paper's objective (flow from noise) as the asset "
-        f"{PAPER_OBJECTIVE_ASSET} (the demo, whose main run starts from the LQ).",
+        description="Also train the same run with the flow started at the LQ tokens, as the "
+        f"asset {LQ_FLOW_ASSET} (the demo: a documented comparison row).",
     )
     base: Literal["default", "rebuild"] = Field(
         default="default",
@@ -101,15 +101,14 @@ class TrainingResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: CotirSettings) -> Self:
-        """Demo: the demo variant on its shipped prior, both objectives; full: CoTIR-4B, 8 GPUs."""
+        """Demo: the demo variant on its shipped prior, both flow starts; full: CoTIR-4B, 8 GPUs."""
         output_dir = str(settings.home / "training")
         weights = str(settings.weights_dir) if settings.weights_dir else None
         if settings.profile is Profile.DEMO:
             return cls(
                 variant=DEMO_VARIANT,
                 output_dir=output_dir,
-                flow_start="reference",
-                paper_objective_run=True,
+                lq_flow_run=True,
                 home=str(settings.home),
                 weights_dir=weights,
             )
@@ -368,9 +367,9 @@ def rebuild_prior(training: TrainingResource, log: Callable[[str], None]) -> Non
 def build_training_assets(
     op_tags: Callable[[str], dict[str, str]] = lambda name: {},
     *,
-    paper_objective_run: bool = False,
+    lq_flow_run: bool = False,
 ) -> list[dg.AssetsDefinition]:
-    """``base_model``, ``cotir_checkpoint`` and, for the demo, the paper-objective run.
+    """``base_model``, ``cotir_checkpoint`` and, for the demo, the LQ-flow comparison run.
 
     ``op_tags`` routes each asset (e.g. training to a GPU queue).
     """
@@ -407,8 +406,8 @@ def build_training_assets(
         return dg.MaterializeResult(metadata=metadata)
 
     assets = [base_model, _checkpoint_asset("cotir_checkpoint", None, op_tags)]
-    if paper_objective_run:
-        assets.append(_checkpoint_asset(PAPER_OBJECTIVE_ASSET, "noise", op_tags))
+    if lq_flow_run:
+        assets.append(_checkpoint_asset(LQ_FLOW_ASSET, "reference", op_tags))
     return assets
 
 
@@ -416,9 +415,10 @@ def _checkpoint_asset(
     name: str, flow_start: str | None, op_tags: Callable[[str], dict[str, str]]
 ) -> dg.AssetsDefinition:
     objective = (
-        "the paper's objective (flow from noise to HQ, the LQ as reference tokens)"
-        if flow_start == "noise"
-        else "the profile's main recipe (TrainingResource.flow_start)"
+        "the flow started at the LQ tokens (a comparison row: z_t = (1 - t) HQ + t LQ)"
+        if flow_start == "reference"
+        else "the profile's main recipe (TrainingResource.flow_start; the paper's objective: "
+        "flow from noise to HQ, the LQ as reference tokens)"
     )
 
     @dg.asset(
@@ -530,7 +530,7 @@ class TableVIIResource(dg.ConfigurableResource):
     )
     bench: str = Field(default="demo_bench", description="Bench set the arms are scored on.")
     flow_start: Literal["noise", "reference"] = Field(
-        default="reference", description="Flow start of every arm (the demo's main recipe)."
+        default="noise", description="Flow start of every arm (the demo's main recipe)."
     )
     output_dir: str = Field(description="Local folder of the arms' runs and outputs.")
 

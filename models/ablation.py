@@ -129,7 +129,7 @@ def run_table_vii(
     seeds: Sequence[int] = (0, 1, 2),
     arms: Sequence[str] = tuple(ARMS),
     steps: int | None = None,
-    flow_start: str = "reference",
+    flow_start: str = "noise",
     log: Callable[[str], None] = print,
 ) -> list[ArmScore]:
     """Train and score every arm x seed; finished arms are read back, not retrained."""
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), help="Arms (a d e f).")
     parser.add_argument("--steps", type=int, help="Steps per arm (default: the variant's).")
     parser.add_argument(
-        "--flow-start", default="reference", choices=["noise", "reference"], help="Flow start."
+        "--flow-start", default="noise", choices=["noise", "reference"], help="Flow start."
     )
     return parser
 

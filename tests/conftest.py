@@ -155,9 +155,7 @@ def browser(service_report: list[str]) -> Iterator[object]:
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> ObjectStore:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     """Each behaviour test runs once on a local folder and once on radosgw."""
     if request.param == "local":
         return LocalObjectStore(tmp_path / "store")

@@ -84,10 +84,12 @@ def test_training_images_are_the_pair_shard_bytes(sharded_store: LocalObjectStor
     with tempfile.TemporaryDirectory() as work:
         pair_tar = Path(work) / "pair.tar"
         train_tar = Path(work) / "train.tar"
-        sharded_store.download_file(row["pair_shard_uri"].removeprefix(sharded_store.url + "/"),
-                                    pair_tar)
-        sharded_store.download_file(row["shard_uri"].removeprefix(sharded_store.url + "/"),
-                                    train_tar)
+        sharded_store.download_file(
+            row["pair_shard_uri"].removeprefix(sharded_store.url + "/"), pair_tar
+        )
+        sharded_store.download_file(
+            row["shard_uri"].removeprefix(sharded_store.url + "/"), train_tar
+        )
         pair = {s.key: s for s in read_shard(pair_tar)}[row["sample_id"]]
         train = {s.key: s for s in read_shard(train_tar)}[row["sample_id"]]
     assert train.hq_png == pair.hq_png

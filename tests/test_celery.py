@@ -36,8 +36,19 @@ def redis_port(tmp_path: Path, service_report: list[str]) -> Iterator[int]:
         skip_or_fail("redis-server not found")
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -94,8 +105,15 @@ def test_a_partition_runs_on_two_celery_workers(redis_port: int, tmp_path: Path)
         log = open(tmp_path / f"worker-{queue}.log", "wb")  # noqa: SIM115 - closed below
         workers[queue] = (
             subprocess.Popen(
-                [sys.executable, "-m", "assets.celery_worker", "--queue", queue,
-                 "--name", f"{queue}-test@%h"],
+                [
+                    sys.executable,
+                    "-m",
+                    "assets.celery_worker",
+                    "--queue",
+                    queue,
+                    "--name",
+                    f"{queue}-test@%h",
+                ],
                 cwd=REPO_ROOT,
                 env=environment,
                 stdout=log,
@@ -113,9 +131,17 @@ def test_a_partition_runs_on_two_celery_workers(redis_port: int, tmp_path: Path)
                     pytest.fail(f"{queue} worker not ready:\n{path.read_text()[-3000:]}")
                 time.sleep(0.5)
         run = subprocess.run(
-            [str(Path(sys.executable).with_name("dagster")), "asset", "materialize",
-             "-f", "assets/definitions.py", "--partition", "demo",
-             "--select", "pipeline_environment,source_catalog,raw_pairs,pair_shards"],
+            [
+                str(Path(sys.executable).with_name("dagster")),
+                "asset",
+                "materialize",
+                "-f",
+                "assets/definitions.py",
+                "--partition",
+                "demo",
+                "--select",
+                "pipeline_environment,source_catalog,raw_pairs,pair_shards",
+            ],
             cwd=REPO_ROOT,
             env=environment,
             capture_output=True,

@@ -67,8 +67,17 @@ def test_bench_restores_and_scores_a_bench_set(tmp_path: Path) -> None:
 
     chain = runner.invoke(
         cli,
-        [*arguments[:3], str(tmp_path / "chain"), "--json", "--method", "classical_chain",
-         "--prompt", "precise", "--metrics", "psnr,musiq"],
+        [
+            *arguments[:3],
+            str(tmp_path / "chain"),
+            "--json",
+            "--method",
+            "classical_chain",
+            "--prompt",
+            "precise",
+            "--metrics",
+            "psnr,musiq",
+        ],
     )
     assert chain.exit_code == 0, chain.output
     chained = json.loads(chain.stdout.strip().splitlines()[-1])["mean"]["precise"]

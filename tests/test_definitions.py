@@ -116,9 +116,10 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         # The lineage index joins every stage; the UI's look-up job reports one chain.
         indexed_run = definitions.resolve_job_def("lineage").execute_in_process(instance=instance)
         index_metadata = indexed_run.asset_materializations_for_node("sample_lineage")[0].metadata
-        assert index_metadata["samples"].value == shards["samples_ok"].value + shards[
-            "samples_dropped"
-        ].value
+        assert (
+            index_metadata["samples"].value
+            == shards["samples_ok"].value + shards["samples_dropped"].value
+        )
         trained = store.get_bytes("training_shards/manifest.parquet")
         sample = pq.read_table(io.BytesIO(trained)).column("sample_id")[0].as_py()
         looked_up = definitions.resolve_job_def("lineage_lookup").execute_in_process(

@@ -97,7 +97,9 @@ def fetched_source(tmp_path: Path) -> tuple[Path, list[SplitRule]]:
             lq_key=r"^(?P<key>\d+)_\d+$",
         ),
         SplitRule(
-            name="test", lq_glob="test/lr/*.png", hq_glob="test/hr/*.png",
+            name="test",
+            lq_glob="test/lr/*.png",
+            hq_glob="test/hr/*.png",
             degradation="low_resolution",
         ),
     ]

@@ -91,10 +91,25 @@ def test_sample_id_is_a_stable_content_hash() -> None:
 
 def test_manifest_round_trip_sorted_by_sample_id() -> None:
     rows = [
-        {"sample_id": "b", "source": "s", "item_key": "2", "split": "train",
-         "degradation": "noise", "task": "DN", "status": "ok"},
-        {"sample_id": "a", "source": "s", "item_key": "1", "split": "train",
-         "degradation": "noise", "task": "DN", "status": "dropped", "reason": "corrupt"},
+        {
+            "sample_id": "b",
+            "source": "s",
+            "item_key": "2",
+            "split": "train",
+            "degradation": "noise",
+            "task": "DN",
+            "status": "ok",
+        },
+        {
+            "sample_id": "a",
+            "source": "s",
+            "item_key": "1",
+            "split": "train",
+            "degradation": "noise",
+            "task": "DN",
+            "status": "dropped",
+            "reason": "corrupt",
+        },
     ]
     table = read_manifest(manifest_bytes(rows))
     assert table.schema.equals(MANIFEST_SCHEMA)

@@ -155,9 +155,9 @@ def test_resources_from_settings(tmp_path: Path) -> None:
     demo = training_resources(CotirSettings(home=tmp_path))
     assert demo["training"].variant == "demo"
     assert demo["training"].launcher == "python"
-    # The demo's main run starts the flow at the LQ; the paper's objective is its own asset.
-    assert demo["training"].flow_start == "reference"
-    assert demo["training"].paper_objective_run
+    # The demo's main run is the paper's objective; the LQ-flow comparison is its own asset.
+    assert demo["training"].flow_start == "noise"
+    assert demo["training"].lq_flow_run
     assert demo["training"].output_dir == str(tmp_path.resolve() / "training")
     assert isinstance(demo["pipes_subprocess_client"], dg.PipesSubprocessClient)
     full = TrainingResource.from_settings(
@@ -170,10 +170,14 @@ def test_resources_from_settings(tmp_path: Path) -> None:
         None,
     )
     assert full.flow_start == "noise"
-    assert not full.paper_objective_run
-    names = [a.key.to_user_string() for a in build_training_assets(paper_objective_run=True)]
-    assert names == ["base_model", "cotir_checkpoint", "cotir_checkpoint_paper_objective"]
+    assert not full.lq_flow_run
+    names = [a.key.to_user_string() for a in build_training_assets(lq_flow_run=True)]
+    assert names == ["base_model", "cotir_checkpoint", "cotir_checkpoint_lq_flow"]
     command = demo["training"].command(shards="/s", out=tmp_path / "r", store_url=None)
+    assert command[command.index("--flow-start") + 1] == "noise"
+    command = demo["training"].command(
+        shards="/s", out=tmp_path / "r", store_url=None, flow_start="reference"
+    )
     assert command[command.index("--flow-start") + 1] == "reference"
     assert "--base" not in command  # the variant's own (shipped) base
 

@@ -60,7 +60,8 @@ def test_launch_the_demo_partition_from_the_ui_and_inspect_it(
         status = None
         while time.monotonic() < deadline:
             runs = [
-                run for run in _runs(dagster_ui)
+                run
+                for run in _runs(dagster_ui)
                 if {"key": "dagster/partition", "value": "demo"} in run["tags"]
             ]
             status = runs[0]["status"] if runs else None
