@@ -16,6 +16,7 @@ from assets.resources import ObjectStoreResource, ProfileResource
 from assets.training import (
     TABLE_VII_JOB,
     TableVIIResource,
+    TrainingResource,
     build_table_vii_asset,
     build_training_assets,
     training_resources,
@@ -31,16 +32,18 @@ DEMO_JOB_NAME = "demo"
 LINEAGE_JOB_NAME = "lineage"
 
 
-def build_definitions(settings: CotirSettings) -> dg.Definitions:
-    """The code location for the given settings (tests pass their own)."""
+def build_definitions(
+    settings: CotirSettings, *, training: TrainingResource | None = None
+) -> dg.Definitions:
+    """The code location for the given settings (tests pass their own, and may pass a
+    shorter ``training`` resource)."""
     catalog = load_catalog()
     tags = lambda name: queue_tags(name, settings)  # noqa: E731 - one-line routing rule
     source_catalog, raw_pairs, pair_shards = build_data_stage_assets(catalog, tags)
     evaluation = build_evaluation_definitions(settings, tags)
     annotation_assets = build_annotation_assets(catalog, pair_shards, tags)
-    training_assets = build_training_assets(
-        tags, lq_flow_run=training_resources(settings)["training"].lq_flow_run
-    )
+    training_resource = training or training_resources(settings)["training"]
+    training_assets = build_training_assets(tags, lq_flow_run=training_resource.lq_flow_run)
     lineage_assets = build_lineage_assets(
         [
             raw_pairs.key,
@@ -96,6 +99,7 @@ def build_definitions(settings: CotirSettings) -> dg.Definitions:
             "annotation": AnnotationResource.from_settings(settings),
             **evaluation.resources,
             **training_resources(settings),
+            "training": training_resource,
             "table_vii_config": TableVIIResource.from_settings(settings),
         },
     )

@@ -515,7 +515,7 @@ def _checkpoint_asset(
 
 
 #: The Table VII job (not part of the demo job: it trains 4 arms x 3 seeds).
-TABLE_VII_JOB = "table_vii"
+TABLE_VII_JOB = "table_vii_ablation"
 #: Store key of the Table VII markdown (its own prefix: reporting rewrites benchmark_tables/).
 TABLE_VII_KEY = "table_vii/table_vii.md"
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets.definitions import build_definitions, defs
+from assets.training import TrainingResource
 from cotir_pipeline.settings import CotirSettings
 from cotir_pipeline.store import LocalObjectStore
 from cotir_test_support import REPO_ROOT, free_port
@@ -59,17 +60,23 @@ def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
 
 
 def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSettings) -> None:
-    definitions = build_definitions(settings)
+    # The demo's two fine-tunes, shortened to 8 steps each (the DAG is what is tested here).
+    training = TrainingResource(
+        **{**TrainingResource.from_settings(settings).model_dump(), "steps": 8}
+    )
+    definitions = build_definitions(settings, training=training)
     all_keys = definitions.resolve_asset_graph().get_all_asset_keys()
     # The method x bench assets and the tables run in the evaluation and reporting jobs
     # (an asset job takes one partitions definition); the demo job runs everything else.
     evaluated = {dg.AssetKey(name) for name in ("restorations", "metric_scores")}
     reported = {dg.AssetKey("benchmark_tables")}
     indexed = {dg.AssetKey("sample_lineage")}
+    ablation = {dg.AssetKey("table_vii")}  # its own job
     for name, keys in (
         ("evaluation", evaluated),
         ("reporting", reported),
         ("lineage", indexed),
+        ("table_vii_ablation", ablation),
     ):
         assert set(definitions.resolve_job_def(name).asset_layer.executable_asset_keys) == keys
     job = definitions.resolve_job_def("demo")
@@ -77,7 +84,7 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         first = job.execute_in_process(instance=instance, partition_key="demo")
         assert first.success
         materialized = {event.asset_key for event in first.get_asset_materialization_events()}
-        assert materialized == set(all_keys) - evaluated - reported - indexed
+        assert materialized == set(all_keys) - evaluated - reported - indexed - ablation
         checks = [
             event.event_specific_data
             for event in first.all_events

@@ -136,7 +136,7 @@ def test_the_base_model_asset_checks_the_prior(tmp_path: Path) -> None:
     record["config_sha256"] = PriorConfig().digest()  # up to date: no retraining
     record["files"] = {name: "0" * 64 for name in record["files"]}
     (rebuilt / RECORD_FILE).write_text(json.dumps(record))
-    training = training.model_copy(update={"base": "rebuild"})
+    training = TrainingResource(**{**training.model_dump(), "base": "rebuild"})
     failed = dg.materialize([base_model], resources={"training": training}, raise_on_error=False)
     assert not failed.success
     error = failed.get_step_failure_events()[0].step_failure_data.error
