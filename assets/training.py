@@ -107,6 +107,7 @@ class TrainingResource(dg.ConfigurableResource):
         if settings.profile is Profile.DEMO:
             return cls(
                 variant=DEMO_VARIANT,
+                steps=settings.train_steps,
                 output_dir=output_dir,
                 lq_flow_run=True,
                 home=str(settings.home),
@@ -114,6 +115,7 @@ class TrainingResource(dg.ConfigurableResource):
             )
         return cls(
             variant="cotir-4b",
+            steps=settings.train_steps,
             launcher="accelerate",
             num_processes=8,
             output_dir=output_dir,

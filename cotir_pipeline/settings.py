@@ -79,6 +79,12 @@ class CotirSettings(BaseSettings):
         description="Folder with local model weights (diffusers folders, CoTIR checkpoints, "
         "metric weights); nothing is ever downloaded. Required by the full profile.",
     )
+    train_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Length of the training runs the pipeline launches (every stage, warm-up "
+        "and curriculum boundary scaled to it); empty keeps the variant's schedule (demo: 600).",
+    )
     annotation_backend: Literal["template", "vllm"] | None = Field(
         default=None,
         description="Who writes the CoT annotations: deterministic templates (no network) or "
