@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the torch convention
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.checkpoint_io import file_sha256
 from models.variants import get_variant
 
 #: The variant the prior is the base of.
@@ -400,19 +401,11 @@ def _codec_for(variant_name: str) -> Any:
 # -- files --------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def weight_files(folder: Path) -> dict[str, str]:
     """sha256 of every file of the prior's ``transformer/`` folder, by relative path."""
     root = Path(folder) / TRANSFORMER_DIR
     return {
-        path.relative_to(folder).as_posix(): _sha256(path)
+        path.relative_to(folder).as_posix(): file_sha256(path)
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }

@@ -137,12 +137,16 @@ def _load_text_encoder(variant: Variant, base: Path | None, dtype: torch.dtype) 
     return Qwen3TextEncoder.from_pipeline_folder(base, dtype=dtype, layers=variant.text_layers)
 
 
-def bundled_base_folder(variant: Variant) -> Path:
-    """The variant's base shipped inside the ``models`` package, checked against its record."""
+def bundled_base_path(variant: Variant) -> Path:
+    """Where the variant's base shipped inside the ``models`` package lies (not checked)."""
     if variant.bundled_base is None:
         raise ValueError(f"{variant.name} ships no base")
-    folder = Path(__file__).resolve().parent / variant.bundled_base
-    return base_folder(folder)
+    return Path(__file__).resolve().parent / variant.bundled_base
+
+
+def bundled_base_folder(variant: Variant) -> Path:
+    """The variant's shipped base, checked against its record."""
+    return base_folder(bundled_base_path(variant))
 
 
 def base_folder(folder: Path) -> Path:
@@ -181,12 +185,12 @@ def _base_of_checkpoint(variant: Variant, meta: dict[str, object]) -> Path | Non
     wanted = str(recorded["sha256"])
     candidates = []
     if variant.bundled_base is not None:
-        candidates.append(Path(__file__).resolve().parent / variant.bundled_base)
+        candidates.append(bundled_base_path(variant))
     if isinstance(recorded.get("path"), str):
         candidates.append(Path(str(recorded["path"])))
     for candidate in candidates:
         if candidate.is_dir() and base_identity(candidate).get("sha256") == wanted:
-            return base_folder(candidate)
+            return candidate  # from_variant checks it against its record
     raise MissingWeightsError(
         f"the checkpoint was trained on base {wanted[:16]}... (recorded at "
         f"{recorded.get('path')}), and no such base is available: the shipped prior differs "

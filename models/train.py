@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.checkpoint_io import file_sha256
 from models.data import DataPosition, derive_seed, discover_shards, make_loader
 from models.dual import DualOptimizer
 from models.losses import (
@@ -396,15 +397,6 @@ def peak_memory_mib(device: torch.device) -> float:
 # -- checkpoints --------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    """Hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def folder_sha256(folder: Path) -> str:
     """One digest over a folder: sorted relative paths and their file digests."""
     digest = hashlib.sha256()
@@ -718,7 +710,7 @@ def _build(
     no_adapter: bool = False,
 ) -> _Parts:
     from models.lora import apply_lora, freeze
-    from models.restore import CoTIRRestorer, base_identity, bundled_base_folder
+    from models.restore import CoTIRRestorer, base_identity, bundled_base_path
 
     variant = get_variant(config.variant)
     precision = str(accelerator.mixed_precision)
@@ -733,7 +725,7 @@ def _build(
     if base is not None:
         base_info = base_identity(base)
     elif variant.bundled_base is not None:
-        base_info = base_identity(bundled_base_folder(variant))
+        base_info = base_identity(bundled_base_path(variant))  # checked by from_variant
     model = restorer.model
     apply_lora(model, variant.lora_rank, init_b=config.lora_init_b)
     for parameter in model.parameters():

@@ -17,15 +17,16 @@ def test_two_arms_train_score_and_resume(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", size=64)
     bench = build_demo_bench(tmp_path / "bench", per_recipe=1, name="demo_bench")
     messages: list[str] = []
-    results = run_table_vii(
-        shards=str(shards),
-        bench=bench.root,
-        out=tmp_path / "out",
-        seeds=(0,),
-        arms=("a", "f"),
-        steps=4,
-        log=messages.append,
-    )
+    arguments = {
+        "shards": str(shards),
+        "bench": bench.root,
+        "out": tmp_path / "out",
+        "seeds": (0,),
+        "arms": ("a", "f"),
+        "steps": 4,
+        "log": messages.append,
+    }
+    results = run_table_vii(**arguments)
     assert [(r.arm, r.seed) for r in results] == [("a", 0), ("f", 0)]
     for result in results:
         for kind in ("vague", "precise"):
@@ -42,14 +43,6 @@ def test_two_arms_train_score_and_resume(tmp_path: Path) -> None:
     assert "not implemented" in markdown  # (b) and (c)
     assert "23.73 / 0.1368" in markdown  # the paper's row (f), labelled as reported
 
-    again = run_table_vii(
-        shards=str(shards),
-        bench=bench.root,
-        out=tmp_path / "out",
-        seeds=(0,),
-        arms=("a", "f"),
-        steps=4,
-        log=messages.append,
-    )
+    again = run_table_vii(**arguments)
     assert again == results
     assert sum("already scored" in m for m in messages) == 2
