@@ -89,7 +89,9 @@ class TrainingResource(dg.ConfigurableResource):
         "shipped demo prior); rebuild: retrain the demo prior under COTIR_HOME first.",
     )
     prior_steps: int | None = Field(
-        default=None, ge=1, description="Steps of a rebuilt prior; None keeps the shipped one's."
+        default=None,
+        ge=1,
+        description="Steps of a rebuilt prior's last stage; None keeps the shipped recipe's.",
     )
     home: str = Field(default="", description="COTIR_HOME (where a rebuilt prior goes).")
     weights_dir: str | None = Field(
@@ -347,15 +349,18 @@ def describe_base(training: TrainingResource) -> dict[str, Any]:
 def rebuild_prior(training: TrainingResource, log: Callable[[str], None]) -> None:
     """Train the demo prior into the rebuild folder unless an identical one is there.
 
-    Resumes from the folder's state file after an interruption; skipped when the
-    folder's record was made with the same config.
+    The shipped recipe has two stages; the first is built in ``<folder>-parent``.
+    Resumes from the state files after an interruption; skipped when the folder's
+    record was made with the same config.
     """
-    from models.prior import PriorConfig, read_record, train_prior
+    from models.prior import read_record, shipped_config, train_prior
 
     folder = training.base_folder()
     if folder is None:
         return
-    config = PriorConfig(**({"steps": training.prior_steps} if training.prior_steps else {}))
+    config = shipped_config()
+    if training.prior_steps:
+        config = config.model_copy(update={"steps": training.prior_steps})
     try:
         if read_record(folder).get("config_sha256") == config.digest():
             log(f"the rebuilt prior in {folder} is up to date (same config); skipping")
@@ -402,9 +407,13 @@ def build_training_assets(
             metadata["path"] = dg.MetadataValue.path(described["path"])
         if "sha256" in described:
             metadata["sha256"] = described["sha256"]
-        copy_psnr = described.get("quality", {}).get("psnr", {}).get("copy")
+        quality = described.get("quality", {})
+        copy_psnr = quality.get("psnr", {}).get("copy")
         if isinstance(copy_psnr, int | float):
             metadata["copy_psnr_held_out_db"] = float(copy_psnr)
+        copy_from_reference = quality.get("psnr_reference_start", {}).get("copy")
+        if isinstance(copy_from_reference, int | float):
+            metadata["copy_psnr_held_out_reference_start_db"] = float(copy_from_reference)
         return dg.MaterializeResult(metadata=metadata)
 
     assets = [base_model, _checkpoint_asset("cotir_checkpoint", None, op_tags)]

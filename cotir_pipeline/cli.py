@@ -455,6 +455,7 @@ def bench(
     from cotir_pipeline.evaluation.bench_sets import BenchFormatError, read_bench_set
     from cotir_pipeline.evaluation.restorers import run_restorer
     from cotir_pipeline.evaluation.scoring import evaluate_outputs, write_rows
+    from cotir_pipeline.weights import MissingWeightsError
 
     try:
         bench_set = read_bench_set(bench_dir)
@@ -465,7 +466,11 @@ def bench(
     rows = []
     with tqdm(total=len(prompt_kinds) * 2, desc="bench", unit="step", file=sys.stderr) as bar:
         for kind in prompt_kinds:
-            restorer = _restorer_for(method, kind)
+            try:
+                restorer = _restorer_for(method, kind)
+            except (MissingWeightsError, FileNotFoundError) as error:
+                click.echo(f"cotir bench: {error}", err=True)
+                sys.exit(EXIT_BAD_SETTING)
             summary = run_restorer(restorer, bench_set, out, kind)  # type: ignore[arg-type]
             bar.update(1)
             for sample, reason in summary.failed:

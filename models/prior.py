@@ -11,8 +11,11 @@ trained here on a general editing objective over the demo *train* photos only:
 
 The objective is the paper's flow matching (noise -> target, the reference as tokens at
 FLUX.2's reference time coordinate, logit-normal times); only the data differ from the
-CoTIR fine-tune. Photos held apart from training (``PriorConfig.held_out``) measure how
-well the prior copies a reference it never saw, through the same sampler the demo uses.
+CoTIR fine-tune. A further stage can continue from a prior's weights
+(:func:`continuation_config`, ``--continue-from``), optionally starting some flows at the
+reference image (an editing model that edits from the source). Photos held apart from
+training (``PriorConfig.held_out``) measure how well the prior copies a reference it
+never saw, through the same sampler the demo uses.
 
 The weights are saved in diffusers' ``save_pretrained`` layout (``transformer/``, bf16
 safetensors) with ``prior.json`` beside them: command, seed, data, steps, sha256 of
@@ -22,8 +25,9 @@ full profile. Training is deterministic on a given CPU kind and thread count, an
 resumes exactly from its state file, so ``make prior`` rebuilds the shipped weights bit
 for bit (:func:`verify_prior` checks the digests).
 
-    python -m models.prior --out models/demo_prior            # the shipped prior (~45 min, 2 cores)
+    python -m models.prior --out models/demo_prior            # the shipped prior (~75 min, 2 cores)
     python -m models.prior --out /tmp/prior --steps 200       # a quick smoke run
+    python -m models.prior --out /tmp/more --continue-from models/demo_prior --steps 500
 """
 
 from __future__ import annotations
@@ -89,6 +93,19 @@ class PriorConfig(BaseModel):
     copy_probability: float = Field(
         default=0.5, ge=0, le=1, description="Share of plain copies (the rest: global edits)."
     )
+    reference_start_probability: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of samples whose flow starts at the reference instead of noise "
+        "(the rest: the paper's noise start).",
+    )
+    parent: PriorConfig | None = Field(
+        default=None, description="The prior this one continues training from (None: random init)."
+    )
+    parent_sha256: str | None = Field(
+        default=None, description="Weights digest the parent is expected to have (shipped)."
+    )
     held_out: tuple[str, ...] = Field(
         default=("kodak_i08", "rocket"),
         description="Train-split photos kept out of the prior's training, to measure it.",
@@ -110,8 +127,43 @@ class PriorConfig(BaseModel):
         return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def digest(self) -> str:
-        """sha256 of the config (a state file only resumes the same config)."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        """sha256 of the config (a state file only resumes the same config).
+
+        Fields added after the first shipped prior are left out while they hold their
+        defaults, so records written before they existed keep their digests.
+        """
+        unset = {name for name, default in _LATER_FIELDS.items() if getattr(self, name) == default}
+        return hashlib.sha256(self.model_dump_json(exclude=unset).encode()).hexdigest()
+
+    def total_steps(self) -> int:
+        """Optimizer steps of this stage and every stage before it."""
+        return self.steps + (self.parent.total_steps() if self.parent is not None else 0)
+
+
+#: Config fields added after the shipped prior's record was written, with their defaults.
+_LATER_FIELDS: dict[str, Any] = {
+    "reference_start_probability": 0.0,
+    "parent": None,
+    "parent_sha256": None,
+}
+
+
+def shipped_config() -> PriorConfig:
+    """The recipe of the shipped prior (``models/demo_prior``): one stage from random weights."""
+    return PriorConfig()
+
+
+def continuation_config(parent_folder: Path, **changes: Any) -> PriorConfig:
+    """A further stage that continues training the prior in ``parent_folder``.
+
+    The parent's record supplies its config and weights digest; ``changes`` set this
+    stage's own fields (steps, lr, ``reference_start_probability``...).
+    """
+    record = verify_prior(parent_folder)
+    parent = PriorConfig(**record["config"])
+    return parent.model_copy(
+        update={**changes, "parent": parent, "parent_sha256": record["sha256"]}
+    )
 
 
 # -- edits --------------------------------------------------------------------------------------
@@ -326,7 +378,11 @@ def prior_loss(
     prompts: Sequence[str],
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Flow matching from noise to the target, the reference as FLUX.2 reference tokens."""
+    """Flow matching to the target, the reference as FLUX.2 reference tokens.
+
+    The flow starts at Gaussian noise (the paper's objective) or, for a
+    ``reference_start_probability`` share of the samples, at the reference tokens.
+    """
     from models.backbones import grid_to_tokens
     from models.losses import flow_matching_loss, interpolate, sample_timesteps, velocity_target
 
@@ -334,6 +390,11 @@ def prior_loss(
     reference = grid_to_tokens(parts.codec.encode(references))
     t = sample_timesteps(clean.shape[0], generator=generator)
     noise = torch.randn(clean.shape, generator=generator)
+    if config.reference_start_probability > 0:
+        # Drawn only when used, so a noise-only config keeps its random stream (and bytes).
+        from_reference = torch.rand(clean.shape[0], generator=generator)
+        from_reference = (from_reference < config.reference_start_probability).view(-1, 1, 1)
+        noise = torch.where(from_reference, reference, noise)
     text = torch.cat([parts.prompt_features[prompt] for prompt in prompts])
     ids, txt_ids = _token_ids(config.variant, config.crop // parts.codec.stride, text.shape[1])
     prediction = parts.transformer(
@@ -364,8 +425,12 @@ def measure_prior(
     *,
     variant_name: str = PRIOR_VARIANT,
     steps: int = PRIOR_EVAL_STEPS,
+    flow_start: str = "noise",
 ) -> dict[str, float]:
-    """Copy and edit PSNR on ``images01`` through the demo's own restore path (seed 42)."""
+    """Copy and edit PSNR on ``images01`` through the demo's own restore path (seed 42).
+
+    ``flow_start`` is where the sampler starts: Gaussian noise, or the reference image.
+    """
     from PIL import Image
 
     from models.backbones import CoTIRTransformer
@@ -377,6 +442,7 @@ def measure_prior(
         transformer.eval(), text_dim=variant.text_dim, adapter_depth=variant.adapter_depth
     )
     restorer = CoTIRRestorer(variant, model, _codec_for(variant_name), text_encoder, device="cpu")
+    restorer.flow_start = flow_start
     results: dict[str, float] = {}
     for edit in (COPY, *EDITS):
         targets = edit.apply(images01).clamp(0, 1)
@@ -476,6 +542,64 @@ def _save_state(
     os.replace(temporary, path)
 
 
+def default_parent_dir(out: Path) -> Path:
+    """Where a stage's parent prior is built: a sibling folder, ``<out>-parent``."""
+    out = Path(out)
+    return out.parent / f"{out.name}-parent"
+
+
+def ensure_parent(
+    config: PriorConfig,
+    parent_dir: Path,
+    *,
+    print_fn: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The record of ``config.parent`` in ``parent_dir``, training it there when missing.
+
+    A folder whose weights have ``config.parent_sha256``, or whose record was made with
+    the parent's config, is used as it is; otherwise the parent is trained (resumably)
+    with :func:`train_prior`. A rebuilt parent whose digest differs from the expected
+    one (another CPU kind or library version) is used with a warning.
+    """
+    if config.parent is None:
+        raise ValueError("this prior config has no parent stage")
+    parent_dir = Path(parent_dir)
+    record: dict[str, Any] | None = None
+    try:
+        found = verify_prior(parent_dir)
+    except (FileNotFoundError, PriorIntegrityError) as error:
+        print_fn(f"no usable parent prior in {parent_dir} ({error})")
+    else:
+        if found.get("sha256") == config.parent_sha256 or (
+            found.get("config_sha256") == config.parent.digest()
+        ):
+            record = found
+    if record is None:
+        print_fn(f"training the parent stage into {parent_dir} ({config.parent.steps} steps)")
+        record = train_prior(
+            config.parent,
+            parent_dir,
+            command=f"parent stage of {config.digest()[:12]}",
+            print_fn=print_fn,
+        )
+        if record is None:  # pragma: no cover - train_prior only stops early when asked
+            raise RuntimeError(f"the parent stage in {parent_dir} did not finish")
+    if config.parent_sha256 is not None and record["sha256"] != config.parent_sha256:
+        print_fn(
+            f"warning: the parent prior in {parent_dir} has sha256 {record['sha256'][:16]}..., "
+            f"not the expected {config.parent_sha256[:16]}... (another CPU kind or library "
+            "version rounds differently); continuing from it"
+        )
+    return record
+
+
+def _load_parent_weights(transformer: torch.nn.Module, parent_dir: Path) -> None:
+    loaded = type(transformer).from_pretrained(
+        str(Path(parent_dir) / TRANSFORMER_DIR), torch_dtype=torch.float32, local_files_only=True
+    )
+    transformer.load_state_dict(loaded.state_dict())
+
+
 def train_prior(
     config: PriorConfig,
     out: Path,
@@ -483,9 +607,12 @@ def train_prior(
     command: str = "",
     print_fn: Callable[[str], None] = print,
     stop_after: int | None = None,
+    parent_dir: Path | None = None,
 ) -> dict[str, Any] | None:
     """Train the prior into ``out`` (resuming ``out/.prior-state.pt``); return its record.
 
+    A config with a ``parent`` stage first gets that stage's weights from ``parent_dir``
+    (default ``<out>-parent``; trained there when missing) and continues from them.
     ``stop_after`` saves the state after that many steps and returns None (an
     interruption, for tests); a later call resumes exactly where it stopped.
     """
@@ -493,10 +620,16 @@ def train_prior(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    parent_record: dict[str, Any] | None = None
+    if config.parent is not None:
+        parent_dir = Path(parent_dir) if parent_dir is not None else default_parent_dir(out)
+        parent_record = ensure_parent(config, parent_dir, print_fn=print_fn)
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
     photos = load_prior_photos(config)
     parts = build_parts(config)
+    if parent_dir is not None and parent_record is not None:
+        _load_parent_weights(parts.transformer, parent_dir)
     optimizer = torch.optim.AdamW(
         parts.transformer.parameters(),
         lr=config.lr,
@@ -553,6 +686,13 @@ def train_prior(
     quality = measure_prior(
         shipped, parts.text_encoder, photos.evaluation * 1.0, variant_name=config.variant
     )
+    quality_reference_start = measure_prior(
+        shipped,
+        parts.text_encoder,
+        photos.evaluation * 1.0,
+        variant_name=config.variant,
+        flow_start="reference",
+    )
     files = weight_files(out)
     record = {
         "format": RECORD_FORMAT,
@@ -570,13 +710,30 @@ def train_prior(
         },
         "objective": {
             "copy_probability": config.copy_probability,
+            "reference_start_probability": config.reference_start_probability,
             "edits": {edit.name: list(edit.prompts) for edit in (COPY, *EDITS)},
         },
         "quality": {
             "what": f"PSNR (dB) of the bf16 weights on {config.eval_crops} held-out "
-            f"{config.eval_size}px crops, {PRIOR_EVAL_STEPS} Euler steps, seed 42",
+            f"{config.eval_size}px crops, {PRIOR_EVAL_STEPS} Euler steps, seed 42; psnr: the "
+            "flow started at noise (the paper's sampler), psnr_reference_start: started at "
+            "the reference image",
             "psnr": quality,
+            "psnr_reference_start": quality_reference_start,
         },
+        "parent": None
+        if parent_record is None
+        else {
+            "sha256": parent_record["sha256"],
+            "expected_sha256": config.parent_sha256,
+            "config_sha256": parent_record.get("config_sha256"),
+            "steps": parent_record.get("steps"),
+            "total_steps": parent_record.get("total_steps", parent_record.get("steps")),
+            "training_seconds": parent_record.get("training_seconds"),
+            "quality": parent_record.get("quality"),
+        },
+        "total_steps": config.total_steps(),
+        "log": log,
         "parameters": sum(p.numel() for p in transformer.parameters()),
         "training_seconds": round(elapsed, 1),
         "environment": {
@@ -592,8 +749,10 @@ def train_prior(
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     state_path.unlink(missing_ok=True)
     print_fn(
-        f"prior written to {out}: sha256 {record['sha256'][:16]}..., "
+        f"prior written to {out}: sha256 {record['sha256'][:16]}..., noise start: "
         + ", ".join(f"{name} {value:.2f} dB" for name, value in quality.items())
+        + "; reference start: "
+        + ", ".join(f"{name} {value:.2f} dB" for name, value in quality_reference_start.items())
     )
     return record
 
@@ -605,7 +764,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain the demo's editing prior (the demo stand-in for FLUX.2 klein).",
     )
     parser.add_argument("--out", type=Path, default=BUNDLED_PRIOR_DIR, help="Output folder.")
-    parser.add_argument("--steps", type=int, help="Optimizer steps (default: the config's).")
+    parser.add_argument(
+        "--continue-from",
+        type=Path,
+        help="Train a further stage from this prior folder's weights (checked against its "
+        "record) instead of from random weights.",
+    )
+    parser.add_argument("--steps", type=int, help="Optimizer steps (default: the recipe's).")
+    parser.add_argument("--lr", type=float, help="Peak learning rate (default: the recipe's).")
+    parser.add_argument("--warmup-steps", type=int, help="Warm-up steps (default: the recipe's).")
+    parser.add_argument(
+        "--reference-start-probability",
+        type=float,
+        help="Share of flows started at the reference image instead of noise (default 0).",
+    )
     parser.add_argument("--seed", type=int, help="Seed (default 0).")
     parser.add_argument(
         "--compare",
@@ -619,14 +791,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Train a prior; optionally compare it with another (the shipped one)."""
     args = build_parser().parse_args(argv)
-    changes: dict[str, Any] = {}
-    if args.steps is not None:
-        changes["steps"] = args.steps
-    if args.seed is not None:
-        changes["seed"] = args.seed
-    config = PriorConfig(**changes)
+    options = {
+        "steps": args.steps,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "reference_start_probability": args.reference_start_probability,
+        "seed": args.seed,
+    }
+    changes = {name: value for name, value in options.items() if value is not None}
+    if args.continue_from is not None:
+        config = continuation_config(args.continue_from, **changes)
+        parent_dir: Path | None = args.continue_from
+    else:
+        config = PriorConfig(**{**shipped_config().model_dump(), **changes})
+        parent_dir = None
     command = "python -m models.prior " + " ".join(sys.argv[1:] if argv is None else argv)
-    record = train_prior(config, args.out, command=command.strip())
+    record = train_prior(config, args.out, command=command.strip(), parent_dir=parent_dir)
     if record is None:
         return 1
     if args.compare is not None:

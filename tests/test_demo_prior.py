@@ -19,6 +19,7 @@ from models.prior import (
     PriorConfig,
     PriorIntegrityError,
     read_record,
+    shipped_config,
     train_prior,
     verify_prior,
 )
@@ -37,6 +38,7 @@ def test_the_shipped_prior_matches_its_record_and_never_saw_a_bench_photo() -> N
     assert not used & bench
     assert not used & set(record["data"]["held_out_photos"])
     assert record["config_sha256"] == PriorConfig(**record["config"]).digest()
+    assert record["config_sha256"] == shipped_config().digest()
     size = sum(p.stat().st_size for p in (BUNDLED_PRIOR_DIR / "transformer").iterdir())
     assert size < 8 * 2**20, f"the shipped prior is {size / 2**20:.1f} MiB"
 
@@ -56,13 +58,12 @@ def test_the_shipped_prior_reproduces_its_recorded_quality(
     measured = measure_prior(
         transformer, MiniLMTextEncoder.from_folder(), load_prior_photos(config).evaluation
     )
-    recorded = record["quality"]["psnr"]
     with capsys.disabled():
         print(
             "\nshipped prior, held-out photos: "
             + ", ".join(f"{name} {value:.2f} dB" for name, value in measured.items())
         )
-    for name, value in recorded.items():
+    for name, value in record["quality"]["psnr"].items():
         assert measured[name] == pytest.approx(value, abs=0.05), name
     assert measured["copy"] >= MIN_COPY_FLOOR_DB
 
@@ -118,6 +119,49 @@ def test_prior_training_is_bit_for_bit_reproducible_and_resumes_exactly(tmp_path
     assert other["sha256"] != first["sha256"]
 
 
+@pytest.mark.slow
+def test_a_second_stage_continues_from_its_parent_reproducibly(tmp_path: Path) -> None:
+    """A further stage trains from the bf16 weights of the one before, bit for bit."""
+    parent = PriorConfig(**QUICK)
+    child = PriorConfig(
+        **{**QUICK, "steps": 3},
+        reference_start_probability=0.5,
+        parent=parent,
+        parent_sha256="f" * 64,  # not what this machine makes: a warning, not a failure
+    )
+    lines: list[str] = []
+    first = train_prior(child, tmp_path / "a", print_fn=lines.append)
+    assert first is not None
+    parent_record = read_record(tmp_path / "a-parent")
+    assert parent_record["config_sha256"] == parent.digest()
+    assert first["parent"]["sha256"] == parent_record["sha256"]
+    assert first["total_steps"] == 7
+    assert any("not the expected" in line for line in lines)
+    assert set(first["quality"]["psnr_reference_start"]) == set(first["quality"]["psnr"])
+    # The parent folder is reused (not retrained) and the child is bit-for-bit the same.
+    lines.clear()
+    second = train_prior(
+        child, tmp_path / "b", print_fn=lines.append, parent_dir=tmp_path / "a-parent"
+    )
+    assert second is not None
+    assert second["sha256"] == first["sha256"]
+    assert not any("training the parent stage" in line for line in lines)
+    # Continuing from the parent differs from training the same stage from random weights.
+    orphan = train_prior(
+        child.model_copy(update={"parent": None, "parent_sha256": None}),
+        tmp_path / "c",
+        print_fn=lambda _: None,
+    )
+    assert orphan is not None
+    assert orphan["sha256"] != first["sha256"]
+    # The command line's --continue-from builds the same stage from a parent folder.
+    from models.prior import continuation_config
+
+    again = continuation_config(tmp_path / "a-parent", steps=3, reference_start_probability=0.5)
+    assert again.parent == parent
+    assert again.parent_sha256 == parent_record["sha256"]
+
+
 def test_the_base_model_asset_checks_the_prior(tmp_path: Path) -> None:
     from assets.training import TrainingResource, build_training_assets
 
@@ -133,7 +177,7 @@ def test_the_base_model_asset_checks_the_prior(tmp_path: Path) -> None:
     rebuilt = tmp_path / "base_model" / "rebuilt-prior"
     shutil.copytree(BUNDLED_PRIOR_DIR, rebuilt, ignore=shutil.ignore_patterns(".prior-state*"))
     record = json.loads((rebuilt / RECORD_FILE).read_text())
-    record["config_sha256"] = PriorConfig().digest()  # up to date: no retraining
+    record["config_sha256"] = shipped_config().digest()  # up to date: no retraining
     record["files"] = {name: "0" * 64 for name in record["files"]}
     (rebuilt / RECORD_FILE).write_text(json.dumps(record))
     training = TrainingResource(**{**training.model_dump(), "base": "rebuild"})

@@ -100,3 +100,87 @@ def test_checkpoint_folder_brings_its_own_variant(tmp_path: Path) -> None:
     result = CliRunner().invoke(restore, [*args, "--checkpoint", str(tmp_path / "missing")])
     assert result.exit_code == 1
     assert "does not exist" in result.output
+
+
+def test_hidden_modules_look_uninstalled_only_inside_the_block() -> None:
+    """The restore command hides unused optional packages while the model code loads."""
+    import importlib.util
+
+    from models.cli import hidden_modules
+
+    name = "cotir_probe_optional_package"
+    with hidden_modules((name, "sys")):
+        assert importlib.util.find_spec(name) is None
+        assert sys.modules[name] is None
+        assert sys.modules["sys"] is sys  # already imported: left alone
+    assert name not in sys.modules
+
+
+def test_a_checkpoint_whose_base_is_gone_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A demo checkpoint trained on another prior names the missing base, no traceback."""
+    from cotir_pipeline.evaluation.bench_sets import build_demo_bench
+    from models.checkpoint_io import save_checkpoint
+    from models.restore import CoTIRRestorer
+
+    trained = CoTIRRestorer.from_variant("demo")
+    other_base = {"path": str(tmp_path / "elsewhere"), "sha256": "ab" * 32}
+    save_checkpoint(
+        trained.model, tmp_path / "ckpt", variant="demo", extra_meta={"base": other_base}
+    )
+    lq = _lq_png(tmp_path / "lq.png")
+    args = [str(lq), "-p", "Dehaze.", "-o", str(tmp_path / "o.png"), "--steps", "1"]
+    result = CliRunner().invoke(restore, [*args, "--checkpoint", str(tmp_path / "ckpt")])
+    assert result.exit_code == 1
+    assert "trained on base abababababababab" in result.output
+    assert "Traceback" not in result.output
+
+    build_demo_bench(tmp_path / "bench", patch_size=64, per_recipe=1)
+    bench = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            str(tmp_path / "bench"),
+            "--out",
+            str(tmp_path / "out"),
+            "--method",
+            f"cotir:{tmp_path / 'ckpt'}",
+            "--prompt",
+            "precise",
+        ],
+    )
+    assert bench.exit_code == 2
+    assert "no such base is available" in bench.output
+    assert bench.exception is None or isinstance(bench.exception, SystemExit)
+
+
+def test_a_cold_restore_skips_unused_libraries_and_restores_the_same_image(
+    tmp_path: Path,
+) -> None:
+    """A fresh ``cotir restore`` process never imports bitsandbytes or scipy (about two
+    seconds of its cold start), and its PNG equals an in-process restore."""
+    from models.restore import CoTIRRestorer
+
+    lq = _lq_png(tmp_path / "lq.png", size=(48, 40))
+    out = tmp_path / "out.png"
+    probe = (
+        "import sys\n"
+        "from cotir_pipeline.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        "print('loaded:', sorted(n for n in ('bitsandbytes', 'scipy') if n in sys.modules))\n"
+    )
+    arguments = ["restore", str(lq), "-p", "Remove the haze.", "-o", str(out), "--steps", "2"]
+    completed = subprocess.run(
+        [sys.executable, "-c", probe, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "loaded: []" in completed.stdout
+    expected = CoTIRRestorer.from_variant("demo").restore(
+        Image.open(lq).convert("RGB"), "Remove the haze.", steps=2
+    )
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
