@@ -104,11 +104,15 @@ def _pipeline_class(kind: BackboneKind) -> Any:
 def _lora_settings(model: CoTIRTransformer) -> dict[str, Any] | None:
     if not has_lora(model):
         return None
+    from models.lora import capped_ranks
+
     config = model.transformer.peft_config[ADAPTER_NAME]
     return {
         "rank": int(config.r),
         "alpha": float(config.lora_alpha),
         "bias": bool(config.lora_bias),
+        # Modules whose rank is their smaller side (alpha equal: scale 1.0), as the release.
+        "capped": capped_ranks(model, int(config.r)),
     }
 
 
@@ -249,11 +253,16 @@ def load_lora_weights(model: CoTIRTransformer, state: Mapping[str, torch.Tensor]
 
 
 def _infer_lora(state: Mapping[str, torch.Tensor]) -> tuple[int, bool]:
+    """The file's nominal rank (its largest) and whether B has biases.
+
+    Modules narrower than the nominal rank hold their smaller side instead (the
+    release's cap); :func:`load_lora_weights` then checks every module's shape.
+    """
     ranks = {t.shape[0] for name, t in state.items() if name.endswith("lora_A.weight")}
-    if len(ranks) != 1:
-        raise CheckpointError(f"expected one LoRA rank, found {sorted(ranks)}")
+    if not ranks:
+        raise CheckpointError("the LoRA state dict has no lora_A weights")
     has_bias = any(name.endswith("lora_B.bias") for name in state)
-    return ranks.pop(), has_bias
+    return max(ranks), has_bias
 
 
 def _ensure_lora(model: CoTIRTransformer, rank: int, bias: bool) -> None:

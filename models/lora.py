@@ -6,6 +6,10 @@ VAE and the text encoders are frozen. The LoRA lives inside the diffusers transf
 (``transformer.add_adapter``), so its state dict is in diffusers' own naming and loads
 into a stock pipeline with ``load_lora_weights``.
 
+A module whose smaller side is below the rank gets that side as its rank, as the release's
+LoRA layer does (CoTIR-12B's final ``proj_out``, 3072 -> 64, is rank 64 of 96); every
+module keeps scale 1.0.
+
 Targets (diffusers names):
 
 - FLUX.1: ``single_transformer_blocks.N.{attn.to_q, attn.to_k, attn.to_v, proj_mlp,
@@ -23,7 +27,9 @@ step 0.
 
 from __future__ import annotations
 
+import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -52,26 +58,61 @@ LORA_TARGETS: dict[BackboneKind, str] = {
 }
 
 
+def exact_module_pattern(name: str) -> str:
+    """A peft ``rank_pattern`` key that matches the module ``name`` and nothing else.
+
+    peft matches a key against the *end* of a module name after a dot, so a plain
+    ``proj_out`` would also select ``single_transformer_blocks.0.proj_out``; the
+    look-behind rules out any name with a prefix.
+    """
+    return r"(?<![\w.])" + re.escape(name)
+
+
+def capped_ranks(model: CoTIRTransformer, rank: int) -> dict[str, int]:
+    """Target modules whose rank is capped at min(in, out) < ``rank``, as the release does.
+
+    The release's LoRA layer lowers its rank to the smaller side of the Linear, so
+    CoTIR-12B's ``final_layer.linear`` (3072 -> 64) is stored at rank 64 while the others
+    are 96. Returns ``{module name: capped rank}`` for those modules only.
+    """
+    pattern = re.compile(LORA_TARGETS[model.kind])
+    capped: dict[str, int] = {}
+    for name, module in model.transformer.named_modules():
+        if isinstance(module, nn.Linear) and pattern.fullmatch(name):
+            limit = min(module.in_features, module.out_features)
+            if limit < rank:
+                capped[name] = limit
+    return capped
+
+
 def lora_config(
     kind: BackboneKind,
     rank: int = DEFAULT_RANK,
     *,
     lora_bias: bool = True,
     init_b: InitB = "zero",
+    capped: Mapping[str, int] | None = None,
 ) -> LoraConfig:
-    """A peft ``LoraConfig`` for ``kind``: alpha = rank (scale 1.0), no dropout."""
+    """A peft ``LoraConfig`` for ``kind``: scale 1.0 (alpha = rank), no dropout.
+
+    ``capped`` gives per-module ranks (:func:`capped_ranks`); their alpha equals their
+    rank too, so every module keeps the release's scale of 1.0.
+    """
     from peft import LoraConfig
 
     if rank < 1:
         raise ValueError(f"LoRA rank must be positive, got {rank}")
     if init_b not in ("zero", "random"):
         raise ValueError(f"init_b must be 'zero' or 'random', got {init_b!r}")
+    per_module = {exact_module_pattern(name): r for name, r in (capped or {}).items()}
     return LoraConfig(
         r=rank,
         lora_alpha=rank,
         lora_dropout=0.0,
         target_modules=LORA_TARGETS[kind],
         lora_bias=lora_bias,
+        rank_pattern=dict(per_module),
+        alpha_pattern={key: float(r) for key, r in per_module.items()},
         # True: A kaiming, B (and its bias) zero. False: peft leaves nn.Linear's default init.
         init_lora_weights=init_b == "zero",
     )
@@ -91,13 +132,21 @@ def apply_lora(
 ) -> None:
     """Inject LoRA into ``model.transformer`` and freeze all non-LoRA backbone weights.
 
-    The adapter stays trainable. FLUX.2's Linears have no bias, so with ``lora_bias``
-    peft warns that such a LoRA cannot be merged into the base weights; that is expected
-    (CoTIR never merges) and the warning is silenced here.
+    A module whose smaller side is below ``rank`` gets that side as its rank
+    (:func:`capped_ranks`), as in the release. The adapter stays trainable. FLUX.2's
+    Linears have no bias, so with ``lora_bias`` peft warns that such a LoRA cannot be
+    merged into the base weights; that is expected (CoTIR never merges) and the warning
+    is silenced here.
     """
     if has_lora(model):
         raise ValueError("the model already has LoRA layers")
-    config = lora_config(model.kind, rank, lora_bias=lora_bias, init_b=init_b)
+    config = lora_config(
+        model.kind,
+        rank,
+        lora_bias=lora_bias,
+        init_b=init_b,
+        capped=capped_ranks(model, rank),
+    )
     model.transformer.requires_grad_(False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*lora_bias=True.*has no bias.*")

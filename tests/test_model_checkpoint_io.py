@@ -34,13 +34,23 @@ from models.testing import TINY_CONFIGS, TINY_TEXT_DIM, randomize_gates, tiny_in
 RANK = 3
 
 
-def _lora_for(layers: dict[str, tuple[int, int]], seed: int) -> dict[str, torch.Tensor]:
-    """Release-style LoRA (``module.``-prefixed, as saved from DDP): A (r, in), B (out, r), bias."""
+#: A rank above the tiny final layer's smaller side (32 -> 16): that module is capped at 16.
+CAPPED_RANK = 24
+
+
+def _lora_for(
+    layers: dict[str, tuple[int, int]], seed: int, rank: int = RANK
+) -> dict[str, torch.Tensor]:
+    """Release-style LoRA (``module.``-prefixed, as saved from DDP): A (r, in), B (out, r), bias.
+
+    Each layer's rank is min(rank, in, out), as the release's LoRA layer caps it.
+    """
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, (fan_in, fan_out) in layers.items():
-        out[f"module.{name}.lora_A.weight"] = torch.randn(RANK, fan_in, generator=g) * 0.2
-        out[f"module.{name}.lora_B.weight"] = torch.randn(fan_out, RANK, generator=g) * 0.2
+        r = min(rank, fan_in, fan_out)
+        out[f"module.{name}.lora_A.weight"] = torch.randn(r, fan_in, generator=g) * 0.2
+        out[f"module.{name}.lora_B.weight"] = torch.randn(fan_out, r, generator=g) * 0.2
         out[f"module.{name}.lora_B.bias"] = torch.randn(fan_out, generator=g) * 0.2
     return out
 
@@ -114,7 +124,8 @@ def _diffusers_from_original(config: dict, original: dict) -> Flux2Transformer2D
     return model
 
 
-def test_flux2_release_lora_reproduces_the_merged_original_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rank", [RANK, CAPPED_RANK], ids=["uniform", "capped"])
+def test_flux2_release_lora_reproduces_the_merged_original_model(tmp_path: Path, rank: int) -> None:
     config = dict(TINY_CONFIGS[BackboneKind.FLUX2_KLEIN])
     h = config["num_attention_heads"] * config["attention_head_dim"]
     mlp = int(h * config["mlp_ratio"])
@@ -126,7 +137,9 @@ def test_flux2_release_lora_reproduces_the_merged_original_model(tmp_path: Path)
     for i in range(config["num_single_layers"]):
         layers[f"single_blocks.{i}.linear1"] = (h, 3 * h + 2 * mlp)
         layers[f"single_blocks.{i}.linear2"] = (h + mlp, h)
-    lora = _lora_for(layers, seed=1)
+    lora = _lora_for(layers, seed=1, rank=rank)
+    if rank == CAPPED_RANK:
+        assert lora["module.final_layer.linear.lora_A.weight"].shape[0] == 16
 
     model = CoTIRTransformer.with_new_adapter(
         _diffusers_from_original(config, original), text_dim=TINY_TEXT_DIM, adapter_depth=2
@@ -232,7 +245,8 @@ def _flux1_reference_tail(base: dict, lora: dict, text, image, vec, rotary, conf
     return lin(img, "final_layer.linear", base["proj_out.weight"], base["proj_out.bias"])
 
 
-def test_flux1_release_lora_reproduces_the_original_layout_math(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rank", [RANK, CAPPED_RANK], ids=["uniform", "capped"])
+def test_flux1_release_lora_reproduces_the_original_layout_math(tmp_path: Path, rank: int) -> None:
     kind = BackboneKind.FLUX1_KONTEXT
     config = TINY_CONFIGS[kind]
     h = config["num_attention_heads"] * config["attention_head_dim"]
@@ -244,7 +258,7 @@ def test_flux1_release_lora_reproduces_the_original_layout_math(tmp_path: Path) 
         layers[f"single_blocks.{i}.linear1"] = (h, 7 * h)
         layers[f"single_blocks.{i}.linear2"] = (5 * h, h)
         layers[f"single_blocks.{i}.modulation.lin"] = (h, 3 * h)
-    lora = _lora_for(layers, seed=3)
+    lora = _lora_for(layers, seed=3, rank=rank)
 
     model = tiny_model(kind)
     base = {k: v.clone() for k, v in model.transformer.state_dict().items()}

@@ -139,23 +139,27 @@ def _stock_pipeline(kind: BackboneKind, transformer: torch.nn.Module):
     )
 
 
-def _trained_like(kind: BackboneKind) -> CoTIRTransformer:
+def _trained_like(kind: BackboneKind, rank: int = 4) -> CoTIRTransformer:
     model = tiny_model(kind)
     torch.manual_seed(5)
-    apply_lora(model, 4, init_b="random")
+    apply_lora(model, rank, init_b="random")
     return model
 
 
 @pytest.mark.filterwarnings("ignore:.*lora_bias=True.*has no bias")  # FLUX.2: expected
+@pytest.mark.parametrize("rank", [4, 24], ids=["uncapped", "final-layer-capped"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_saved_lora_loads_into_a_stock_diffusers_pipeline(
-    kind: BackboneKind, tmp_path: Path
+    kind: BackboneKind, rank: int, tmp_path: Path
 ) -> None:
-    model = _trained_like(kind)  # gates stay at zero: the sample is base + LoRA
+    """Also with per-module ranks: at 24 the tiny final ``proj_out`` (32 -> 16) is rank 16."""
+    model = _trained_like(kind, rank)  # gates stay at zero: the sample is base + LoRA
     save_checkpoint(model, tmp_path / "ckpt", variant="test")
     saved = load_file(str(tmp_path / "ckpt" / LORA_FILE))
     assert all(key.startswith("transformer.") for key in saved)
     assert any(key.endswith("lora_B.bias") for key in saved)
+    assert saved["transformer.proj_out.lora_A.weight"].shape[0] == min(rank, 16)
+    assert saved["transformer.norm_out.linear.lora_A.weight"].shape[0] == rank
 
     torch.manual_seed(0)
     stock = build_transformer(kind, TINY_CONFIGS[kind])
@@ -182,7 +186,7 @@ def test_checkpoint_round_trip_restores_adapter_and_lora(
             parameter.add_(0.01)
     folder = save_checkpoint(model, tmp_path / "ckpt", variant="test", include_base=True)
     meta = read_checkpoint_meta(folder)
-    assert meta["lora"] == {"rank": 4, "alpha": 4.0, "bias": True}
+    assert meta["lora"] == {"rank": 4, "alpha": 4.0, "bias": True, "capped": {}}
     assert (folder / ADAPTER_FILE).is_file()
 
     fresh = CoTIRTransformer.from_pretrained_base(
