@@ -24,6 +24,16 @@ DTYPES = ("float32", "bfloat16", "float16")
 #: torch's inductor; diffusers imports scipy.stats for optional scheduler sigmas (the
 #: restore path samples with its own Euler loop). Hidden only while the model loads.
 UNUSED_OPTIONAL_IMPORTS = ("bitsandbytes", "scipy")
+#: The libraries that probe for those packages: once one is imported it may already have
+#: decided they are there (and will import them), so nothing is hidden any more.
+PROBING_LIBRARIES = ("diffusers", "peft", "transformers")
+
+
+def modules_to_hide() -> tuple[str, ...]:
+    """:data:`UNUSED_OPTIONAL_IMPORTS` in a fresh process; nothing once a prober is loaded."""
+    if any(name in sys.modules for name in PROBING_LIBRARIES):
+        return ()
+    return UNUSED_OPTIONAL_IMPORTS
 
 
 @contextlib.contextmanager
@@ -99,6 +109,13 @@ def _turn_path(output: Path, turn: int, turns: int) -> Path:
     default=None,
     help="Weights dtype (default: float32 on CPU, bfloat16 elsewhere).",
 )
+@click.option(
+    "--release-compat/--no-release-compat",
+    default=None,
+    help="Sample as the public release's inference does (bf16 position ids, noise drawn on "
+    "the device in the latents' dtype, latents kept in that dtype, sizes floored to "
+    "multiples of 16). Default: on for the release's checkpoint files, off otherwise.",
+)
 def restore(
     image: Path,
     prompts: tuple[str, ...],
@@ -109,6 +126,7 @@ def restore(
     seed: int,
     device: str,
     dtype: str | None,
+    release_compat: bool | None,
 ) -> None:
     """Restore IMAGE following an instruction and write the result as PNG.
 
@@ -142,13 +160,14 @@ def restore(
 
     torch_dtype = None if dtype is None else getattr(torch, dtype)
     try:
-        with hidden_modules(UNUSED_OPTIONAL_IMPORTS):
+        with hidden_modules(modules_to_hide()):
             from models.restore import CoTIRRestorer
 
             if checkpoint is None:
                 restorer = CoTIRRestorer.from_variant(
                     variant or "demo", settings=settings, device=device, dtype=torch_dtype
                 )
+                restorer.release_compat = bool(release_compat)
             else:
                 restorer = CoTIRRestorer.from_pretrained(
                     checkpoint,
@@ -156,6 +175,7 @@ def restore(
                     settings=settings,
                     device=device,
                     dtype=torch_dtype,
+                    release_compat=release_compat,
                 )
     except (MissingWeightsError, ValueError) as error:
         raise click.ClickException(str(error)) from None

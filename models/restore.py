@@ -198,6 +198,31 @@ def _base_of_checkpoint(variant: Variant, meta: dict[str, object]) -> Path | Non
     )
 
 
+def release_position_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Position ids rounded through bf16, as the release casts them before its RoPE.
+
+    bf16 keeps 8 significant bits, so positions above 256 collapse (FLUX.2's 512 text
+    positions become 385 values). Released weights were trained under that rounding.
+    """
+    return ids.to(torch.bfloat16).to(torch.float32)
+
+
+def initial_noise(
+    shape: tuple[int, ...],
+    seed: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Gaussian noise from a generator seeded with ``seed`` on ``device``, in ``dtype``.
+
+    Ours: a CPU float32 generator (the same sample on any device). The release: a
+    generator on the sampling device, drawn directly in the latents' dtype.
+    """
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
 class CoTIRRestorer:
     """A loaded CoTIR model: transformer + adapter (+ LoRA), codec, text encoder."""
 
@@ -220,6 +245,11 @@ class CoTIRRestorer:
         self.variant = variant
         #: Where the Euler sampler starts: Gaussian noise (the paper) or the LQ tokens.
         self.flow_start = "noise"
+        #: Sample as the public release's inference does (:func:`release_position_ids`,
+        #: noise from a generator on the device in the latents' dtype, latents kept in
+        #: that dtype between steps, sizes floored to multiples of 16). On for the
+        #: release's checkpoint files (the weights were trained that way), off otherwise.
+        self.release_compat = False
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.codec = codec.to(self.device).eval()
@@ -298,12 +328,14 @@ class CoTIRRestorer:
         settings: CotirSettings | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
+        release_compat: bool | None = None,
     ) -> CoTIRRestorer:
         """Load a trained checkpoint folder: ours (``cotir.json``) or the release's (``*.pt``).
 
         A relative ``checkpoint`` that does not exist is looked up under
         ``COTIR_WEIGHTS_DIR``. The release's files carry no variant, so ``variant`` is
-        required for them.
+        required for them. ``release_compat`` (None: on for the release's files only)
+        sets :attr:`release_compat`.
         """
         dtype = dtype or _default_dtype(device)
         folder = Path(checkpoint)
@@ -324,8 +356,10 @@ class CoTIRRestorer:
             )
             load_checkpoint(restorer.model, folder)
             flow_start = str(meta.get("flow_start", "noise"))
+            release_files = False
         elif (folder / RELEASE_ADAPTER_FILE).is_file():
             flow_start = "noise"
+            release_files = True
             if not variant:
                 raise ValueError("the release's checkpoint files name no variant; pass variant=")
             restorer = cls.from_variant(variant, settings=settings, device="cpu", dtype=dtype)
@@ -348,6 +382,7 @@ class CoTIRRestorer:
         if flow_start not in ("noise", "reference"):
             raise ValueError(f"{folder}: unknown flow_start {flow_start!r}")
         loaded.flow_start = flow_start
+        loaded.release_compat = release_files if release_compat is None else release_compat
         return loaded
 
     # -- inference ----------------------------------------------------------------------
@@ -377,7 +412,8 @@ class CoTIRRestorer:
             raise ValueError(f"steps must be at least 1, got {steps}")
         source = image.convert("RGB")
         width, height = source.size
-        work_w, work_h = round_size(width, height)
+        compat = self.release_compat
+        work_w, work_h = round_size(width, height, down=compat)
         if (work_w, work_h) != (width, height):
             source = source.resize((work_w, work_h), Image.Resampling.BICUBIC)
 
@@ -394,14 +430,20 @@ class CoTIRRestorer:
             ]
         )
         txt_ids = text_ids(kind, text.embeds.shape[1], device=self.device)
+        if compat:
+            ids, txt_ids = release_position_ids(ids), release_position_ids(txt_ids)
         guidance = None
         if kind is BackboneKind.FLUX1_KONTEXT and self.model.transformer.config.guidance_embeds:
             value = self.variant.guidance if self.variant.guidance is not None else 1.0
             guidance = torch.full((1,), value, device=self.device, dtype=torch.float32)
         pooled = text.pooled if kind is BackboneKind.FLUX1_KONTEXT else None
 
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        noise = torch.randn((1, n_tokens, reference.shape[-1]), generator=generator)
+        noise = initial_noise(
+            (1, n_tokens, reference.shape[-1]),
+            seed,
+            device=self.device if compat else torch.device("cpu"),
+            dtype=reference.dtype if compat else torch.float32,
+        )
         if self.variant.schedule == "flux1":
             sigmas = schedule_for(
                 "flux1",
@@ -427,8 +469,14 @@ class CoTIRRestorer:
             )
             return output.sample[:, :n_tokens]
 
-        start = reference.float() if self.flow_start == "reference" else noise.to(self.device)
-        latents = euler_sample(velocity, start, sigmas, on_step=on_step)
+        start = reference if self.flow_start == "reference" else noise.to(self.device)
+        latents = euler_sample(
+            velocity,
+            start,
+            sigmas,
+            on_step=on_step,
+            state_dtype=reference.dtype if compat else torch.float32,
+        )
         grid = tokens_to_grid(latents.to(self.dtype), grid_h, grid_w)
         result = tensor_to_pil(self.codec.decode(grid))
         if result.size != (width, height):

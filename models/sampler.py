@@ -27,17 +27,29 @@ VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 StepCallback = Callable[[int, int], None]
 
 
-def round_size(width: int, height: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
-    """Nearest multiples of ``multiple`` (at least one multiple) for an image size."""
+def round_size(
+    width: int,
+    height: int,
+    multiple: int = SIZE_MULTIPLE,
+    *,
+    down: bool = False,
+) -> tuple[int, int]:
+    """Multiples of ``multiple`` (at least one) for an image size: nearest, or ``down``.
+
+    ``down`` floors, as the public release's inference does; nearest moves the image
+    less (at most half a multiple) and is ours.
+    """
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if multiple < 1:
         raise ValueError(f"multiple must be positive, got {multiple}")
 
-    def nearest(value: int) -> int:
+    def rounded(value: int) -> int:
+        if down:
+            return max(multiple, (value // multiple) * multiple)
         return max(multiple, math.floor(value / multiple + 0.5) * multiple)
 
-    return nearest(width), nearest(height)
+    return rounded(width), rounded(height)
 
 
 def flux1_mu(
@@ -85,19 +97,21 @@ def euler_sample(
     sigmas: torch.Tensor,
     *,
     on_step: StepCallback | None = None,
+    state_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Integrate dx/dt = v(x, t) from ``sigmas[0]`` to ``sigmas[-1]``; one call per step.
 
-    ``x`` is kept in float32 between steps (as diffusers' Euler scheduler does);
-    ``velocity`` receives it and the current time and casts as it needs.
+    ``x`` is kept in ``state_dtype`` between steps: float32 by default (as diffusers'
+    Euler scheduler does); the release keeps its latents' dtype (bf16 on GPU).
+    ``velocity`` receives ``x`` and the current time and casts as it needs.
     """
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise ValueError("sigmas must be a 1-D tensor of at least two times")
-    x = noise.float()
+    x = noise.to(state_dtype)
     steps = sigmas.numel() - 1
     for index in range(steps):
         t, t_next = float(sigmas[index]), float(sigmas[index + 1])
-        v = velocity(x, t).float()
+        v = velocity(x, t).to(state_dtype)
         x = x + (t_next - t) * v
         if on_step is not None:
             on_step(index + 1, steps)

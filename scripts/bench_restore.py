@@ -6,7 +6,7 @@ In one run:
   and checkpoint loading, the Euler steps, the PNG), ``--repeats`` times; the
   baseline is a fresh process that only imports torch and PIL and reads the image,
   the floor any Python CLI on torch pays here; also the same command with every
-  optional library imported (``models.cli.UNUSED_OPTIONAL_IMPORTS`` emptied, the
+  optional library imported (``models.cli.modules_to_hide`` returning nothing, the
   path before those were hidden);
 - warm: per-image restore time in a loaded process (median of ``--repeats``), against
   the classical tool chain on the same image as the baseline.
@@ -38,7 +38,7 @@ COLD_BASELINE = (
 )
 #: ``cotir restore`` with nothing hidden from the libraries (the previous cold path).
 ALL_IMPORTS = (
-    "import sys\nimport models.cli\nmodels.cli.UNUSED_OPTIONAL_IMPORTS = ()\n"
+    "import sys\nimport models.cli\nmodels.cli.modules_to_hide = lambda: ()\n"
     "from cotir_pipeline.cli import main\nmain()\n"
 )
 

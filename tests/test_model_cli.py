@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -116,6 +117,15 @@ def test_hidden_modules_look_uninstalled_only_inside_the_block() -> None:
     assert name not in sys.modules
 
 
+def test_nothing_is_hidden_once_a_probing_library_is_loaded() -> None:
+    """diffusers decides at import whether bitsandbytes is there; hiding it later breaks it."""
+    import diffusers  # noqa: F401 - the point of the test
+
+    from models.cli import modules_to_hide
+
+    assert modules_to_hide() == ()
+
+
 def test_a_checkpoint_whose_base_is_gone_is_refused_in_one_line(tmp_path: Path) -> None:
     """A demo checkpoint trained on another prior names the missing base, no traceback."""
     from cotir_pipeline.evaluation.bench_sets import build_demo_bench
@@ -184,3 +194,24 @@ def test_a_cold_restore_skips_unused_libraries_and_restores_the_same_image(
         Image.open(lq).convert("RGB"), "Remove the haze.", steps=2
     )
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+
+
+def test_release_compat_flag_reaches_the_restorer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.restore import CoTIRRestorer
+
+    seen: list[bool] = []
+    original = CoTIRRestorer.restore_turns
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(self.release_compat)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CoTIRRestorer, "restore_turns", spy)
+    lq = _lq_png(tmp_path / "lq.png")
+    args = [str(lq), "-p", "Dehaze.", "-o", str(tmp_path / "o.png"), "--steps", "1"]
+    for flag in ([], ["--release-compat"]):
+        result = CliRunner().invoke(restore, [*args, "--variant", "tiny", *flag])
+        assert result.exit_code == 0, result.output
+    assert seen == [False, True]

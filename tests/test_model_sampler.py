@@ -191,3 +191,79 @@ def test_evaluation_adapter_takes_and_returns_uint8_arrays(tiny: CoTIRRestorer) 
     assert out.dtype == np.uint8
     with pytest.raises(ValueError, match="uint8"):
         restorer.restore(lq.astype(np.float32), "x", "noise")
+
+
+# -- the release's sampling (release compatibility mode) ----------------------------------------
+
+
+def test_sizes_round_down_in_release_compatibility_mode() -> None:
+    assert round_size(120, 40, down=True) == (112, 32)
+    assert round_size(120, 40) == (128, 48)
+    assert round_size(8, 5, down=True) == (16, 16)
+
+
+def test_release_position_ids_collapse_flux2_text_positions_as_bf16_does() -> None:
+    from models.backbones import text_ids
+    from models.kinds import BackboneKind
+    from models.restore import release_position_ids
+
+    ids = text_ids(BackboneKind.FLUX2_KLEIN, 512)
+    rounded = release_position_ids(ids)
+    assert len(torch.unique(rounded[:, 3])) == 385
+    assert torch.equal(rounded[:257, 3], ids[:257, 3].float())  # exact up to 256
+    assert rounded[257, 3] == 256  # 257 is not a bf16 number: it rounds to 256
+    assert (rounded[:, 3] - ids[:, 3].float()).abs().max() == 1.0
+
+
+def test_release_compat_works_at_the_floored_size_and_keeps_the_input_size(
+    tiny: CoTIRRestorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = []
+    original = tiny.codec.encode
+    monkeypatch.setattr(tiny.codec, "encode", lambda x: seen.append(x.shape) or original(x))
+    monkeypatch.setattr(tiny, "release_compat", True)
+    out = tiny.restore(_photo(70, 50), "Please remove the noise.", steps=2)
+    assert out.size == (70, 50)
+    assert seen == [torch.Size([1, 3, 48, 64])]  # 70 x 50 -> 64 x 48 (floor)
+    tiny.restore(_photo(120, 40), "Please remove the noise.", steps=2)
+    assert seen[-1] == torch.Size([1, 3, 32, 112])  # nearest would be 48 x 128
+
+
+def test_release_compat_draws_the_noise_on_the_device_in_the_latent_dtype(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bf16 latents: the release draws bf16 noise from a generator on the device."""
+    import models.restore as restore_module
+
+    restorer = CoTIRRestorer.from_variant("tiny", dtype=torch.bfloat16)
+    drawn: list[tuple[torch.device, torch.dtype]] = []
+    original = restore_module.initial_noise
+
+    def spy(shape, seed, *, device, dtype):  # type: ignore[no-untyped-def]
+        drawn.append((torch.device(device), dtype))
+        return original(shape, seed, device=device, dtype=dtype)
+
+    monkeypatch.setattr(restore_module, "initial_noise", spy)
+    restorer.restore(_photo(32, 32), "Remove the rain.", steps=1)
+    restorer.release_compat = True
+    restorer.restore(_photo(32, 32), "Remove the rain.", steps=1)
+    assert drawn == [(torch.device("cpu"), torch.float32), (torch.device("cpu"), torch.bfloat16)]
+    expected = torch.randn(
+        (1, 4, 768), generator=torch.Generator().manual_seed(42), dtype=torch.bfloat16
+    )
+    assert torch.equal(
+        original((1, 4, 768), 42, device=torch.device("cpu"), dtype=torch.bfloat16), expected
+    )
+
+
+def test_release_files_switch_release_compat_on_by_default(tmp_path: Path) -> None:
+    restorer = CoTIRRestorer.from_variant("tiny")
+    adapter = {
+        f"module.cot_adapter.{k}": v for k, v in restorer.model.cot_adapter.state_dict().items()
+    }
+    torch.save(adapter, tmp_path / "cot_adapter.pt")
+    assert CoTIRRestorer.from_pretrained(tmp_path, variant="tiny").release_compat is True
+    off = CoTIRRestorer.from_pretrained(tmp_path, variant="tiny", release_compat=False)
+    assert off.release_compat is False
+    save_checkpoint(restorer.model, tmp_path / "ours", variant="tiny", include_base=True)
+    assert CoTIRRestorer.from_pretrained(tmp_path / "ours").release_compat is False
