@@ -261,12 +261,14 @@ class CoTAdapter(nn.Module):
         scene = self.sharpness_layer(refined)
         degradation = self.degradation_layer(refined)
         plan = self.planning_layer(torch.cat([degradation, scene], dim=-1))
-        injected = (
-            text
-            + self.scale_sharpness.to(text.dtype) * scene
-            + self.scale_degradation.to(text.dtype) * degradation
-            + self.scale_planning.to(text.dtype) * plan
+        # The release's order of operations (bit-identical in bf16): the gated sum first,
+        # degradation + scene + plan, then added to the text stream.
+        residual = (
+            degradation * self.scale_degradation.to(text.dtype)
+            + scene * self.scale_sharpness.to(text.dtype)
+            + plan * self.scale_planning.to(text.dtype)
         )
+        injected = text + residual
         return CoTAdapterOutput(
             text=injected,
             scene=self.final_sharpness_layer(self.head_act(scene), vec),

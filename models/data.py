@@ -3,7 +3,7 @@
 Layout read (written by ``cotir_pipeline.annotation_stage``; REFERENCE.md section 6):
 ``<root>/<degradation>/<degradation>-NNNNNN.tar`` holding ``<key>.hq.png``,
 ``<key>.lq.png`` and ``<key>.meta.json`` (``cot.questions`` [vague, precise],
-``cot.answers``, ``deg``).
+``cot.answers``, ``deg``, optional ``jpeg_type``).
 
 How a batch is made (REFERENCE.md section 4):
 
@@ -21,8 +21,9 @@ How a batch is made (REFERENCE.md section 4):
   mismatched sizes, broken tar) is skipped and counted by reason, never raised; a type
   whose shards give nothing at all is dropped from the rotation (counted as
   ``exhausted``);
-- each sample is resized (bilinear, antialiased) to the progressive stage's patch and
-  gets its prompt from the curriculum (:func:`choose_prompt`).
+- each sample is resized (bilinear, without antialiasing like the release, unless
+  ``TrainConfig.resize_antialias``) to the progressive stage's patch and gets its prompt
+  from the curriculum (:func:`choose_prompt`).
 
 Resumable position: a stream's state is small (per degradation: shards drawn, records
 read of the current shard; the round-robin/prompt generator's state; skip counts), so
@@ -34,10 +35,12 @@ process produces it, so the streams line up again after a resume.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -310,16 +313,19 @@ class DegradationStream:
 # -- decoding and prompts -----------------------------------------------------------------------
 
 
-def image_to_tensor(image: Image.Image, patch: int) -> torch.Tensor:
-    """RGB image -> (3, patch, patch) float32 in [-1, 1], bilinear (antialiased) resize.
+def image_to_tensor(image: Image.Image, patch: int, *, antialias: bool = False) -> torch.Tensor:
+    """RGB image -> (3, patch, patch) float32 in [-1, 1], bilinear resize.
 
-    ``patch`` 0 keeps the image's own size.
+    ``patch`` 0 keeps the image's own size. Without ``antialias`` (the release's resize,
+    ``align_corners=False``) each output pixel mixes only the 2 x 2 nearest inputs, so
+    a downsized pair keeps the amplitude of its noise and fine texture; ``antialias``
+    averages over the whole footprint instead (a deviation, ``TrainConfig.resize_antialias``).
     """
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
     if patch and tensor.shape[-2:] != (patch, patch):
         tensor = F.interpolate(
-            tensor, size=(patch, patch), mode="bilinear", antialias=True, align_corners=False
+            tensor, size=(patch, patch), mode="bilinear", antialias=antialias, align_corners=False
         ).clamp_(-1.0, 1.0)
     return tensor[0].contiguous()
 
@@ -345,6 +351,7 @@ class DecodedSample:
     hq: torch.Tensor
     questions: tuple[str, str]
     answer: str
+    jpeg_type: str | None = None
 
 
 def crop_pair(
@@ -369,11 +376,13 @@ def decode_record(
     folder: str,
     *,
     crop_rng: random.Random | None = None,
+    antialias: bool = False,
 ) -> DecodedSample:
     """Check and decode one raw record; raises :class:`BadSample` with a reason.
 
-    Both images are resized to ``patch`` (the paper's stages), or, with ``crop_rng``,
-    cut to the same random ``patch`` window at full resolution (the demo's stages).
+    Both images are resized to ``patch`` (the paper's stages; ``antialias`` as in
+    :func:`image_to_tensor`), or, with ``crop_rng``, cut to the same random ``patch``
+    window at full resolution (the demo's stages).
     """
     key = str(record.get("__key__", "?"))
     missing = [name for name in REQUIRED_FIELDS if name not in record]
@@ -403,11 +412,13 @@ def decode_record(
     if lq.size != hq.size:
         raise BadSample("size_mismatch", f"{key}: lq {lq.size} != hq {hq.size}")
     if crop_rng is None:
-        lq_tensor, hq_tensor = image_to_tensor(lq, patch), image_to_tensor(hq, patch)
+        lq_tensor = image_to_tensor(lq, patch, antialias=antialias)
+        hq_tensor = image_to_tensor(hq, patch, antialias=antialias)
     else:
         lq_tensor, hq_tensor = crop_pair(
             image_to_tensor(lq, 0), image_to_tensor(hq, 0), patch, crop_rng
         )
+    jpeg_type = meta.get("jpeg_type")
     return DecodedSample(
         key=key,
         degradation=degradation or folder,
@@ -415,6 +426,7 @@ def decode_record(
         hq=hq_tensor,
         questions=(questions[0].strip(), questions[1].strip()),
         answer=answer,
+        jpeg_type=str(jpeg_type) if isinstance(jpeg_type, str | int) and jpeg_type != "" else None,
     )
 
 
@@ -424,7 +436,7 @@ class PromptChoice:
 
     text: str
     arm: str  # "vague" or "precise"
-    source: str  # "list", "template", "question" or "fallback"
+    source: str  # "list", "template", "jpeg_type", "question" or "fallback"
 
 
 def _templates(degradation: str) -> tuple[str, ...]:
@@ -434,6 +446,41 @@ def _templates(degradation: str) -> tuple[str, ...]:
         return spe_prompts(degradation)
     except (ValueError, PromptFileError):
         return ()
+
+
+#: The degradation a ``jpeg_type`` refines (our label for JPEG compression).
+JPEG_DEGRADATION = "jpeg"
+_JPEG_TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _shipped_template_folder() -> Path:
+    from importlib import resources
+
+    from cotir_pipeline.annotation.prompts import (
+        PROMPTS_FOLDER,
+        PROMPTS_PACKAGE,
+        SPE_PROMPT_FOLDER,
+    )
+
+    return Path(str(resources.files(PROMPTS_PACKAGE).joinpath(PROMPTS_FOLDER, SPE_PROMPT_FOLDER)))
+
+
+@functools.lru_cache(maxsize=256)
+def jpeg_type_templates(jpeg_type: str, folder: str | None = None) -> tuple[str, ...]:
+    """Template lines of ``<folder>/<jpeg_type>.txt`` (none when the file is missing).
+
+    The release's rule: a JPEG sample's ``jpeg_type`` names a template list next to the
+    per-degradation ones. Blank lines are skipped; a name that is not a plain file name
+    gives none. ``folder`` None is the shipped ``spe_prompt`` folder.
+    """
+    if not _JPEG_TYPE_NAME.match(jpeg_type):
+        return ()
+    path = (Path(folder) if folder is not None else _shipped_template_folder()) / f"{jpeg_type}.txt"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return ()
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 def readable_degradation(degradation: str) -> str:
@@ -447,13 +494,17 @@ def choose_prompt(
     questions: Sequence[str],
     step: int,
     curriculum: CurriculumConfig,
+    jpeg_type: str | None = None,
 ) -> PromptChoice:
     """Pick a sample's prompt by the curriculum (REFERENCE.md section 4).
 
     Vague with probability ``vague_probability(step)``: then a line of the vague list
     (0.8) or the record's question[0] (0.2). Otherwise precise: a line of the
-    degradation's template list (0.7; 0.2 for lost_color) or question[1]. A missing
-    source (empty question, no template list, e.g. for a composite) gives the fallback.
+    degradation's template list (0.7; 0.2 for lost_color) or question[1]. For a sample
+    with JPEG in its degradation and a ``jpeg_type`` that has a template list
+    (:func:`jpeg_type_templates`), that list replaces the degradation's, as in the
+    release. A missing source (empty question, no template list, e.g. for a composite)
+    gives the fallback.
     """
     from cotir_pipeline.annotation.prompts import gen_prompts
 
@@ -466,6 +517,10 @@ def choose_prompt(
             return PromptChoice(padded[0].strip(), "vague", "question")
         return PromptChoice(fallback, "vague", "fallback")
     if rng.random() < curriculum.template_probability_for(degradation):
+        if jpeg_type and JPEG_DEGRADATION in degradation.split("+"):
+            lines = jpeg_type_templates(jpeg_type, curriculum.jpeg_type_prompt_dir)
+            if lines:
+                return PromptChoice(rng.choice(lines), "precise", "jpeg_type")
         templates = _templates(degradation)
         if templates:
             return PromptChoice(rng.choice(templates), "precise", "template")
@@ -576,13 +631,24 @@ class TrainingStream:
             stream = self.streams[name]
             for record in stream:
                 try:
-                    sample = decode_record(record, patch, name, crop_rng=self.rng if crop else None)
+                    sample = decode_record(
+                        record,
+                        patch,
+                        name,
+                        crop_rng=self.rng if crop else None,
+                        antialias=self.config.resize_antialias,
+                    )
                 except BadSample as bad:
                     self.skips.count(bad.reason, str(bad))
                     continue
                 stream.mark_good()
                 prompt = choose_prompt(
-                    self.rng, sample.degradation, sample.questions, step, self.config.curriculum
+                    self.rng,
+                    sample.degradation,
+                    sample.questions,
+                    step,
+                    self.config.curriculum,
+                    sample.jpeg_type,
                 )
                 return sample, prompt
 

@@ -17,8 +17,9 @@ release's (``cot_adapter.pt`` + ``lora.pt``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -198,13 +199,45 @@ def _base_of_checkpoint(variant: Variant, meta: dict[str, object]) -> Path | Non
     )
 
 
-def release_position_ids(ids: torch.Tensor) -> torch.Tensor:
-    """Position ids rounded through bf16, as the release casts them before its RoPE.
+class ReleaseRotaryEmbedding(torch.nn.Module):
+    """FLUX RoPE computed as the release computes it from bf16 ids, in diffusers' form.
 
-    bf16 keeps 8 significant bits, so positions above 256 collapse (FLUX.2's 512 text
-    positions become 385 values). Released weights were trained under that rounding.
+    The release's ``rope`` works in the dtype of the ids it is given, which its sampler
+    casts to bf16: positions, frequencies, angles and their cosines and sines are all
+    bf16 (only the result is cast to float32). bf16 keeps 8 significant bits, so
+    positions above 256 collapse (FLUX.2's 512 text positions become 385 values), and
+    released weights were trained under that rounding. Returns diffusers' ``(cos, sin)`` pair
+    (each frequency repeated for its two channels), so it stands in for the
+    transformer's ``pos_embed``.
     """
-    return ids.to(torch.bfloat16).to(torch.float32)
+
+    def __init__(self, theta: float, axes_dim: Sequence[int]) -> None:
+        super().__init__()
+        self.theta = theta
+        self.axes_dim = tuple(int(dim) for dim in axes_dim)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (N, sum(axes_dim)) float32, for (N, len(axes_dim)) ids."""
+        positions = ids.to(torch.bfloat16)
+        cos_parts, sin_parts = [], []
+        for axis, dim in enumerate(self.axes_dim):
+            scale = torch.arange(0, dim, 2, dtype=torch.bfloat16, device=ids.device) / dim
+            omega = 1.0 / (self.theta**scale)
+            angles = positions[..., axis, None] * omega
+            cos_parts.append(torch.cos(angles).float().repeat_interleave(2, dim=-1))
+            sin_parts.append(torch.sin(angles).float().repeat_interleave(2, dim=-1))
+        return torch.cat(cos_parts, dim=-1), torch.cat(sin_parts, dim=-1)
+
+
+@contextlib.contextmanager
+def release_rope(transformer: torch.nn.Module) -> Iterator[None]:
+    """Swap the transformer's ``pos_embed`` for :class:`ReleaseRotaryEmbedding` meanwhile."""
+    original = transformer.pos_embed
+    transformer.pos_embed = ReleaseRotaryEmbedding(original.theta, original.axes_dim)
+    try:
+        yield
+    finally:
+        transformer.pos_embed = original
 
 
 def initial_noise(
@@ -245,9 +278,10 @@ class CoTIRRestorer:
         self.variant = variant
         #: Where the Euler sampler starts: Gaussian noise (the paper) or the LQ tokens.
         self.flow_start = "noise"
-        #: Sample as the public release's inference does (:func:`release_position_ids`,
-        #: noise from a generator on the device in the latents' dtype, latents kept in
-        #: that dtype between steps, sizes floored to multiples of 16). On for the
+        #: Sample as the public release's inference does (RoPE from bf16 position ids,
+        #: :class:`ReleaseRotaryEmbedding`; noise from a generator on the device in the
+        #: latents' dtype; latents kept in that dtype between steps; sizes floored to
+        #: multiples of 16). On for the
         #: release's checkpoint files (the weights were trained that way), off otherwise.
         self.release_compat = False
         self.device = torch.device(device)
@@ -430,8 +464,6 @@ class CoTIRRestorer:
             ]
         )
         txt_ids = text_ids(kind, text.embeds.shape[1], device=self.device)
-        if compat:
-            ids, txt_ids = release_position_ids(ids), release_position_ids(txt_ids)
         guidance = None
         if kind is BackboneKind.FLUX1_KONTEXT and self.model.transformer.config.guidance_embeds:
             value = self.variant.guidance if self.variant.guidance is not None else 1.0
@@ -470,13 +502,15 @@ class CoTIRRestorer:
             return output.sample[:, :n_tokens]
 
         start = reference if self.flow_start == "reference" else noise.to(self.device)
-        latents = euler_sample(
-            velocity,
-            start,
-            sigmas,
-            on_step=on_step,
-            state_dtype=reference.dtype if compat else torch.float32,
-        )
+        rope = release_rope(self.model.transformer) if compat else contextlib.nullcontext()
+        with rope:
+            latents = euler_sample(
+                velocity,
+                start,
+                sigmas,
+                on_step=on_step,
+                state_dtype=reference.dtype if compat else torch.float32,
+            )
         grid = tokens_to_grid(latents.to(self.dtype), grid_h, grid_w)
         result = tensor_to_pil(self.codec.decode(grid))
         if result.size != (width, height):

@@ -122,6 +122,7 @@ class TrainOptions:
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
     lora_init_b: str | None = None
+    trainable_dtype: str | None = None
     flow_start: str | None = None
     base: Path | None = None
     no_adapter: bool = False
@@ -194,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="LoRA B initialisation: zero (standard, default) or random (the release).",
     )
     parser.add_argument(
+        "--trainable-dtype",
+        choices=["fp32", "bf16"],
+        help="dtype of the trained adapter and LoRA weights: fp32 master weights (default) "
+        "or bf16 as the release trains them (needs --mixed-precision bf16 or a GPU).",
+    )
+    parser.add_argument(
         "--flow-start",
         choices=["noise", "reference"],
         help="Where the flow starts: noise (the paper, default) or the LQ reference tokens "
@@ -263,6 +270,7 @@ def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
         lora_init_b=args.lora_init_b,
+        trainable_dtype=args.trainable_dtype,
         flow_start=args.flow_start,
         base=args.base,
         no_adapter=args.no_adapter,
@@ -289,6 +297,7 @@ def build_config(options: TrainOptions) -> TrainConfig:
         "keep_checkpoints",
         "mixed_precision",
         "lora_init_b",
+        "trainable_dtype",
         "flow_start",
     ):
         value = getattr(options, name)
@@ -716,6 +725,14 @@ def _build(
     precision = str(accelerator.mixed_precision)
     mode = config.constraints.mode
     frozen_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    trainable_dtype = torch.float32
+    if config.trainable_dtype == "bf16":
+        if precision != "bf16":
+            raise ValueError(
+                f"trainable_dtype bf16 needs bf16 mixed precision, not {precision!r} "
+                "(pass --mixed-precision bf16)"
+            )
+        trainable_dtype = torch.bfloat16
     # The same seed on every rank: identical LoRA (and, for full variants, adapter) init.
     torch.manual_seed(config.seed)
     restorer = CoTIRRestorer.from_variant(
@@ -730,7 +747,7 @@ def _build(
     apply_lora(model, variant.lora_rank, init_b=config.lora_init_b)
     for parameter in model.parameters():
         if parameter.requires_grad:
-            parameter.data = parameter.data.float()
+            parameter.data = parameter.data.to(trainable_dtype)
     held: dict[str, torch.Tensor] = {}
     if no_adapter:
         if config.constraints.mode is not ConstraintMode.NONE:

@@ -19,6 +19,11 @@ from typing import Any
 
 from models.kinds import BackboneKind
 
+#: FLUX.1 Kontext's guidance-embedding value, in training and at inference: the public
+#: release feeds 4 to CoTIR-12B in both (docs/MODEL.md). ``tiny-kontext``, the toy of the
+#: 12B's Kontext path, uses the same value.
+KONTEXT_GUIDANCE = 4.0
+
 
 class TextEncoderKind(StrEnum):
     """Which text encoder produces prompts and CoT targets."""
@@ -109,7 +114,7 @@ VARIANTS: dict[str, Variant] = {
         text_dim=4096,
         codec=CodecKind.FLUX1_VAE,
         steps=20,
-        guidance=2.5,
+        guidance=KONTEXT_GUIDANCE,
         weights_folder="FLUX.1-Kontext-dev",
         paper_params_b=13.47,
         description="FLUX.1 Kontext dev + CoT adapter (T5-XXL targets)",
@@ -261,7 +266,7 @@ VARIANTS: dict[str, Variant] = {
         lora_rank=8,
         image_size=64,
         max_text_tokens=64,
-        guidance=2.5,
+        guidance=KONTEXT_GUIDANCE,
         description="demo only: the tiny toy on the FLUX.1 Kontext architecture",
     ),
 }

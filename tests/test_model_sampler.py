@@ -202,17 +202,47 @@ def test_sizes_round_down_in_release_compatibility_mode() -> None:
     assert round_size(8, 5, down=True) == (16, 16)
 
 
-def test_release_position_ids_collapse_flux2_text_positions_as_bf16_does() -> None:
+def test_release_rope_is_computed_from_bf16_ids_in_diffusers_form() -> None:
+    """Positions, frequencies and angles in bf16 as the release; otherwise diffusers' RoPE."""
+    from diffusers.models.transformers.transformer_flux2 import Flux2PosEmbed
+
     from models.backbones import text_ids
     from models.kinds import BackboneKind
-    from models.restore import release_position_ids
+    from models.restore import ReleaseRotaryEmbedding
 
-    ids = text_ids(BackboneKind.FLUX2_KLEIN, 512)
-    rounded = release_position_ids(ids)
-    assert len(torch.unique(rounded[:, 3])) == 385
-    assert torch.equal(rounded[:257, 3], ids[:257, 3].float())  # exact up to 256
-    assert rounded[257, 3] == 256  # 257 is not a bf16 number: it rounds to 256
-    assert (rounded[:, 3] - ids[:, 3].float()).abs().max() == 1.0
+    ids = text_ids(BackboneKind.FLUX2_KLEIN, 512).float()
+    cos, sin = ReleaseRotaryEmbedding(2000, (32, 32, 32, 32))(ids)
+    exact_cos, exact_sin = Flux2PosEmbed(theta=2000, axes_dim=[32, 32, 32, 32])(ids)
+    assert cos.shape == exact_cos.shape == (512, 128)
+    assert cos.dtype == torch.float32
+    # 512 text positions collapse to 385 distinct ones (bf16 keeps 8 significant bits).
+    assert len(torch.unique(cos[:, 96:], dim=0)) == 385
+    assert torch.equal(cos[257], cos[256])  # 257 is not a bf16 number
+    # Small positions: only the bf16 rounding of angles (relative 2^-8) and of the values.
+    torch.testing.assert_close(cos[:8], exact_cos[:8], atol=0.05, rtol=0)
+    torch.testing.assert_close(sin[:8], exact_sin[:8], atol=0.05, rtol=0)
+    assert (cos - exact_cos).abs().max() > 0.5  # the large positions move a lot
+
+
+def test_release_compat_swaps_the_rope_only_while_it_samples(
+    tiny: CoTIRRestorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.restore import ReleaseRotaryEmbedding
+
+    calls = []
+    original_forward = ReleaseRotaryEmbedding.forward
+    monkeypatch.setattr(
+        ReleaseRotaryEmbedding,
+        "forward",
+        lambda self, ids: calls.append(ids.shape) or original_forward(self, ids),
+    )
+    before = tiny.model.transformer.pos_embed
+    tiny.restore(_photo(32, 32), "Remove the rain.", steps=1)
+    assert calls == []
+    monkeypatch.setattr(tiny, "release_compat", True)
+    tiny.restore(_photo(32, 32), "Remove the rain.", steps=1)
+    assert calls  # the release's RoPE ran
+    assert tiny.model.transformer.pos_embed is before
 
 
 def test_release_compat_works_at_the_floored_size_and_keeps_the_input_size(

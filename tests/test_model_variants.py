@@ -74,3 +74,34 @@ def test_variants_are_consistent() -> None:
     assert all(get_variant(n).lora_rank == 96 for n in FULL_SIZE_VARIANTS)
     with pytest.raises(KeyError, match="known: cotir-12b"):
         get_variant("cotir-70b")
+
+
+def test_kontext_gets_the_release_guidance_of_4() -> None:
+    """CoTIR-12B (FLUX.1 Kontext) is fed guidance 4, as the release does; FLUX.2 none."""
+    assert get_variant("cotir-12b").guidance == 4.0
+    assert get_variant("cotir-4b").guidance is None
+    assert get_variant("cotir-9b").guidance is None
+    assert get_variant("tiny-kontext").guidance == 4.0  # the 12B path's toy mirrors it
+
+
+def test_the_restorer_feeds_the_variant_guidance_to_kontext() -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from models.restore import CoTIRRestorer
+
+    restorer = CoTIRRestorer.from_variant("tiny-kontext")
+    seen: list[torch.Tensor] = []
+
+    def capture(_module: object, _args: object, kwargs: dict[str, object]) -> None:
+        seen.append(kwargs["guidance"])  # type: ignore[arg-type]
+
+    handle = restorer.model.transformer.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        photo = Image.fromarray(np.full((32, 32, 3), 100, dtype=np.uint8))
+        restorer.restore(photo, "Remove the haze.", steps=1)
+    finally:
+        handle.remove()
+    assert seen
+    assert all(torch.equal(value.float(), torch.tensor([4.0])) for value in seen)

@@ -6,12 +6,14 @@ import itertools
 import math
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from cotir_pipeline.annotation.prompts import gen_prompts, spe_prompts
-from models.data import choose_prompt
+from models.data import choose_prompt, jpeg_type_templates
 from models.losses import ConstraintMode
 from models.train_config import (
     CurriculumConfig,
@@ -55,8 +57,78 @@ def test_stage_lookup_at_boundaries() -> None:
     assert config.stage_at(500_000).patch == 512  # past the end: the last stage
 
 
-def test_learning_rate_schedule_values() -> None:
+def _release_lr(step: int) -> float:
+    """The release's lr at optimizer step ``step``, written out from its definition.
+
+    diffusers' cosine schedule (warm-up step / 2000, then 0.5 (1 + cos(pi p)) over
+    num_training_steps = 120,001) times the peak, raised to min_learning_rate after every
+    scheduler step; step 0 comes before the first scheduler step.
+    """
+    peak, floor, warmup, horizon = 5e-4, 5e-5, 2000, 120_001
+    if step < warmup:
+        value = peak * step / warmup
+    else:
+        value = peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (horizon - warmup)))
+    return value if step == 0 else max(floor, value)
+
+
+@pytest.mark.parametrize("variant", ["cotir-12b", "cotir-4b", "cotir-9b"])
+def test_full_variants_follow_the_release_lr_curve(variant: str) -> None:
+    config = config_for_variant(variant)
+    assert config.schedule.curve == "release"
+    peak, floor = 5e-4, 5e-5
+    assert config.lr_at(0) == 0.0  # the first step does not move the weights
+    assert config.lr_at(1) == pytest.approx(floor)  # 2.5e-7 raised to the floor
+    assert config.lr_at(200) == pytest.approx(floor)
+    assert config.lr_at(400) == pytest.approx(peak / 5)
+    assert config.lr_at(2000) == pytest.approx(peak)
+    middle = peak * 0.5 * (1 + math.cos(math.pi * 58_000 / 118_001))
+    assert config.lr_at(60_000) == pytest.approx(middle, rel=1e-12)
+    assert config.lr_at(60_000) == pytest.approx(2.56658e-4, rel=1e-5)
+    assert config.lr_at(95_831) == pytest.approx(floor)
+    assert config.lr_at(120_000) == pytest.approx(floor)
+    for step in (0, 1, 2, 199, 201, 1999, 2000, 2001, 30_000, 60_000, 95_830, 95_831, 119_999):
+        assert config.lr_at(step) == pytest.approx(_release_lr(step), rel=1e-12, abs=0), step
+    # The cosine crosses the floor where 0.5 (1 + cos(pi p)) = 0.1.
+    crossing = 2000 + 118_001 * math.acos(-0.8) / math.pi
+    assert math.ceil(crossing) == 95_831
+    first = next(k for k in range(90_000, 100_000) if config.lr_at(k) <= floor)
+    assert first == 95_831
+    assert config.lr_at(95_830) > floor
+    assert config.schedule.floor_step(peak) == 95_831
+    assert all(config.lr_at(k) == pytest.approx(floor) for k in range(95_831, 120_000, 1009))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_release_curve_matches_diffusers_scheduler_with_the_floor(processes: int) -> None:
+    """Step the release's scheduler the way its trainer does, on a short schedule."""
+    from diffusers.optimization import get_scheduler
+
+    schedule = ScheduleConfig(total_steps=1200, warmup_steps=20, cosine_steps=1201, min_lr=0.1)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=1.0)
+    # accelerate's prepared scheduler steps once per process, hence the scaled lengths.
+    scheduler = get_scheduler(
+        "cosine",
+        optimizer=optimizer,
+        num_warmup_steps=20 * processes,
+        num_training_steps=1201 * processes,
+    )
+    for step in range(1200):
+        assert schedule.lr_at(step, 1.0) == pytest.approx(optimizer.param_groups[0]["lr"]), step
+        optimizer.step()
+        for _ in range(processes):
+            scheduler.step()
+        for group in optimizer.param_groups:
+            group["lr"] = max(group["lr"], 0.1)
+
+
+def test_cosine_to_floor_curve_values() -> None:
+    """The demo's curve: warm-up (k + 1) / warmup, then a cosine ending at the floor."""
     config = config_for_variant("cotir-4b")
+    config = config.with_overrides(
+        schedule=config.schedule.model_copy(update={"curve": "cosine_to_floor"})
+    )
     peak, floor = 5e-4, 5e-5
     assert config.lr_at(0) == pytest.approx(peak / 2000)
     assert config.lr_at(999) == pytest.approx(peak / 2)
@@ -72,6 +144,10 @@ def test_learning_rate_schedule_values() -> None:
     values = [config.lr_at(step) for step in range(2000, 120_001, 997)]
     assert all(a >= b for a, b in itertools.pairwise(values))
     assert min(values) >= floor
+    assert config.schedule.floor_step(peak) is None  # the floor comes at total_steps
+    demo = config_for_variant("demo")
+    assert demo.schedule.curve == "cosine_to_floor"
+    assert demo.lr_at(0) > 0
 
 
 def test_schedule_without_warmup_and_bad_values() -> None:
@@ -113,6 +189,13 @@ def test_tiny_config_scales_everything() -> None:
     assert [s.end_step for s in scaled.stages] == [2, 4, 6, 12]
     assert scaled.curriculum.vague_probability(4) == 0.6
     assert scaled.lr_at(12) == pytest.approx(5e-5)
+    # The toy mirrors the paper's recipe, so it runs the release's curve too.
+    assert config.schedule.curve == "release"
+    assert config.lr_at(0) == 0.0
+    assert config.lr_at(1) == pytest.approx(5e-4)
+    paper = config_for_variant("cotir-12b").scaled(480)
+    assert (paper.schedule.warmup_steps, paper.schedule.cosine_steps) == (8, 480)
+    assert paper.schedule.curve == "release"
 
 
 def test_config_validation() -> None:
@@ -182,3 +265,58 @@ def test_prompt_texts_come_from_their_sources() -> None:
     rng = random.Random(0)
     composite = choose_prompt(rng, "low_light+noise", ["", ""], 0, curriculum)
     assert composite.text in (*gen_prompts(), "Please correct low light and noise issues.")
+
+
+def test_jpeg_type_lists_replace_the_jpeg_templates(tmp_path: Path) -> None:
+    """A JPEG sample's jpeg_type names its own template list (the release's rule)."""
+    (tmp_path / "q20.txt").write_text("Undo the q20 blocking.\n\nUndo the q20 ringing.\n")
+    curriculum = CurriculumConfig(jpeg_type_prompt_dir=str(tmp_path))
+    assert jpeg_type_templates("q20", str(tmp_path)) == (
+        "Undo the q20 blocking.",
+        "Undo the q20 ringing.",
+    )
+    draws = 20_000
+
+    def mix(degradation: str, jpeg_type: str | None) -> Counter[str]:
+        rng = random.Random(7)
+        counts: Counter[str] = Counter()
+        for _ in range(draws):
+            choice = choose_prompt(
+                rng, degradation, ["vague q", "precise q"], 0, curriculum, jpeg_type
+            )
+            counts[choice.source] += 1
+            if choice.source == "jpeg_type":
+                assert choice.text in jpeg_type_templates("q20", str(tmp_path))
+                assert choice.arm == "precise"
+            elif choice.source == "template":
+                assert choice.text in spe_prompts(degradation)
+        return counts
+
+    jpeg = mix("jpeg", "q20")
+    assert "template" not in jpeg  # the type's list takes the whole template share
+    assert jpeg["jpeg_type"] / draws == pytest.approx(0.8 * 0.7, abs=0.015)
+    assert jpeg["question"] / draws == pytest.approx(0.8 * 0.3 + 0.2 * 0.2, abs=0.015)
+    # A composite with JPEG uses it too (it has no list of its own).
+    composite = mix("low_light+jpeg", "q20")
+    assert composite["jpeg_type"] / draws == pytest.approx(0.8 * 0.7, abs=0.015)
+    assert "fallback" not in composite
+    # Only JPEG samples: a jpeg_type on another degradation is ignored.
+    assert "jpeg_type" not in mix("noise", "q20")
+    # A type without a list keeps the degradation's templates.
+    unknown = mix("jpeg", "q99")
+    assert "jpeg_type" not in unknown
+    assert unknown["template"] / draws == pytest.approx(0.8 * 0.7, abs=0.015)
+    assert jpeg_type_templates("../q20", str(tmp_path)) == ()  # not a plain file name
+
+
+def test_shipped_prompts_have_no_list_for_our_jpeg_types() -> None:
+    """Our shards' jpeg_type is q<quality>; no such list ships, so jpeg.txt stays in use."""
+    assert jpeg_type_templates("q20") == ()
+    assert jpeg_type_templates("jpeg") == spe_prompts("jpeg")  # the folder is the shipped one
+    rng = random.Random(0)
+    sources = {
+        choose_prompt(rng, "jpeg", ["", "p"], 0, CurriculumConfig(), "q20").source
+        for _ in range(200)
+    }
+    assert "jpeg_type" not in sources
+    assert "template" in sources

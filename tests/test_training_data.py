@@ -8,8 +8,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812 - the torch convention
+from PIL import Image
 
 from cotir_pipeline.store import S3ObjectStore
 from models.data import (
@@ -18,7 +21,9 @@ from models.data import (
     NoTrainingDataError,
     SkipCounter,
     TrainingStream,
+    decode_record,
     discover_shards,
+    image_to_tensor,
     make_loader,
     read_shard_records,
     resolve_shard_source,
@@ -307,3 +312,72 @@ def test_shards_are_downloaded_from_the_store(
         read_shard_records(str(sorted(cache.rglob("*.tar"))[0]), SkipCounter().tar_handler)
     )
     assert len(records) == 3
+
+
+def _noise_image(size: int = 512, sigma: float = 25.0) -> Image.Image:
+    rng = np.random.default_rng(0)
+    values = 128.0 + sigma * rng.standard_normal((size, size, 3))
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+
+
+def test_patches_are_resized_without_antialiasing_like_the_release() -> None:
+    """sigma-25 noise downsized 512 -> 128 keeps the amplitude the release trains on."""
+    image = _noise_image()
+    patch = image_to_tensor(image, 128)
+    full = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+    reference = F.interpolate(
+        full.permute(2, 0, 1)[None], size=(128, 128), mode="bilinear", align_corners=False
+    )[0]
+    assert torch.equal(patch, reference)
+    # Plain bilinear at 4x mixes 2 x 2 pixels: std 25 / 2; antialiasing low-passes to ~4.
+    assert float(patch.std()) * 127.5 == pytest.approx(12.5, abs=0.3)
+    smoothed = image_to_tensor(image, 128, antialias=True)
+    assert float(smoothed.std()) * 127.5 == pytest.approx(4.1, abs=0.4)
+    for variant in ("cotir-12b", "cotir-4b", "cotir-9b", "tiny"):
+        assert config_for_variant(variant).resize_antialias is False
+
+
+def test_the_stream_resizes_as_the_config_says(tmp_path: Path, config: TrainConfig) -> None:
+    root = write_shards(tmp_path / "shards", ("noise",), samples_per_shard=2, size=64)
+    record = next(iter(read_shard_records(discover_shards(root)["noise"][0], lambda _: True)))
+    plain = decode_record(record, 16, "noise")
+    smooth = decode_record(record, 16, "noise", antialias=True)
+    assert not torch.allclose(plain.lq, smooth.lq)
+    for antialias, expected in ((False, plain), (True, smooth)):
+        stream = TrainingStream(
+            discover_shards(root), config.with_overrides(resize_antialias=antialias), seed=0
+        )
+        sample = stream.next_sample(0, 16)[0]  # stage 1 of the toy: 16 px
+        assert sample.key == expected.key
+        assert torch.equal(sample.lq, expected.lq)
+        assert torch.equal(sample.hq, expected.hq)
+
+
+def test_the_stream_gives_jpeg_samples_their_jpeg_type_list(
+    tmp_path: Path, config: TrainConfig
+) -> None:
+    sample = make_sample("jpegx0x0", "jpeg")
+    meta = {**sample.meta, "jpeg_type": "q20"}
+    members = members_of(sample)
+    members[2] = (members[2][0], json.dumps(meta).encode())
+    write_raw_tar(tmp_path / "shards" / "jpeg" / "jpeg-000000.tar", members)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "q20.txt").write_text("Remove the quality-20 artifacts.\n")
+    curriculum = config.curriculum.model_copy(
+        update={"jpeg_type_prompt_dir": str(tmp_path / "lists")}
+    )
+    stream = TrainingStream(
+        discover_shards(tmp_path / "shards"),
+        config.with_overrides(curriculum=curriculum),
+        seed=0,
+    )
+    picked = [stream.next_sample(0, 16) for _ in range(300)]
+    assert {decoded.jpeg_type for decoded, _ in picked} == {"q20"}
+    by_source = Counter(prompt.source for _, prompt in picked)
+    assert by_source["jpeg_type"] > 100  # 0.8 x 0.7 of 300 expected
+    assert "template" not in by_source
+    assert all(
+        prompt.text == "Remove the quality-20 artifacts."
+        for _, prompt in picked
+        if prompt.source == "jpeg_type"
+    )

@@ -213,3 +213,36 @@ def test_two_processes_keep_identical_weights_on_different_samples(
     checkpoint = out / CHECKPOINTS_DIR / "step-0000004"
     assert (checkpoint / "rank-00000.pt").is_file()
     assert (checkpoint / "rank-00001.pt").is_file()
+
+
+@pytest.mark.slow
+def test_trainable_weights_are_fp32_unless_bf16_is_asked_for(
+    finished_run: TrainResult, shard_root: Path, tmp_path: Path
+) -> None:
+    """fp32 master weights by default; --trainable-dtype bf16 trains them in bf16 (release)."""
+    import torch
+    from safetensors.torch import load_file
+
+    assert finished_run.checkpoint is not None
+    default = load_file(str(finished_run.checkpoint / "trainable.safetensors"))
+    assert {tensor.dtype for tensor in default.values()} == {torch.float32}
+    with pytest.raises(ValueError, match="needs bf16 mixed precision"):
+        _run(shard_root, tmp_path / "fp32", "--steps", "2", "--trainable-dtype", "bf16")
+    # A fresh process: accelerate's precision is fixed once per process.
+    out = tmp_path / "bf16"
+    command = [
+        *(sys.executable, "-m", "models.train", "--variant", "tiny"),
+        *("--shards", str(shard_root), "--out", str(out), "--steps", "2", "--no-plots"),
+        *("--cpu", "--mixed-precision", "bf16", "--trainable-dtype", "bf16"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    checkpoint = out / CHECKPOINTS_DIR / "step-0000002"
+    tensors = load_file(str(checkpoint / "trainable.safetensors"))
+    assert {tensor.dtype for tensor in tensors.values()} == {torch.bfloat16}
+    records = read_jsonl(out / "metrics.jsonl")
+    assert len(records) == 2
+    assert all(record["loss"] == record["loss"] for record in records)  # finite, not NaN
+    gate = tensors["cot_adapter.scale_planning"]
+    assert float(gate.float().abs().sum()) > 0  # the bf16 weights were updated
