@@ -18,6 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cotir_pipeline.png import decode_plain_rgb_png, fast_codecs_enabled, png_header
+
+JPEG_SIGNATURE = b"\xff\xd8"
+_EXIF_ORIENTATION = 0x0112
+
 #: Larger images are refused: a decompression bomb (a small file that decodes to
 #: gigabytes) must not take the worker down. 200 MP is above any restoration set.
 DEFAULT_MAX_PIXELS = 200_000_000
@@ -58,24 +63,83 @@ def _to_rgb8(image: Image.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG from its header (libjpeg-turbo); None if it is not one."""
+    if not data.startswith(JPEG_SIGNATURE) or not fast_codecs_enabled():
+        return None
+    try:
+        import simplejpeg
+
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    except (ImportError, ValueError):
+        return None
+    return int(width), int(height)
+
+
+def decode_plain_jpeg(data: bytes) -> np.ndarray | None:
+    """Pixels of a colour JPEG without an EXIF rotation, via libjpeg-turbo; else None.
+
+    Grayscale and CMYK files, files with an EXIF orientation and anything libjpeg-turbo
+    reports a problem with (``strict``: a truncated file is an error, not grey rows)
+    return None, so Pillow and the loader's rules handle them. The pixels equal
+    Pillow's (same library, the accurate DCT and upsampling; ``tests/test_png.py``).
+    """
+    if jpeg_size(data) is None:
+        return None
+    import simplejpeg
+
+    try:
+        _, _, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colourspace != "YCbCr":
+            return None
+        with Image.open(io.BytesIO(data)) as image:  # headers only: the EXIF rotation
+            if image.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):
+                return None
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except (ValueError, OSError, SyntaxError):
+        return None
+    return np.ascontiguousarray(pixels)
+
+
+def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise BadImageError(
+            f"{name} is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
+            f"{max_pixels / 1e6:.0f} MP limit (possible decompression bomb)"
+        )
+
+
 def decode_rgb8(
     data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> LoadedImage:
-    """Decode image bytes to RGB uint8 (EXIF orientation applied); see :func:`load_rgb8`."""
+    """Decode image bytes to RGB uint8 (EXIF orientation applied); see :func:`load_rgb8`.
+
+    Plain 8-bit RGB PNGs are decoded by libspng
+    (:func:`cotir_pipeline.png.decode_plain_rgb_png`) and colour JPEGs without an EXIF
+    rotation by libjpeg-turbo (:func:`decode_plain_jpeg`); everything else, and any file
+    they reject, by Pillow with the rules below.
+    """
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise BadImageError(f"empty file {name}")
+    header = png_header(data)
+    if header is not None:
+        _check_size(name, header[0], header[1], max_pixels)
+        plain = decode_plain_rgb_png(data)  # libspng; None when Pillow must read the file
+        if plain is not None:
+            return LoadedImage(pixels=plain, sha256=digest, notes=[])
+    size = jpeg_size(data)
+    if size is not None:
+        _check_size(name, *size, max_pixels)
+        plain = decode_plain_jpeg(data)  # libjpeg-turbo; None when Pillow must read it
+        if plain is not None:
+            return LoadedImage(pixels=plain, sha256=digest, notes=[])
     notes: list[str] = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise BadImageError(
-                        f"{name} is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
-                        f"{max_pixels / 1e6:.0f} MP limit (possible decompression bomb)"
-                    )
+                _check_size(name, *image.size, max_pixels)
                 image.load()
                 orientation = image.getexif().get(0x0112, 1)
                 if orientation not in (0, 1):

@@ -34,6 +34,7 @@ from PIL import Image
 
 from cotir_pipeline import demo_photos
 from cotir_pipeline.images import BadImageError, load_rgb8
+from cotir_pipeline.png import png_encoder
 from cotir_pipeline.shards import (
     STATUS_DROPPED,
     STATUS_FAILED,
@@ -134,6 +135,8 @@ class ShardStageReport:
     by_degradation: dict[str, int] = field(default_factory=dict)
     by_split: dict[str, int] = field(default_factory=dict)
     drop_reasons: dict[str, int] = field(default_factory=dict)
+    #: The PNG encoder of the shards written in this run (provenance).
+    png_encoder: str = ""
 
 
 # -- planning ---------------------------------------------------------------------------
@@ -609,7 +612,7 @@ def write_pair_shards(
         raise ValueError("no planned pairs: nothing to shard")
     source = pairs[0].source
     jobs = shard_jobs(pairs, shard_size, size, fetched_root)
-    report = ShardStageReport(shards_total=len(jobs))
+    report = ShardStageReport(shards_total=len(jobs), png_encoder=png_encoder())
     all_rows: list[dict[str, Any]] = []
     sizes: dict[str, dict[str, int]] = defaultdict(dict)
     pending: list[ShardJob] = []

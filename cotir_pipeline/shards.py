@@ -21,14 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
-#: PNG compression level: 1 is ~3x faster to encode than the default 6 on one core
-#: and still lossless; shards are transient, so speed wins over the last few percent.
-PNG_COMPRESS_LEVEL = 1
+# The PNG codecs live in cotir_pipeline.png (fpng / libspng, Pillow as the fallback);
+# they are re-exported here, where the shard code has always found them.
+from cotir_pipeline.png import decode_png, encode_png  # noqa: F401 - re-exported
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -75,21 +73,6 @@ def sample_id(
         hasher.update(part.encode("utf-8"))
         hasher.update(b"\0")
     return hasher.hexdigest()[:32]
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """Lossless PNG of an RGB uint8 array."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an RGB uint8 array (H, W, 3), got {image.dtype} {image.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """RGB uint8 array from PNG (or any Pillow-readable) bytes."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,17 @@
-"""Benchmark the shard stage against the PNG codec floor, and its 2-process speed-up.
+"""Benchmark the shard stage: fast codecs against Pillow, the codec floor, 2 processes.
 
 For N fetched-style LQ/HQ pairs of real photo content it measures, in one run:
 
-- floor: decode both PNG files and encode both as PNG (the codec work alone);
+- floor: decode both PNG files and encode both as PNG (the codec work alone), with the
+  fast codecs (libspng + fpng: the physical floor of this stage) and with Pillow;
 - stage, 1 process: ``write_pair_shards`` end to end (decode, crop/resize, encode,
-  hash, tar, atomic store write, manifest);
-- stage, 2 processes: the same with ``workers=2``.
+  hash, tar, atomic store write, manifest), with the fast codecs and with Pillow only
+  (the previous path, ``cotir_pipeline.png.use_codecs("pillow")``);
+- stage, 2 processes: the fast path with ``workers=2``.
 
-It prints samples/s and the ratios stage/floor and 2-process/1-process, and a
-projection of the hours to shard 5.2 M pairs on a 64-core node.
+It prints pairs/s, the ratios new/old, stage/floor and 2-process/1-process, whether two
+runs wrote byte-identical shards, and a projection of the hours to shard 5.2 M pairs on
+a 64-core node.
 
     .venv/bin/python scripts/bench_shard_stage.py --pairs 96 --size 512 --repeats 3
 """
@@ -16,6 +19,7 @@ projection of the hours to shard 5.2 M pairs on a 64-core node.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import tempfile
@@ -28,7 +32,7 @@ from PIL import Image
 from cotir_pipeline import demo_photos
 from cotir_pipeline.images import load_rgb8
 from cotir_pipeline.pair_stage import plan_fetched_pairs, write_pair_shards
-from cotir_pipeline.shards import encode_png
+from cotir_pipeline.png import encode_png, png_encoder, use_codecs
 from cotir_pipeline.sources.spec import SplitRule
 from cotir_pipeline.store import LocalObjectStore
 
@@ -61,8 +65,8 @@ def codec_floor(root: Path) -> float:
     return time.perf_counter() - started
 
 
-def stage(root: Path, workers: int, size: int, shard_size: int) -> float:
-    """Seconds for the shard stage over every pair into a fresh local store."""
+def stage(root: Path, workers: int, size: int, shard_size: int) -> tuple[float, str]:
+    """Seconds for the shard stage over every pair into a fresh store, and its tars' digest."""
     rules = [SplitRule(name="train", lq_glob="lq/*.png", hq_glob="hq/*.png")]
     plan = plan_fetched_pairs("bench", root, rules, "noise")
     with tempfile.TemporaryDirectory(prefix="cotir-bench-store-") as store_dir:
@@ -76,9 +80,18 @@ def stage(root: Path, workers: int, size: int, shard_size: int) -> float:
             workers=workers,
         )
         elapsed = time.perf_counter() - started
+        digest = hashlib.sha256()
+        for tar in sorted(Path(store_dir).rglob("*.tar")):
+            digest.update(tar.name.encode())
+            digest.update(tar.read_bytes())
     if report.samples_ok != len(plan):
         raise RuntimeError(f"only {report.samples_ok} of {len(plan)} pairs were sharded")
-    return elapsed
+    return elapsed, digest.hexdigest()
+
+
+def best(runs: list[tuple[float, str]]) -> tuple[float, set[str]]:
+    """The fastest run's seconds and the set of shard digests over the runs."""
+    return min(seconds for seconds, _ in runs), {digest for _, digest in runs}
 
 
 def main() -> None:
@@ -93,28 +106,52 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant; best is kept")
     arguments = parser.parse_args()
 
+    repeats = arguments.repeats
     with tempfile.TemporaryDirectory(prefix="cotir-bench-pairs-") as work:
         root = Path(work)
         make_pairs(root, arguments.pairs, arguments.size)
-        floor = min(codec_floor(root) for _ in range(arguments.repeats))
-        one = min(
-            stage(root, 1, arguments.size, arguments.shard_size) for _ in range(arguments.repeats)
+        encoder = png_encoder()
+        floor = min(codec_floor(root) for _ in range(repeats))
+        one, one_digests = best(
+            [stage(root, 1, arguments.size, arguments.shard_size) for _ in range(repeats)]
         )
-        two = min(
-            stage(root, 2, arguments.size, arguments.shard_size) for _ in range(arguments.repeats)
+        two, two_digests = best(
+            [stage(root, 2, arguments.size, arguments.shard_size) for _ in range(repeats)]
         )
+        with use_codecs("pillow"):
+            old_encoder = png_encoder()
+            old_floor = min(codec_floor(root) for _ in range(repeats))
+            old, _ = best(
+                [stage(root, 1, arguments.size, arguments.shard_size) for _ in range(repeats)]
+            )
 
-    rate = {name: arguments.pairs / seconds for name, seconds in
-            (("floor", floor), ("stage_1", one), ("stage_2", two))}
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
-    print(f"pairs: {arguments.pairs} at {arguments.size}x{arguments.size}, "
-          f"best of {arguments.repeats}")
-    print(f"codec floor (1 process):  {rate['floor']:7.2f} pairs/s")
-    print(f"shard stage (1 process):  {rate['stage_1']:7.2f} pairs/s")
-    print(f"shard stage (2 processes):{rate['stage_2']:7.2f} pairs/s")
-    print(f"ratio stage/floor:        {rate['stage_1'] / rate['floor']:.3f}")
-    print(f"speed-up 2 processes:     {rate['stage_2'] / rate['stage_1']:.3f}x")
+    rate = {
+        name: arguments.pairs / seconds
+        for name, seconds in (
+            ("floor", floor),
+            ("old_floor", old_floor),
+            ("stage_1", one),
+            ("stage_2", two),
+            ("old_stage_1", old),
+        )
+    }
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
+    )
+    print(f"pairs: {arguments.pairs} at {arguments.size}x{arguments.size}, best of {repeats}")
+    print(f"new path: {encoder} + libspng decoding; old path: {old_encoder} + Pillow decoding")
+    print(f"codec floor, new (1 process):  {rate['floor']:7.2f} pairs/s")
+    print(f"codec floor, old (1 process):  {rate['old_floor']:7.2f} pairs/s")
+    print(f"shard stage, new (1 process):  {rate['stage_1']:7.2f} pairs/s")
+    print(f"shard stage, old (1 process):  {rate['old_stage_1']:7.2f} pairs/s")
+    print(f"shard stage, new (2 processes):{rate['stage_2']:7.2f} pairs/s")
+    print(f"speed-up new/old (1 process):  {rate['stage_1'] / rate['old_stage_1']:.3f}x")
+    print(f"ratio new stage/new floor:     {rate['stage_1'] / rate['floor']:.3f}")
+    print(f"ratio new stage/old floor:     {rate['stage_1'] / rate['old_floor']:.3f}")
+    print(f"speed-up 2 processes:          {rate['stage_2'] / rate['stage_1']:.3f}x")
+    identical = len(one_digests | two_digests) == 1
+    print(f"byte-identical shards over {2 * repeats} runs (1 and 2 processes): {identical}")
     # Per-process efficiency at 2 processes, capped at 1: a 64-core node is not assumed
     # to scale better than linearly.
     efficiency = min(1.0, rate["stage_2"] / rate["stage_1"] / 2)

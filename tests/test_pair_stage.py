@@ -139,6 +139,10 @@ def test_bad_inputs_are_dropped_with_a_reason_and_shards_are_readable(
     sizes = json.loads(store.get_text("pair_shards/toy/rain/sizes.json"))
     assert sum(sizes.values()) == 8
     assert store.exists("pair_shards/toy/_SUCCESS.json")
+    # The encoder of the shards is part of the stage's provenance.
+    assert json.loads(store.get_text("pair_shards/toy/report.json"))["png_encoder"].startswith(
+        "fpng "
+    )
     # Every ok row points at a real sample of its shard, at the stored size.
     by_key = {row["shard_key"]: row for row in manifest if row["status"] == "ok"}
     tars = [info.key for info in store.list("pair_shards/toy/") if info.key.endswith(".tar")]

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from cotir_pipeline.images import load_rgb8
+from cotir_pipeline.png import encode_png
 
 #: File suffixes treated as images when a folder is scanned.
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -65,14 +65,14 @@ def _atomic_replace(path: Path, write: Any) -> None:
         raise
 
 
-def write_png(path: Path, image: np.ndarray, *, compress_level: int = 1) -> None:
-    """Write an RGB uint8 array as PNG atomically (temp file + rename: never a partial file)."""
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write an RGB uint8 array as PNG atomically (temp file + rename: never a partial file).
+
+    The bytes come from the shard stage's encoder (:func:`cotir_pipeline.png.encode_png`).
+    """
     pixels = check_rgb8(image, what=f"image for {Path(path).name}")
-
-    def write(temp: Path) -> None:
-        Image.fromarray(pixels).save(temp, format="PNG", compress_level=compress_level)
-
-    _atomic_replace(Path(path), write)
+    data = encode_png(np.ascontiguousarray(pixels))
+    _atomic_replace(Path(path), lambda temp: temp.write_bytes(data))
 
 
 def write_text(path: Path, text: str) -> None:
