@@ -102,24 +102,51 @@ def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
+class _HashingWriter(io.RawIOBase):
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, target: io.BufferedWriter) -> None:
+        super().__init__()
+        self.target = target
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        self.size += view.nbytes
+        self.target.write(view)
+        return view.nbytes
+
+
 def write_shard(samples: Iterable[ShardSample], destination: Path) -> ShardInfo:
     """Write ``samples`` as a WebDataset tar at ``destination`` (deterministic bytes).
 
-    Keys must not contain '.' (WebDataset splits member names at the first dot).
+    The sha256 and size are taken while writing, so a shard is never read back into
+    memory. Keys must not contain '.' (WebDataset splits member names at the first dot).
     """
     count = 0
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(destination, "w", format=tarfile.USTAR_FORMAT) as archive:
-        for sample in samples:
-            if "." in sample.key or "/" in sample.key or not sample.key:
-                raise ValueError(f"shard key {sample.key!r} must be non-empty, without '.' or '/'")
-            _add_member(archive, f"{sample.key}.hq.png", sample.hq_png)
-            _add_member(archive, f"{sample.key}.lq.png", sample.lq_png)
-            meta = json.dumps(dict(sample.meta), sort_keys=True).encode("utf-8")
-            _add_member(archive, f"{sample.key}.meta.json", meta)
-            count += 1
-    data = destination.read_bytes()
-    return ShardInfo(samples=count, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    with open(destination, "wb") as handle:
+        hashing = _HashingWriter(handle)
+        with tarfile.open(fileobj=hashing, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+            for sample in samples:
+                if "." in sample.key or "/" in sample.key or not sample.key:
+                    raise ValueError(
+                        f"shard key {sample.key!r} must be non-empty, without '.' or '/'"
+                    )
+                _add_member(archive, f"{sample.key}.hq.png", sample.hq_png)
+                _add_member(archive, f"{sample.key}.lq.png", sample.lq_png)
+                meta = json.dumps(dict(sample.meta), sort_keys=True).encode("utf-8")
+                _add_member(archive, f"{sample.key}.meta.json", meta)
+                count += 1
+    return ShardInfo(samples=count, size_bytes=hashing.size, sha256=hashing.digest.hexdigest())
 
 
 def read_shard(path: Path) -> Iterator[ShardSample]:
