@@ -35,6 +35,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.resources import ObjectStoreResource
+from cotir_pipeline.digests import file_sha256
 from cotir_pipeline.evaluation.bench_sets import (
     HQ_DIR,
     INFO_NAME,
@@ -372,14 +373,6 @@ class EvaluationResource(dg.ConfigurableResource):
 # Files between the store and the local cache
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _local_files(root: Path) -> dict[str, Path]:
     """Every finished file below ``root`` by relative POSIX path (hidden temp files skipped)."""
     return {
@@ -426,7 +419,7 @@ def _upload_bench(
     index: dict[str, dict[str, Any]] = {}
     uploaded = unchanged = 0
     for relative, path in sorted(files.items()):
-        entry = {"sha256": _sha256_file(path), "size": path.stat().st_size}
+        entry = {"sha256": file_sha256(path), "size": path.stat().st_size}
         index[relative] = entry
         key = f"{prefix}/{relative}"
         if previous.get(relative) == entry and stored.get(key) == entry["size"]:
@@ -492,7 +485,7 @@ def local_bench(store: ObjectStore, name: str, cache: Path) -> BenchSet:
     for relative, entry in sorted(index.items()):
         path = root / relative
         fresh = path.is_file() and path.stat().st_size == entry["size"]
-        if fresh and (trusted or _sha256_file(path) == entry["sha256"]):
+        if fresh and (trusted or file_sha256(path) == entry["sha256"]):
             continue
         store.download_file(f"{prefix}/{relative}", path)
     for relative, path in _local_files(root).items():
@@ -507,7 +500,7 @@ def local_bench(store: ObjectStore, name: str, cache: Path) -> BenchSet:
 
 def manifest_digest(bench: BenchSet) -> str:
     """sha256 of a bench set's ``test.jsonl`` (which outputs belong to which set)."""
-    return _sha256_file(bench.root / MANIFEST_NAME)
+    return file_sha256(bench.root / MANIFEST_NAME)
 
 
 # --------------------------------------------------------------------------------------------

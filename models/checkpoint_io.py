@@ -40,7 +40,6 @@ fused LoRA is exact; the tests check the mapping numerically, not by name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import warnings
@@ -114,15 +113,6 @@ def _lora_settings(model: CoTIRTransformer) -> dict[str, Any] | None:
         # Modules whose rank is their smaller side (alpha equal: scale 1.0), as the release.
         "capped": capped_ranks(model, int(config.r)),
     }
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (checkpoint and prior digests)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def base_state_dict(model: CoTIRTransformer) -> StateDict:

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the torch convention
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.checkpoint_io import file_sha256
+from cotir_pipeline.digests import file_sha256
 from models.variants import get_variant
 
 #: The variant the prior is the base of.

@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.checkpoint_io import file_sha256
+from cotir_pipeline.digests import file_sha256
 from models.data import DataPosition, derive_seed, discover_shards, make_loader
 from models.dual import DualOptimizer
 from models.losses import (

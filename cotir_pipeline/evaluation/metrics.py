@@ -20,7 +20,6 @@ Hugging Face cache. See docs/EVALUATION.md for placing them offline.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -36,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from cotir_pipeline.digests import file_sha256
 from cotir_pipeline.evaluation._io import read_rgb
 
 ReferenceKind = Literal["full", "no"]
@@ -421,11 +421,7 @@ def _sha256(path: Path) -> str:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _HASH_CACHE:
-        digest = hashlib.sha256()
-        with path.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-        _HASH_CACHE[key] = digest.hexdigest()
+        _HASH_CACHE[key] = file_sha256(path)
     return _HASH_CACHE[key]
 
 

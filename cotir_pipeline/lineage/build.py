@@ -18,7 +18,6 @@ The build is an external hash join, so 5.2 M samples never sit in memory at once
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -35,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cotir_pipeline.digests import file_sha256
 from cotir_pipeline.lineage.schema import (
     DICTIONARY_COLUMNS,
     FILTER_DROP,
@@ -528,14 +528,6 @@ def _group_bytes(path: Path) -> dict[str, int]:
     return sizes
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_lineage(
     store: ObjectStore,
     *,
@@ -661,7 +653,7 @@ def _write_parts(
             if made is None:
                 continue
             report.orphans += made.orphans
-            digest = _sha256_file(made.path)
+            digest = file_sha256(made.path)
             key = f"{PARTS_PREFIX}{made.bucket}-{digest[:16]}.parquet"
             size = made.path.stat().st_size
             if existing.get(key) == size:
