@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cotir_pipeline.png import decode_plain_rgb_png, fast_codecs_enabled, png_header
+from cotir_pipeline.png import decode_plain_rgb_png, fast_module, png_header
 
 JPEG_SIGNATURE = b"\xff\xd8"
 _EXIF_ORIENTATION = 0x0112
@@ -63,39 +63,40 @@ def _to_rgb8(image: Image.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a JPEG from its header (libjpeg-turbo); None if it is not one."""
-    if not data.startswith(JPEG_SIGNATURE) or not fast_codecs_enabled():
+def jpeg_header(data: bytes) -> tuple[int, int, str] | None:
+    """(width, height, colour space) of a JPEG from its header, via libjpeg-turbo.
+
+    None when the data is not a JPEG, libjpeg-turbo cannot read the header, or the
+    fast codecs are off (then Pillow reads the file).
+    """
+    simplejpeg = fast_module("simplejpeg")
+    if simplejpeg is None or not data.startswith(JPEG_SIGNATURE):
         return None
     try:
-        import simplejpeg
-
-        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-    except (ImportError, ValueError):
+        height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)  # type: ignore[attr-defined]
+    except ValueError:
         return None
-    return int(width), int(height)
+    return int(width), int(height), str(colourspace)
 
 
-def decode_plain_jpeg(data: bytes) -> np.ndarray | None:
+def decode_plain_jpeg(data: bytes, header: tuple[int, int, str] | None = None) -> np.ndarray | None:
     """Pixels of a colour JPEG without an EXIF rotation, via libjpeg-turbo; else None.
 
     Grayscale and CMYK files, files with an EXIF orientation and anything libjpeg-turbo
     reports a problem with (``strict``: a truncated file is an error, not grey rows)
     return None, so Pillow and the loader's rules handle them. The pixels equal
     Pillow's (same library, the accurate DCT and upsampling; ``tests/test_png.py``).
+    ``header`` is :func:`jpeg_header`'s result when the caller already has it.
     """
-    if jpeg_size(data) is None:
+    header = header if header is not None else jpeg_header(data)
+    simplejpeg = fast_module("simplejpeg")
+    if header is None or simplejpeg is None or header[2] != "YCbCr":
         return None
-    import simplejpeg
-
     try:
-        _, _, colourspace, _ = simplejpeg.decode_jpeg_header(data)
-        if colourspace != "YCbCr":
-            return None
         with Image.open(io.BytesIO(data)) as image:  # headers only: the EXIF rotation
             if image.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):
                 return None
-        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)  # type: ignore[attr-defined]
     except (ValueError, OSError, SyntaxError):
         return None
     return np.ascontiguousarray(pixels)
@@ -128,10 +129,10 @@ def decode_rgb8(
         plain = decode_plain_rgb_png(data)  # libspng; None when Pillow must read the file
         if plain is not None:
             return LoadedImage(pixels=plain, sha256=digest, notes=[])
-    size = jpeg_size(data)
-    if size is not None:
-        _check_size(name, *size, max_pixels)
-        plain = decode_plain_jpeg(data)  # libjpeg-turbo; None when Pillow must read it
+    jpeg = jpeg_header(data)
+    if jpeg is not None:
+        _check_size(name, jpeg[0], jpeg[1], max_pixels)
+        plain = decode_plain_jpeg(data, jpeg)  # libjpeg-turbo; None when Pillow must read it
         if plain is not None:
             return LoadedImage(pixels=plain, sha256=digest, notes=[])
     notes: list[str] = []

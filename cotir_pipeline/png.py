@@ -17,10 +17,12 @@ keep holding. :func:`use_codecs` forces the Pillow path (the benchmark's baselin
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import struct
 from collections.abc import Iterator
 from importlib import metadata
+from types import ModuleType
 from typing import Literal
 
 import numpy as np
@@ -50,29 +52,18 @@ def use_codecs(codecs: Codecs) -> Iterator[None]:
         _state["codecs"] = before
 
 
-def fast_codecs_enabled() -> bool:
-    """Whether the fast codecs may be used now (not inside ``use_codecs("pillow")``)."""
-    return _state["codecs"] == "fast"
+def fast_module(name: str) -> ModuleType | None:
+    """The optional codec library ``name`` (fpng, pyspng, simplejpeg), if it may be used.
 
-
-def _fpng() -> object | None:
+    None inside ``use_codecs("pillow")`` or when the library is not installed: the
+    caller then takes its Pillow path.
+    """
     if _state["codecs"] != "fast":
         return None
     try:
-        import fpng
+        return importlib.import_module(name)
     except ImportError:
         return None
-    return fpng
-
-
-def _pyspng() -> object | None:
-    if _state["codecs"] != "fast":
-        return None
-    try:
-        import pyspng
-    except ImportError:
-        return None
-    return pyspng
 
 
 def _version(distribution: str) -> str:
@@ -84,7 +75,7 @@ def _version(distribution: str) -> str:
 
 def png_encoder() -> str:
     """The encoder :func:`encode_png` uses now, with its version (for provenance)."""
-    if _fpng() is not None:
+    if fast_module("fpng") is not None:
         return f"fpng {_version('fpng')}"
     return f"pillow {_version('pillow')} zlib level {PILLOW_COMPRESS_LEVEL}"
 
@@ -97,7 +88,7 @@ def _check_rgb8(image: np.ndarray) -> None:
 def encode_png(image: np.ndarray) -> bytes:
     """Lossless PNG of an RGB uint8 array; the same pixels always give the same bytes."""
     _check_rgb8(image)
-    fpng = _fpng()
+    fpng = fast_module("fpng")
     if fpng is not None:
         try:
             return bytes(fpng.from_ndarray(np.ascontiguousarray(image)))  # type: ignore[attr-defined]
@@ -141,7 +132,7 @@ def decode_plain_rgb_png(data: bytes) -> np.ndarray | None:
     or EXIF chunk, a file libspng rejects), so the caller's Pillow path decides.
     Size limits are the caller's: check :func:`png_header` before calling.
     """
-    pyspng = _pyspng()
+    pyspng = fast_module("pyspng")
     header = png_header(data)
     if pyspng is None or header is None:
         return None

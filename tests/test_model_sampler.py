@@ -83,12 +83,18 @@ def _photo(width: int = 70, height: int = 50, seed: int = 0) -> Image.Image:
     return Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
 
 
+def _encoded_shapes(restorer: CoTIRRestorer, monkeypatch: pytest.MonkeyPatch) -> list:
+    """Record the shape of every image the restorer's codec encodes."""
+    seen: list = []
+    original = restorer.codec.encode
+    monkeypatch.setattr(restorer.codec, "encode", lambda x: seen.append(x.shape) or original(x))
+    return seen
+
+
 def test_restore_works_at_a_multiple_of_16_and_maps_back_to_the_input_size(
     tiny: CoTIRRestorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen = []
-    original = tiny.codec.encode
-    monkeypatch.setattr(tiny.codec, "encode", lambda x: seen.append(x.shape) or original(x))
+    seen = _encoded_shapes(tiny, monkeypatch)
     out = tiny.restore(_photo(70, 50), "Please remove the noise.", steps=2)
     assert out.size == (70, 50)
     assert out.mode == "RGB"
@@ -248,9 +254,7 @@ def test_release_compat_swaps_the_rope_only_while_it_samples(
 def test_release_compat_works_at_the_floored_size_and_keeps_the_input_size(
     tiny: CoTIRRestorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen = []
-    original = tiny.codec.encode
-    monkeypatch.setattr(tiny.codec, "encode", lambda x: seen.append(x.shape) or original(x))
+    seen = _encoded_shapes(tiny, monkeypatch)
     monkeypatch.setattr(tiny, "release_compat", True)
     out = tiny.restore(_photo(70, 50), "Please remove the noise.", steps=2)
     assert out.size == (70, 50)

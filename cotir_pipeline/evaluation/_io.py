@@ -71,7 +71,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
     The bytes come from the shard stage's encoder (:func:`cotir_pipeline.png.encode_png`).
     """
     pixels = check_rgb8(image, what=f"image for {Path(path).name}")
-    data = encode_png(np.ascontiguousarray(pixels))
+    data = encode_png(pixels)
     _atomic_replace(Path(path), lambda temp: temp.write_bytes(data))
 
 
