@@ -415,10 +415,10 @@ def write_training_shards(
                 }
                 for item in items
             ]
-            with tempfile.TemporaryDirectory(prefix="cotir-training-") as work:
-                local = Path(work) / f"{name}.tar"
+            with store.staging_dir() as staging:
+                local = staging / f"{name}.tar"
                 write_shard(samples, local)
-                store.put_file(tar_key, local)
+                store.put_file(tar_key, local, move=True)
             table = pa.Table.from_pylist(rows, schema=TRAINING_MANIFEST_SCHEMA)
             store.put_bytes(marker_key, parquet_bytes(table))
             report.shards_written += 1

@@ -18,11 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -578,6 +577,12 @@ def build_shard(job: ShardJob, work_dir: str, shard_uri: str) -> tuple[str, str,
     return tar_path, manifest_path, rows
 
 
+def _store_shard(store: ObjectStore, job: ShardJob, tar_path: str, manifest_path: str) -> None:
+    """Move one built shard into the store: the tar, then its manifest (the completion marker)."""
+    store.put_file(job.key(".tar"), Path(tar_path), move=True)
+    store.put_file(job.key(".parquet"), Path(manifest_path), move=True)
+
+
 def _finished_rows(store: ObjectStore, job: ShardJob) -> list[dict[str, Any]] | None:
     """Rows of a finished shard, or None when it must be (re)built."""
     manifest_key = job.key(".parquet")
@@ -625,7 +630,8 @@ def write_pair_shards(
         all_rows.extend(rows)
         sizes[job.degradation][f"{job.name}.tar"] = sum(r["status"] == STATUS_OK for r in rows)
     done = report.shards_skipped
-    with tempfile.TemporaryDirectory(prefix="cotir-shards-") as work_dir:
+    with store.staging_dir() as staging:
+        work_dir = str(staging)
         results: Iterable[tuple[ShardJob, tuple[str, str, list[dict]]]]
         if workers > 1 and len(pending) > 1:
             executor = ProcessPoolExecutor(max_workers=workers)
@@ -639,21 +645,33 @@ def write_pair_shards(
             results = (
                 (job, build_shard(job, work_dir, store.uri(job.key(".tar")))) for job in pending
             )
+        # Storing a shard (fsync and rename, or an upload) overlaps building the next
+        # one; one shard at most is in flight, and shards land in order.
+        storing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cotir-shard-store")
+        in_flight: tuple[ShardJob, Future[None], list[dict]] | None = None
+
+        def landed(job: ShardJob, stored: Future[None], rows: list[dict]) -> None:
+            nonlocal done
+            stored.result()
+            report.shards_written += 1
+            all_rows.extend(rows)
+            sizes[job.degradation][f"{job.name}.tar"] = sum(
+                row["status"] == STATUS_OK for row in rows
+            )
+            done += 1
+            if progress is not None:
+                progress(done, len(jobs))
+
         try:
             for job, (tar_path, manifest_path, rows) in results:
-                store.put_file(job.key(".tar"), Path(tar_path))
-                store.put_file(job.key(".parquet"), Path(manifest_path))
-                os.unlink(tar_path)
-                os.unlink(manifest_path)
-                report.shards_written += 1
-                all_rows.extend(rows)
-                sizes[job.degradation][f"{job.name}.tar"] = sum(
-                    row["status"] == STATUS_OK for row in rows
-                )
-                done += 1
-                if progress is not None:
-                    progress(done, len(jobs))
+                stored = storing.submit(_store_shard, store, job, tar_path, manifest_path)
+                if in_flight is not None:
+                    landed(*in_flight)
+                in_flight = (job, stored, rows)
+            if in_flight is not None:
+                landed(*in_flight)
         finally:
+            storing.shutdown(wait=True)
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
     for degradation, counts in sizes.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from pathlib import Path
@@ -49,6 +50,29 @@ def test_the_fast_encoder_writes_standard_lossless_deterministic_png(tmp_path: P
         archive.addfile(info, io.BytesIO(data))
     (sample,) = list(webdataset.WebDataset(str(shard), shardshuffle=False).decode("pil"))
     assert np.array_equal(np.asarray(sample["hq.png"].convert("RGB")), pixels)
+
+
+def _fixed_pattern() -> np.ndarray:
+    """A 64x80 image made by integer arithmetic and PCG64 (both the same on every machine)."""
+    rows, columns = np.mgrid[0:64, 0:80]
+    pattern = np.stack([(columns * 3) % 256, (rows * 4) % 256, (rows + columns) % 256], -1)
+    pattern = pattern.astype(np.uint8)
+    noise = np.random.default_rng(2026).integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
+    pattern[::3] = noise[::3]
+    return pattern
+
+
+# sha256 of fpng 0.1.0's bytes for _fixed_pattern(), taken on the project's x86_64 VM
+# (2026-12-06). Shard digests in manifests rest on the encoder giving these bytes on
+# every machine; if a new fpng build or CPU gives others, this test says so first.
+_FIXED_PATTERN_FPNG_SHA256 = "d1bd681690f7dc3e254375748c0d8bd4fa0c68a1e5a9f21b73e360703d738520"
+
+
+def test_the_fast_encoder_gives_the_recorded_bytes_on_this_machine() -> None:
+    assert png_encoder() == "fpng 0.1.0", "a new encoder version: re-record the digest"
+    data = encode_png(_fixed_pattern())
+    assert hashlib.sha256(data).hexdigest() == _FIXED_PATTERN_FPNG_SHA256
+    assert np.array_equal(decode_png(data), _fixed_pattern())
 
 
 def test_pillow_path_gives_the_same_pixels_and_names_itself() -> None:

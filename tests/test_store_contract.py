@@ -109,6 +109,35 @@ def test_put_file_of_missing_source_is_a_clear_error(store: ObjectStore, tmp_pat
         store.put_file("x", tmp_path / "absent.bin")
 
 
+def test_a_moved_file_is_stored_and_gone_and_staging_is_never_listed(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    store.put_bytes("shards/old.tar", b"kept")
+    with store.staging_dir() as staging:
+        staged = staging / "000001.tar"
+        staged.write_bytes(b"tar bytes")
+        # A staged file is not an object yet, whatever the listing prefix.
+        assert [info.key for info in store.list()] == ["shards/old.tar"]
+        info = store.put_file("shards/000001.tar", staged, move=True)
+        assert (info.key, info.size) == ("shards/000001.tar", len(b"tar bytes"))
+        assert not staged.exists()
+        leftover = staging / "unstored.tar"
+        leftover.write_bytes(b"x")
+    assert not staging.exists(), "the staging folder is removed with what was left in it"
+    assert store.get_bytes("shards/000001.tar") == b"tar bytes"
+    assert [info.key for info in store.list()] == ["shards/000001.tar", "shards/old.tar"]
+    # A file staged anywhere else is moved too (renamed, or copied and removed).
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(b"other")
+    store.put_file("other.bin", outside, move=True)
+    assert store.get_bytes("other.bin") == b"other"
+    assert not outside.exists()
+    # Without move the source stays.
+    outside.write_bytes(b"copy")
+    store.put_file("copy.bin", outside)
+    assert outside.read_bytes() == b"copy"
+
+
 def test_readers_never_see_a_partial_object(store: ObjectStore) -> None:
     """While a large object is rewritten, every read returns one complete version."""
     old = b"A" * (6 * MIB)

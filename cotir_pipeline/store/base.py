@@ -10,7 +10,9 @@ folder (:mod:`cotir_pipeline.store.local`) and any S3-compatible server
 from __future__ import annotations
 
 import abc
+import contextlib
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +90,23 @@ class ObjectStore(abc.ABC):
         """Store ``data`` under ``key`` atomically, replacing any previous object."""
 
     @abc.abstractmethod
-    def put_file(self, key: str, source: Path) -> ObjectInfo:
-        """Store the file at ``source`` atomically; large files upload in parts."""
+    def put_file(self, key: str, source: Path, *, move: bool = False) -> ObjectInfo:
+        """Store the file at ``source`` atomically; large files upload in parts.
+
+        With ``move=True`` the source is consumed: it is gone afterwards, and a local
+        store renames it into place instead of copying when it lies on the store's
+        file system (see :meth:`staging_dir`).
+        """
+
+    @contextlib.contextmanager
+    def staging_dir(self) -> Iterator[Path]:
+        """A scratch folder for files about to be stored with ``put_file(move=True)``.
+
+        The folder and whatever is left in it are removed on exit. A local store puts
+        it on its own file system, so that a move is a rename and not a second copy.
+        """
+        with tempfile.TemporaryDirectory(prefix="cotir-staging-") as folder:
+            yield Path(folder)
 
     @abc.abstractmethod
     def get_bytes(self, key: str) -> bytes:

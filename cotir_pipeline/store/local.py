@@ -7,6 +7,7 @@ with :func:`os.replace`, which POSIX guarantees to be atomic within a folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -61,17 +62,39 @@ class LocalObjectStore(ObjectStore):
         write_atomically(self._path(key), lambda handle: handle.write(data))
         return ObjectInfo(key=key, size=len(data))
 
-    def put_file(self, key: str, source: Path) -> ObjectInfo:
+    def put_file(self, key: str, source: Path, *, move: bool = False) -> ObjectInfo:
         source = Path(source)
         if not source.is_file():
             raise FileNotFoundError(f"cannot store {key!r}: {source} is not a file")
+        destination = self._path(key)
+        if move:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if os.stat(source).st_dev == os.stat(destination.parent).st_dev:
+                # Same file system: flush the staged file and rename it into place,
+                # which is as atomic as write_atomically's own final rename.
+                with open(source, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(source, destination)
+                return self.head(key)
 
         def copy(handle: BinaryIO) -> None:
             with open(source, "rb") as reader:
                 shutil.copyfileobj(reader, handle, _COPY_CHUNK)
 
-        write_atomically(self._path(key), copy)
+        write_atomically(destination, copy)
+        if move:
+            source.unlink()
         return self.head(key)
+
+    @contextlib.contextmanager
+    def staging_dir(self) -> Iterator[Path]:
+        """A hidden folder under the store root (never listed), removed on exit."""
+        folder = self.root / f"{TEMP_MARKER}staging-{uuid.uuid4().hex}"
+        folder.mkdir(parents=True)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _open(self, key: str) -> BinaryIO:
         path = self._path(key)
@@ -112,7 +135,10 @@ class LocalObjectStore(ObjectStore):
             return
         found: list[ObjectInfo] = []
         for directory, subdirectories, files in os.walk(start):
-            subdirectories.sort()
+            # Staging folders hold files not yet stored: never list them.
+            subdirectories[:] = sorted(
+                name for name in subdirectories if not name.startswith(TEMP_MARKER)
+            )
             relative = Path(directory).relative_to(self.root).as_posix()
             for name in files:
                 if name.startswith(TEMP_MARKER):

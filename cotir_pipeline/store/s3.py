@@ -207,7 +207,7 @@ class S3ObjectStore(ObjectStore):
             )
         return ObjectInfo(key=key, size=len(data))
 
-    def put_file(self, key: str, source: Path) -> ObjectInfo:
+    def put_file(self, key: str, source: Path, *, move: bool = False) -> ObjectInfo:
         source = Path(source)
         if not source.is_file():
             raise FileNotFoundError(f"cannot store {key!r}: {source} is not a file")
@@ -218,7 +218,10 @@ class S3ObjectStore(ObjectStore):
             ),
             key,
         )
-        return ObjectInfo(key=key, size=source.stat().st_size)
+        size = source.stat().st_size
+        if move:
+            source.unlink()
+        return ObjectInfo(key=key, size=size)
 
     def get_bytes(self, key: str) -> bytes:
         full_key = self._full_key(key)
