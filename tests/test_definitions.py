@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
+import requests
 
 from assets.definitions import build_definitions, defs
 from assets.training import TrainingResource
@@ -57,6 +60,64 @@ def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+def _bare_environment() -> dict[str, str]:
+    """This process's environment without DAGSTER_HOME or any COTIR_ setting."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name != "DAGSTER_HOME" and not name.startswith("COTIR_")
+    }
+
+
+def test_plain_dagster_definitions_validate_works_with_no_environment() -> None:
+    """What a Dagster user types first, in the repo root, with nothing set."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate"],
+        cwd=REPO_ROOT,
+        env=_bare_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+def test_plain_dagster_dev_serves_the_code_location_with_no_environment() -> None:
+    port = free_port()
+    before = set(REPO_ROOT.glob(".tmp_dagster_home_*"))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO_ROOT,
+        env=_bare_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    query = {"query": "{ workspaceOrError { ... on Workspace { locationEntries { name "
+             "locationOrLoadError { __typename } } } } }"}
+    entries: list[dict] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                response = requests.post(f"http://127.0.0.1:{port}/graphql", json=query, timeout=5)
+                entries = response.json()["data"]["workspaceOrError"]["locationEntries"]
+                if entries and entries[0]["locationOrLoadError"] is not None:
+                    break
+            except (requests.RequestException, KeyError, TypeError, ValueError):
+                pass
+            time.sleep(1)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+    assert entries, f"the webserver never answered:\n{output[-3000:]}"
+    assert entries[0]["name"] == "cotir"
+    assert entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation", output[-3000:]
+    assert set(REPO_ROOT.glob(".tmp_dagster_home_*")) == before, "the temporary home is removed"
 
 
 def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSettings) -> None:
