@@ -45,7 +45,7 @@ prior: setup
 
 ## table-vii: the paper's Table VII at demo scale (4 arms x 3 seeds, after `make demo`)
 table-vii: setup
-	$(BIN)/dagster job execute -m assets.definitions -j table_vii_ablation
+	$(BIN)/python -m assets.run_job table_vii_ablation
 
 ## bench-model: the demo model's benchmarks (training step, restore), see docs/PERFORMANCE.md
 bench-model: setup

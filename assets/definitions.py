@@ -6,6 +6,10 @@ location (not at import), and resources are picked by the profile.
 
 import dagster as dg
 
+# The tag by which the UI lists a job's runs (runs launched through the workspace get it
+# from their code origin); Dagster keeps the constant in an internal module.
+from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+
 from assets import environment
 from assets.annotation_stage import AnnotationResource, build_annotation_assets
 from assets.data_stage import DEMO_SOURCE, DataStageResource, build_data_stage_assets
@@ -30,6 +34,19 @@ from cotir_pipeline.sources.catalog import load_catalog
 DEMO_JOB_NAME = "demo"
 #: Rebuilds the lineage index (after evaluation and reporting in the demo runner).
 LINEAGE_JOB_NAME = "lineage"
+#: The code location's name, as workspace.yaml and pyproject.toml's [tool.dagster] give it.
+CODE_LOCATION_NAME = "cotir"
+
+
+def code_location_run_tags(definitions: dg.Definitions) -> dict[str, str]:
+    """Tags that file a run started outside the UI (``execute_in_process``) under its job.
+
+    The UI's job page and the overview timeline list runs by the repository label that
+    runs launched through the workspace carry. An in-process run has no code origin, so
+    without this tag ``make demo``'s runs would be missing from Jobs -> demo -> Runs.
+    """
+    repository = definitions.get_repository_def().name
+    return {REPOSITORY_LABEL_TAG: f"{repository}@{CODE_LOCATION_NAME}"}
 
 
 def build_definitions(

@@ -16,7 +16,7 @@ import sys
 import dagster as dg
 
 from assets.data_stage import DEMO_SOURCE
-from assets.definitions import LINEAGE_JOB_NAME, build_definitions
+from assets.definitions import LINEAGE_JOB_NAME, build_definitions, code_location_run_tags
 from assets.evaluation import (
     BENCHMARK_TABLES_PREFIX,
     BUILTIN_METHODS,
@@ -68,10 +68,11 @@ def main() -> int:
     """Materialize the whole DAG and the demo evaluation; print where the results are."""
     settings = entry_point_settings("cotir demo")
     definitions = build_definitions(settings)
+    tags = code_location_run_tags(definitions)  # listed under their jobs in the UI
     ok = True
     with dg.DagsterInstance.get() as instance:
         demo = definitions.resolve_job_def("demo").execute_in_process(
-            instance=instance, partition_key=DEMO_SOURCE, raise_on_error=False
+            instance=instance, partition_key=DEMO_SOURCE, raise_on_error=False, tags=tags
         )
         ok = _report(demo, "demo") and ok
         if ok:
@@ -91,16 +92,17 @@ def main() -> int:
                         instance=instance,
                         partition_key=key,
                         raise_on_error=False,
+                        tags=tags,
                     )
                     ok = _report(result, f"evaluation {method} x {spec.name}") and ok
             reporting = definitions.resolve_job_def(REPORTING_JOB).execute_in_process(
-                instance=instance, raise_on_error=False
+                instance=instance, raise_on_error=False, tags=tags
             )
             ok = _report(reporting, "reporting") and ok
             if reporting.success:
                 _print_tables(store)
             lineage = definitions.resolve_job_def(LINEAGE_JOB_NAME).execute_in_process(
-                instance=instance, raise_on_error=False
+                instance=instance, raise_on_error=False, tags=tags
             )
             ok = _report(lineage, "lineage") and ok
     print(f"\nprofile: {settings.profile.value}")

@@ -15,12 +15,18 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 import requests
+from dagster._core.instance.ref import InstanceRef
 
-from assets.definitions import build_definitions, defs
+from assets.definitions import (
+    LINEAGE_JOB_NAME,
+    build_definitions,
+    code_location_run_tags,
+    defs,
+)
 from assets.training import TrainingResource
 from cotir_pipeline.settings import CotirSettings
 from cotir_pipeline.store import LocalObjectStore
-from cotir_test_support import REPO_ROOT, free_port
+from cotir_test_support import REPO_ROOT, DagsterDevServer, free_port
 
 
 @pytest.fixture
@@ -118,6 +124,47 @@ def test_plain_dagster_dev_serves_the_code_location_with_no_environment() -> Non
     assert entries[0]["name"] == "cotir"
     assert entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation", output[-3000:]
     assert set(REPO_ROOT.glob(".tmp_dagster_home_*")) == before, "the temporary home is removed"
+
+
+JOB_RUNS_QUERY = """
+query ($job: String!) {
+  pipelineOrError(params: {pipelineName: $job, repositoryName: "__repository__",
+                           repositoryLocationName: "cotir"}) {
+    ... on Pipeline { runs { runId } }
+  }
+}
+"""
+
+
+@pytest.mark.slow
+def test_runs_started_by_make_demo_are_listed_under_their_job_in_the_ui(tmp_path: Path) -> None:
+    """``make demo`` runs its jobs in process; the UI's job page must still list them."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").symlink_to(REPO_ROOT / "dagster.yaml")
+    cotir = {"COTIR_HOME": str(tmp_path / "cotir"), "COTIR_PROFILE": "demo"}
+    definitions = build_definitions(
+        CotirSettings(home=tmp_path / "cotir", store=(tmp_path / "cotir" / "store").as_uri())
+    )
+    job = definitions.resolve_job_def(LINEAGE_JOB_NAME)  # quick: an empty store
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        tagged = job.execute_in_process(
+            instance=instance, raise_on_error=False, tags=code_location_run_tags(definitions)
+        )
+        untagged = job.execute_in_process(instance=instance, raise_on_error=False)
+    server = DagsterDevServer(home, tmp_path / "dagster-dev.log", cotir)
+    url = server.start()
+    try:
+        response = requests.post(
+            f"{url}/graphql",
+            json={"query": JOB_RUNS_QUERY, "variables": {"job": LINEAGE_JOB_NAME}},
+            timeout=60,
+        )
+        listed = {run["runId"] for run in response.json()["data"]["pipelineOrError"]["runs"]}
+    finally:
+        server.stop()
+    assert tagged.run_id in listed
+    assert untagged.run_id not in listed, "the tag is what files a run under its job"
 
 
 def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSettings) -> None:
