@@ -962,7 +962,7 @@ def build_evaluation_assets(
         kinds={"jsonl", "png"},
         op_tags=op_tags("bench_sets"),
         description="Every bench set of the profile in the public test format (test.jsonl, "
-        "lq/, hq/) under bench_sets/<name>/; a set whose source is not configured is n/a.",
+        "lq/, hq/) under `bench_sets/<name>/`; a set whose source is not configured is n/a.",
     )
     def bench_sets(
         context: dg.AssetExecutionContext,
@@ -1034,7 +1034,7 @@ def build_evaluation_assets(
         deps=[bench_sets],
         op_tags=op_tags("restorations"),
         description="A method's outputs on a bench set for both prompts (vague/, precise/) "
-        "with per-image runtime logs, under restorations/<method>/<bench>/.",
+        "with per-image runtime logs, under `restorations/<method>/<bench>/`.",
         check_specs=[
             dg.AssetCheckSpec(
                 "every_sample_restored",
@@ -1065,7 +1065,7 @@ def build_evaluation_assets(
         deps=[restorations],
         op_tags=op_tags("metric_scores"),
         description="One row per image and metric of the bench's metric set (value or n/a with "
-        "the reason) in metric_scores/<method>/<bench>.parquet, and the runtimes.",
+        "the reason) in `metric_scores/<method>/<bench>.parquet`, and the runtimes.",
     )
     def metric_scores(
         context: dg.AssetExecutionContext,
@@ -1557,7 +1557,7 @@ def build_checkpoint_sensor(
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Adds the built-in methods, every configured output folder and a "
-        f"cotir-<variant>-<recipe>-<run>-s<step> method for each run's final checkpoint (a "
+        f"`cotir-<variant>-<recipe>-<run>-s<step>` method for each run's final checkpoint (a "
         f"folder with {CHECKPOINT_MARKER} under the checkpoint prefix; intermediate ones "
         f"when evaluation.evaluate_intermediate_checkpoints is set), and requests evaluation "
         f"runs for each new checkpoint on every bench set whose scores are not there yet; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,6 +125,31 @@ def test_plain_dagster_dev_serves_the_code_location_with_no_environment() -> Non
     assert entries[0]["name"] == "cotir"
     assert entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation", output[-3000:]
     assert set(REPO_ROOT.glob(".tmp_dagster_home_*")) == before, "the temporary home is removed"
+
+
+def _outside_code_spans(markdown: str) -> str:
+    """The text of a Markdown description with its `code spans` removed."""
+    return re.sub(r"`[^`]*`", "", markdown)
+
+
+def test_descriptions_render_in_the_ui_without_losing_angle_bracket_text() -> None:
+    """The UI renders descriptions as Markdown, where <name> outside a code span is an
+    HTML tag and disappears."""
+    repository = defs().get_repository_def()
+    described = {
+        f"asset {key.to_user_string()}": repository.asset_graph.get(key).description
+        for key in repository.asset_graph.get_all_asset_keys()
+    }
+    described.update({f"job {job.name}": job.description for job in repository.get_all_jobs()})
+    for instigator in [*repository.schedule_defs, *repository.sensor_defs]:
+        described[f"{type(instigator).__name__} {instigator.name}"] = instigator.description
+    assert len(described) > 20
+    lost = {
+        name: re.findall(r"<[A-Za-z][^>]*>", _outside_code_spans(text))
+        for name, text in described.items()
+        if text and re.search(r"<[A-Za-z][^>]*>", _outside_code_spans(text))
+    }
+    assert not lost, f"put these in `code spans`: {lost}"
 
 
 JOB_RUNS_QUERY = """
