@@ -242,32 +242,36 @@ def _value(metadata: Mapping[str, Any], key: str) -> Any:
     return getattr(item, "value", item)
 
 
-def record_training_run(store: ObjectStore, run_id: str, variant: str) -> int:
-    """Write which samples this run trained on (``training_runs/<run>/manifest.parquet``).
+#: Columns of ``training_runs/<run>/manifest.parquet``: one row per sample the run trained on.
+TRAINING_RUN_COLUMNS = ("sample_id", "run_id", "first_step", "last_step", "times")
 
-    Lineage reads it to list the runs that consumed each sample. The run draws from
-    every sample of the training shards, so the rows are the shards' manifest.
+
+def record_training_run(store: ObjectStore, run_id: str, variant: str, run_folder: Path) -> int:
+    """Write which samples this run trained on, and at which steps
+    (``training_runs/<run>/manifest.parquet``); return how many samples.
+
+    The rows come from the trainer's consumption files (:mod:`models.consumption`): only
+    the samples its batches held, with their first and last step and how many times, so
+    lineage can tell which checkpoints saw a sample (step-S saw it iff first_step <= S).
     """
-    import io
-
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from cotir_pipeline.shards import parquet_bytes
+    from models.consumption import read_consumption
 
-    shards = pq.read_table(
-        io.BytesIO(store.get_bytes(f"{TRAINING_SHARDS_PREFIX}/manifest.parquet")),
-        columns=["sample_id"],
-    )
+    consumed = read_consumption(run_folder)
     label = f"{variant}/{run_id}"
     table = pa.table(
         {
-            "sample_id": shards.column("sample_id"),
-            "run_id": pa.array([label] * shards.num_rows, pa.string()),
+            "sample_id": consumed["sample_id"],
+            "run_id": pa.array([label] * consumed.num_rows, pa.string()),
+            "first_step": consumed["first_step"],
+            "last_step": consumed["last_step"],
+            "times": consumed["times"],
         }
     )
     store.put_bytes(f"training_runs/{run_id}/manifest.parquet", parquet_bytes(table))
-    return shards.num_rows
+    return consumed.num_rows
 
 
 def run_key(
@@ -505,8 +509,8 @@ def _checkpoint_asset(
         metadata["flow_start"] = flow_start or training.flow_start
         metadata["base_model"] = dg.MetadataValue.json(base)
         metadata["run_folder"] = dg.MetadataValue.path(str(run_folder))
-        consumed = record_training_run(object_store, run_id, training.variant)
-        metadata["samples_in_training_shards"] = consumed
+        consumed = record_training_run(object_store, run_id, training.variant, run_folder)
+        metadata["samples_trained_on"] = consumed
         finals = {key: _value(metadata, key) for key in metadata if key.startswith("final_loss")}
         finite = bool(finals) and all(
             isinstance(v, int | float) and math.isfinite(v) for v in finals.values()

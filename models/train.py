@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from cotir_pipeline.digests import file_sha256
+from models.consumption import ConsumptionLog
 from models.data import DataPosition, derive_seed, discover_shards, make_loader
 from models.dual import DualOptimizer
 from models.losses import (
@@ -1152,6 +1153,10 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
         position=position,
         pin_memory=accelerator.device.type == "cuda",
     )
+    consumed = ConsumptionLog(out, rank, start_step)
+    dropped = consumed.forget_after(start_step)
+    if dropped:
+        reporter.info(f"rank {rank}: {dropped} consumption files after step {start_step} removed")
     keys_seen: list[str] = []
     last_record: dict[str, Any] = {}
     started = time.perf_counter()
@@ -1167,6 +1172,7 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
         if options.record_samples:
             keys_seen += batch.keys
         step += 1
+        consumed.add(step, batch.keys)
         now = time.perf_counter()
         global_batch = len(batch) * accelerator.num_processes
         rate = global_batch / max(now - tick, 1e-9)
@@ -1205,6 +1211,7 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
                 "rng": _rng_state(parts.noise),
                 "data": position.state_dict(),
             }
+            consumed.flush(step)
             checkpointer.save(parts, step, rank_state)
             if accelerator.is_main_process and options.plots:
                 _plots(out, parts)

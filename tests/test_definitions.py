@@ -261,8 +261,20 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
             index_metadata["samples"].value
             == shards["samples_ok"].value + shards["samples_dropped"].value
         )
-        trained = store.get_bytes("training_shards/manifest.parquet")
-        sample = pq.read_table(io.BytesIO(trained)).column("sample_id")[0].as_py()
+        shard_rows = pq.read_table(io.BytesIO(store.get_bytes("training_shards/manifest.parquet")))
+        # Each run is credited with the samples its batches held, not the whole shard set.
+        run_keys = [
+            info.key for info in store.list("training_runs/") if info.key.endswith(".parquet")
+        ]
+        assert run_keys
+        for key in run_keys:
+            consumed = pq.read_table(io.BytesIO(store.get_bytes(key)))
+            assert 0 < consumed.num_rows <= shard_rows.num_rows
+            assert set(consumed.column("sample_id").to_pylist()) <= set(
+                shard_rows.column("sample_id").to_pylist()
+            )
+            assert min(consumed.column("first_step").to_pylist()) == 1
+        sample = consumed.column("sample_id")[0].as_py()
         looked_up = definitions.resolve_job_def("lineage_lookup").execute_in_process(
             instance=instance,
             run_config={"ops": {"look_up_sample": {"config": {"sample_id": sample}}}},

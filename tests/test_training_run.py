@@ -14,6 +14,12 @@ import pytest
 from PIL import Image
 
 from cotir_test_support import REPO_ROOT
+from models.consumption import (
+    CONSUMED_DIR,
+    ConsumptionLog,
+    consumption_files,
+    read_consumption,
+)
 from models.metrics_plots import read_jsonl
 from models.train import (
     CHECKPOINTS_DIR,
@@ -142,6 +148,39 @@ def test_resume_continues_exactly(shard_root: Path, tmp_path: Path) -> None:
         for key in ("loss", "loss_fm", "loss_scene", "loss_plan", "lambda_scene", "lr"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (a["step"], key)
     assert second.checkpoint_sha256 == straight.checkpoint_sha256
+    # The consumption record: the same samples at the same steps as the straight run.
+    assert read_consumption(split).equals(read_consumption(straight.metrics_path.parent))
+
+
+def test_the_run_records_which_samples_each_step_consumed(
+    finished_run: TrainResult, shard_root: Path, tmp_path: Path
+) -> None:
+    """Lineage credits a run only with the samples its batches held, with their steps."""
+    out = finished_run.metrics_path.parent
+    files = [path.name for path in consumption_files(out)]
+    # One file per checkpoint interval: the record travels with the checkpoints.
+    saved = sorted(int(path.name.split("-")[1]) for path in (out / CHECKPOINTS_DIR).glob("step-*"))
+    bounds = [0, *saved]
+    assert len(saved) >= 2
+    assert files == [
+        f"rank-00000-{start:07d}-{end:07d}.parquet"
+        for start, end in itertools.pairwise(bounds)
+    ]
+    consumed = read_consumption(out)
+    batches = [record["batch_size"] for record in read_jsonl(finished_run.metrics_path)]
+    assert sum(consumed["times"].to_pylist()) == sum(batches)
+    assert min(consumed["first_step"].to_pylist()) == 1
+    assert max(consumed["last_step"].to_pylist()) == 8
+    assert consumed["sample_id"].to_pylist() == sorted(consumed["sample_id"].to_pylist())
+    middle = saved[-2]
+    early = read_consumption(out, up_to_step=middle)
+    assert set(early["sample_id"].to_pylist()) <= set(consumed["sample_id"].to_pylist())
+    assert sum(early["times"].to_pylist()) == sum(batches[:middle])
+    # A resume from the checkpoint before the last forgets what came after it.
+    copy = tmp_path / "run"
+    shutil.copytree(out / CONSUMED_DIR, copy / CONSUMED_DIR)
+    assert ConsumptionLog(copy, rank=0, start_step=middle).forget_after(middle) == 1
+    assert read_consumption(copy).equals(early)
 
 
 def test_resume_required_without_a_checkpoint_fails(shard_root: Path, tmp_path: Path) -> None:
