@@ -6,7 +6,9 @@ Assets (group ``evaluation``):
 - ``restorations`` [method x bench]: a restorer's outputs under
   ``restorations/<method>/<bench>/{vague,precise}/`` with its runtime logs.
 - ``metric_scores`` [method x bench]: one Parquet row per image and metric,
-  ``metric_scores/<method>/<bench>.parquet`` (n/a rows carry their reason).
+  ``metric_scores/<method>/<bench>.parquet`` (n/a rows carry their reason), and one
+  row per sample and prompt for lineage, ``metric_scores/<method>/<bench>.samples.parquet``
+  (sample id, method, checkpoint, prompt, output sha256, each metric).
 - ``benchmark_tables``: the paper's Tables II-VI and VIII from every score row in the
   store, with the paper's reported rows beside ours, under ``benchmark_tables/``.
 
@@ -39,6 +41,7 @@ from cotir_pipeline.digests import file_sha256
 from cotir_pipeline.evaluation.bench_sets import (
     HQ_DIR,
     INFO_NAME,
+    LINEAGE_MANIFEST_NAME,
     LQ_DIR,
     MANIFEST_NAME,
     PROMPT_KINDS,
@@ -46,6 +49,7 @@ from cotir_pipeline.evaluation.bench_sets import (
     BenchSet,
     PromptKind,
     read_bench_set,
+    write_bench_lineage,
 )
 from cotir_pipeline.evaluation.scoring import RuntimeRow, ScoreRow
 from cotir_pipeline.settings import CotirSettings, Profile
@@ -70,6 +74,9 @@ METHOD_HASH_LENGTH = 12
 BENCH_SETS_PREFIX = "bench_sets"
 RESTORATIONS_PREFIX = "restorations"
 METRIC_SCORES_PREFIX = "metric_scores"
+#: ``metric_scores/<method>/<bench>.samples.parquet``: one row per sample and prompt
+#: (lineage's evaluation rows; see ``cotir_pipeline.evaluation.scoring.sample_rows``).
+SAMPLE_ROWS_SUFFIX = ".samples.parquet"
 BENCHMARK_TABLES_PREFIX = "benchmark_tables"
 #: Store prefix the training stage writes checkpoints under (one folder per checkpoint).
 CHECKPOINT_PREFIX = "checkpoints"
@@ -981,9 +988,12 @@ def build_evaluation_assets(
                     status[spec.name] = {"status": "n/a", "reason": built.reason}
                     context.log.warning(f"{spec.name}: n/a ({built.reason})")
                     continue
-                report = _upload_bench(
-                    object_store, spec.name, built.files, built.manifest, built.info
+                # The per-sample lineage rows travel with the set's files.
+                lineage = write_bench_lineage(
+                    built.bench, Path(work) / f"{spec.name}-{LINEAGE_MANIFEST_NAME}"
                 )
+                files = {**built.files, LINEAGE_MANIFEST_NAME: lineage}
+                report = _upload_bench(object_store, spec.name, files, built.manifest, built.info)
                 totals.update(report._asdict())
                 subsets = Counter(record.subset for record in built.bench.records)
                 subset_rows += [(spec.name, s, n) for s, n in sorted(subsets.items())]
@@ -1190,7 +1200,12 @@ def _score_partition(
 ) -> dg.MaterializeResult:
     """metric_scores for one partition: the stored outputs, scored, as Parquet rows."""
     from cotir_pipeline.evaluation.metrics import METRIC_SETS
-    from cotir_pipeline.evaluation.scoring import evaluate_outputs, runtime_rows, write_rows
+    from cotir_pipeline.evaluation.scoring import (
+        evaluate_outputs,
+        runtime_rows,
+        write_rows,
+        write_sample_rows,
+    )
 
     method, bench_name = split_evaluation_partition(context.partition_key)
     spec = bench_spec(bench_name, profile)
@@ -1222,8 +1237,18 @@ def _score_partition(
         runtimes += runtime_rows(out_dir, method=method, bench=bench_name, prompt_kind=kind)
     key = f"{METRIC_SCORES_PREFIX}/{method}/{bench_name}.parquet"
     runtime_key = f"{METRIC_SCORES_PREFIX}/{method}/{bench_name}.runtime.parquet"
+    samples_key = f"{METRIC_SCORES_PREFIX}/{method}/{bench_name}{SAMPLE_ROWS_SUFFIX}"
+    run_record = json.loads(object_store.get_text(f"{prefix}/{RUN_RECORD}"))
     with tempfile.TemporaryDirectory(dir=evaluation.cache, prefix=".scores-") as work:
         object_store.put_file(key, write_rows(rows, Path(work) / "scores.parquet"))
+        samples = write_sample_rows(
+            bench,
+            rows,
+            out_dir,
+            checkpoint=run_record.get("checkpoint_hash"),
+            destination=Path(work) / "samples.parquet",
+        )
+        object_store.put_file(samples_key, samples)
         if runtimes:
             path = write_rows(runtimes, Path(work) / "runtime.parquet")
             object_store.put_file(runtime_key, path)
@@ -1337,7 +1362,7 @@ def _stored_rows(store: ObjectStore, work: Path) -> tuple[list[ScoreRow], list[R
         store.download_file(info.key, path)
         if info.key.endswith(".runtime.parquet"):
             runtimes += read_runtime_rows(path)
-        else:
+        elif not info.key.endswith(SAMPLE_ROWS_SUFFIX):
             scores += read_score_rows(path)
     return scores, runtimes
 

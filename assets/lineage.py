@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.resources import ObjectStoreResource
-from cotir_pipeline.lineage import build_lineage_from_store, lookup
+from cotir_pipeline.lineage import LineageIndexMissingError, build_lineage_from_store, lookup
 from cotir_pipeline.lineage.build import STAGE_LOCATIONS
 
 
@@ -66,16 +66,25 @@ def look_up_sample(
     context: dg.OpExecutionContext, config: LineageLookupConfig, store: ObjectStoreResource
 ) -> dg.Output[None]:
     """Look the sample up in the lineage index and report its chain as metadata."""
+    from cotir_pipeline.lineage.details import chain_details
+
+    object_store = store.open()
     try:
-        record = lookup(store.open(), config.sample_id.strip().lower())
+        record = lookup(object_store, config.sample_id.strip().lower())
     except ValueError as error:
         raise dg.Failure(description=f"sample_id: {error}") from None
+    except LineageIndexMissingError:
+        raise dg.Failure(
+            description="there is no lineage index yet: materialize sample_lineage first"
+        ) from None
     if record is None:
         raise dg.Failure(
-            description=f"sample {config.sample_id} is not in the lineage index; "
-            "materialize sample_lineage first"
+            description=f"sample {config.sample_id} is not in the lineage index (it holds every "
+            "sample of every manifest; check the id, or re-materialize sample_lineage if the "
+            "sample is newer than the index)"
         )
-    text = record.format()
+    details = chain_details(object_store, record)
+    text = record.format() + ("\n\n" + "\n".join(details) if details else "")
     context.log.info(text)
     return dg.Output(
         None,

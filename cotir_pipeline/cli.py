@@ -297,7 +297,13 @@ def lineage(
                 click.echo("null")
             click.echo(f"cotir: sample {sample_id} is not in the lineage index", err=True)
             sys.exit(EXIT_NOT_FOUND)
-        click.echo(json.dumps(record.to_dict(), indent=2) if as_json else record.format())
+        from cotir_pipeline.lineage.details import chain_details
+
+        details = chain_details(store, record)
+        if as_json:
+            click.echo(json.dumps({**record.to_dict(), "details": details}, indent=2))
+        else:
+            click.echo(record.format() + ("\n\n" + "\n".join(details) if details else ""))
         return
     if as_json:
         payload = {"where": where, "matched": result.matched, "rows": result.rows}

@@ -257,9 +257,15 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         # The lineage index joins every stage; the UI's look-up job reports one chain.
         indexed_run = definitions.resolve_job_def("lineage").execute_in_process(instance=instance)
         index_metadata = indexed_run.asset_materializations_for_node("sample_lineage")[0].metadata
+        bench_samples = sum(
+            pq.read_metadata(io.BytesIO(store.get_bytes(info.key))).num_rows
+            for info in store.list("bench_sets/")
+            if info.key.endswith("/manifest.parquet")
+        )
+        assert bench_samples > 0  # the bench sets' samples are indexed too
         assert (
             index_metadata["samples"].value
-            == shards["samples_ok"].value + shards["samples_dropped"].value
+            == shards["samples_ok"].value + shards["samples_dropped"].value + bench_samples
         )
         shard_rows = pq.read_table(io.BytesIO(store.get_bytes("training_shards/manifest.parquet")))
         # Each run is credited with the samples its batches held, not the whole shard set.
@@ -286,6 +292,18 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         assert sample in text
         assert "training_shards" in text
         assert "training_runs" in text
+        # The chain goes on to the steps at which the run trained on the sample.
+        assert "trained on it" in text
+        # A mistyped id is reported as not found, not as a missing index.
+        mistyped = definitions.resolve_job_def("lineage_lookup").execute_in_process(
+            instance=instance,
+            run_config={"ops": {"look_up_sample": {"config": {"sample_id": "0" * 32}}}},
+            raise_on_error=False,
+        )
+        assert not mistyped.success
+        failure = " ".join(str(e.event_specific_data) for e in mistyped.all_events if e.is_failure)
+        assert "is not in the lineage index" in failure
+        assert "materialize sample_lineage first" not in failure
 
 
 def test_an_unreachable_store_fails_the_run_naming_the_setting(

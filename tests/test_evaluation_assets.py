@@ -217,6 +217,47 @@ def test_builtin_methods_restore_and_score_the_demo_bench(scenario: Scenario) ->
     assert chain["psnr/precise"] > identity["psnr/precise"]
 
 
+def test_a_bench_sample_chain_ends_in_its_scores_per_method(scenario: Scenario) -> None:
+    """bench_sets and metric_scores write per-sample rows; lineage joins them by sample id."""
+    from cotir_pipeline.lineage import build_lineage, lookup
+    from cotir_pipeline.lineage.build import discover_stage_inputs, read_stage_rows
+    from cotir_pipeline.lineage.details import chain_details
+
+    store = scenario.store
+    bench_rows = pq.read_table(store.root / "bench_sets" / "demo_bench" / "manifest.parquet")
+    assert bench_rows.num_rows == 44
+    ids = bench_rows.column("sample_id").to_pylist()
+    assert all(len(value) == 32 and int(value, 16) >= 0 for value in ids)  # the one id rule
+    assert len(set(ids)) == 44
+    samples = pq.read_table(
+        store.root / "metric_scores" / "identity" / "demo_bench.samples.parquet"
+    ).to_pylist()
+    assert len(samples) == 44 * 2  # one row per sample and prompt
+    assert {row["sample_id"] for row in samples} == set(ids)
+    assert all(row["output_sha256"] and row["score:psnr"] > 0 for row in samples)
+    expected_rows = {f"demo_bench/identity/{row['prompt_kind']}" for row in samples}
+    assert {row["evaluation_row"] for row in samples} == expected_rows
+
+    found = discover_stage_inputs(store)
+    assert "bench_sets" in found
+    assert "evaluation" in found
+    inputs = {
+        stage: read_stage_rows(store, stage, found[stage]) for stage in ("bench_sets", "evaluation")
+    }
+    build_lineage(store, **inputs)  # type: ignore[arg-type]
+    record = lookup(store, ids[0])
+    assert record is not None
+    assert record.stage == "evaluation"
+    assert record.step("bench_sets").details["bench_sets"] == ["demo_bench"]
+    rows = record.step("evaluation").details["evaluation_rows"]
+    assert "demo_bench/identity/precise" in rows
+    assert "demo_bench/classical_chain/vague" in rows
+    details = "\n".join(chain_details(store, record))
+    assert "bench demo_bench: record " in details
+    assert "identity on demo_bench, precise: psnr " in details
+    assert "classical_chain on demo_bench, vague: psnr " in details
+
+
 def test_restorations_resume_instead_of_redoing(scenario: Scenario) -> None:
     again = _metadata(scenario.results["identity_again"], "restorations")
     assert again["written/vague"] == again["written/precise"] == 0

@@ -580,8 +580,15 @@ def test_cli_prints_the_chain_and_json(pipeline: tuple[LocalObjectStore, Stages]
     payload = json.loads(as_json.stdout)
     record = lookup(store, stages.trained)
     assert record is not None
+    details = payload.pop("details")
     assert payload == json.loads(json.dumps(record.to_dict()))
     assert [step["stage"] for step in payload["chain"]] == [stage.name for stage in STAGES]
+    # These toy runs were handed to the build directly: no per-run rows in the store.
+    assert details == [
+        "training:",
+        f"  run {RUN_A}: trained on it (no step record)",
+        f"  run {RUN_B}: trained on it (no step record)",
+    ]
 
 
 def test_cli_lists_samples_with_reasons(pipeline: tuple[LocalObjectStore, Stages]) -> None:

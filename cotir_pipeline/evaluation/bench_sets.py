@@ -278,6 +278,80 @@ def _prompts_for(prompts: BenchPrompts, label: str, seed: int, key: str) -> tupl
 
 
 # --------------------------------------------------------------------------------------------
+# Lineage: one row per bench sample, keyed by the project's one sample-id rule
+
+#: The bench set's per-sample lineage file, beside its ``test.jsonl``.
+LINEAGE_MANIFEST_NAME = "manifest.parquet"
+
+
+def bench_lineage_rows(bench: BenchSet) -> list[dict[str, Any]]:
+    """One row per record: the lineage ``sample_id`` and where the sample came from.
+
+    The ``sample_id`` follows the rule every stage uses (:func:`cotir_pipeline.shards.
+    sample_id`): a content hash of the source (the bench set), the item key (the record's
+    public ``id``), the digests of its LQ and HQ files, the applied recipe record and
+    the seed. The public ``id`` stays the file name and the key of restorations and
+    scores; this table maps it to the sample id that lineage and the scores' per-sample
+    rows use.
+    """
+    from cotir_pipeline.digests import file_sha256
+    from cotir_pipeline.shards import sample_id
+
+    rows = []
+    for record in bench.records:
+        lq_sha256 = file_sha256(bench.lq_file(record))
+        hq_file = bench.hq_file(record)
+        hq_sha256 = file_sha256(hq_file) if hq_file is not None else None
+        applied = record.meta.get("applied")
+        applied_json = json.dumps(applied, sort_keys=True) if applied else ""
+        seed = record.meta.get("seed")
+        digests = [lq_sha256] + ([hq_sha256] if hq_sha256 else [])
+        recipe = record.meta.get("recipe")
+        rows.append(
+            {
+                "sample_id": sample_id(bench.name, record.id, digests, applied_json, seed),
+                "bench_set": bench.name,
+                "record_id": record.id,
+                "degradation": record.deg_type,
+                "subset": record.subset,
+                "origin": str(record.meta.get("clean") or record.lq_path),
+                "recipe": f"{record.meta.get('recipe_set')}:{recipe}" if recipe else None,
+                "applied": applied_json or None,
+                "seed": None if seed is None else int(seed),
+                "lq_sha256": lq_sha256,
+                "hq_sha256": hq_sha256,
+            }
+        )
+    return rows
+
+
+def write_bench_lineage(bench: BenchSet, destination: Path) -> Path:
+    """Write :func:`bench_lineage_rows` as zstd Parquet at ``destination``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("bench_set", pa.string(), nullable=False),
+            pa.field("record_id", pa.string(), nullable=False),
+            pa.field("degradation", pa.string()),
+            pa.field("subset", pa.string()),
+            pa.field("origin", pa.string()),
+            pa.field("recipe", pa.string()),
+            pa.field("applied", pa.string()),
+            pa.field("seed", pa.int64()),
+            pa.field("lq_sha256", pa.string()),
+            pa.field("hq_sha256", pa.string()),
+        ]
+    )
+    rows = sorted(bench_lineage_rows(bench), key=lambda row: row["sample_id"])
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), destination, compression="zstd")
+    return destination
+
+
+# --------------------------------------------------------------------------------------------
 # Writing and reading
 
 

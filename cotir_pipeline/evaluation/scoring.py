@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from cotir_pipeline.evaluation._io import find_image, read_rgb
-from cotir_pipeline.evaluation.bench_sets import PROMPT_KINDS, BenchSet, PromptKind, record_task
+from cotir_pipeline.evaluation.bench_sets import (
+    PROMPT_KINDS,
+    BenchSet,
+    PromptKind,
+    bench_lineage_rows,
+    record_task,
+)
 from cotir_pipeline.evaluation.metrics import (
     InputTooSmallError,
     LoadedMetric,
@@ -204,3 +210,79 @@ __all__ = [
     "runtime_rows",
     "write_rows",
 ]
+
+
+#: Prefix of the metric columns of the per-sample rows (``score:psnr``, ``score:ssim``, ...).
+SCORE_COLUMN_PREFIX = "score:"
+
+
+def sample_rows(
+    bench: BenchSet, rows: Iterable[ScoreRow], outputs: Path, *, checkpoint: str | None
+) -> list[dict[str, Any]]:
+    """One row per bench sample and prompt: what lineage shows for a scored sample.
+
+    ``sample_id`` is the bench sample's lineage id (:func:`~cotir_pipeline.evaluation.
+    bench_sets.bench_lineage_rows`), ``record_id`` its public id; then the method, the
+    checkpoint it ran (its hash, or None for a built-in method), the prompt kind, the
+    output's sha256 (None when there is no output) and each metric's value as a
+    ``score:<metric>`` column (None when n/a). ``evaluation_row`` is
+    ``<bench>/<method>/<prompt>``, the value lineage lists per sample.
+    """
+    from cotir_pipeline.digests import file_sha256
+
+    lineage_ids = {row["record_id"]: row["sample_id"] for row in bench_lineage_rows(bench)}
+    by_sample: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row.sample_id, row.prompt_kind)
+        entry = by_sample.get(key)
+        if entry is None:
+            record = bench.get(row.sample_id)
+            output = outputs / row.prompt_kind / record.output_name
+            entry = {
+                "sample_id": lineage_ids[row.sample_id],
+                "record_id": row.sample_id,
+                "bench": row.bench,
+                "method": row.method,
+                "checkpoint": checkpoint,
+                "prompt_kind": row.prompt_kind,
+                "evaluation_row": f"{row.bench}/{row.method}/{row.prompt_kind}",
+                "output_sha256": file_sha256(output) if output.is_file() else None,
+            }
+            by_sample[key] = entry
+        entry[f"{SCORE_COLUMN_PREFIX}{row.metric}"] = row.value
+    return sorted(by_sample.values(), key=lambda item: (item["sample_id"], item["prompt_kind"]))
+
+
+def write_sample_rows(
+    bench: BenchSet,
+    rows: Iterable[ScoreRow],
+    outputs: Path,
+    *,
+    checkpoint: str | None,
+    destination: Path,
+) -> Path:
+    """Write :func:`sample_rows` as zstd Parquet at ``destination``; return the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    items = sample_rows(bench, rows, outputs, checkpoint=checkpoint)
+    if not items:
+        raise ValueError("no score rows: nothing to write")
+    metrics = sorted(
+        {name for item in items for name in item if name.startswith(SCORE_COLUMN_PREFIX)}
+    )
+    fixed = [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("bench", pa.string()),
+        pa.field("method", pa.string()),
+        pa.field("checkpoint", pa.string()),
+        pa.field("prompt_kind", pa.string()),
+        pa.field("evaluation_row", pa.string()),
+        pa.field("output_sha256", pa.string()),
+    ]
+    schema = pa.schema(fixed + [pa.field(name, pa.float64()) for name in metrics])
+    table = pa.Table.from_pylist(items, schema=schema)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, destination, compression="zstd")
+    return destination

@@ -67,7 +67,9 @@ SPILL_FLUSH_ROWS = 1_000_000
 READ_BATCH_ROWS = 262_144
 
 #: Where each stage's per-sample rows live in the store:
-#: ``<prefix>/<partition>/<file name>``, one file per partition (source, run, bench).
+#: ``<prefix>/<partition>/<file name>``, one file per partition (source, run, bench); a
+#: file name starting with "." is a suffix: ``<prefix>/<method>/<bench><suffix>`` (the
+#: evaluation's partitions are method x bench).
 STAGE_LOCATIONS: dict[str, tuple[str, str]] = {
     "raw_pairs": ("raw_pairs", "pairs.parquet"),
     "pair_shards": ("pair_shards", "manifest.parquet"),
@@ -76,7 +78,7 @@ STAGE_LOCATIONS: dict[str, tuple[str, str]] = {
     "training_shards": ("training_shards", "manifest.parquet"),
     "training_runs": ("training_runs", "manifest.parquet"),
     "bench_sets": ("bench_sets", "manifest.parquet"),
-    "evaluation": ("metric_scores", "manifest.parquet"),
+    "evaluation": ("metric_scores", ".samples.parquet"),
 }
 
 #: A stage's rows: one table or batch, or an iterable of them (streamed).
@@ -731,11 +733,18 @@ def discover_stage_inputs(store: ObjectStore) -> dict[str, list[str]]:
     """
     found: dict[str, list[str]] = {}
     for stage, (prefix, file_name) in STAGE_LOCATIONS.items():
-        keys = [
-            info.key
-            for info in store.list(f"{prefix}/")
-            if info.key.count("/") in (1, 2) and info.key.endswith(f"/{file_name}")
-        ]
+        if file_name.startswith("."):
+            keys = [
+                info.key
+                for info in store.list(f"{prefix}/")
+                if info.key.count("/") == 2 and info.key.endswith(file_name)
+            ]
+        else:
+            keys = [
+                info.key
+                for info in store.list(f"{prefix}/")
+                if info.key.count("/") in (1, 2) and info.key.endswith(f"/{file_name}")
+            ]
         if keys:
             found[stage] = keys
     return found

@@ -1,0 +1,124 @@
+"""The end of a sample's chain in detail: training steps, checkpoints, bench origin, scores.
+
+The index (:mod:`cotir_pipeline.lineage.read`) says which runs, bench sets and
+evaluation rows a sample has. This module reads those stages' own per-sample rows for
+the one sample, so a look-up shows, for a training sample, the steps at which each run
+trained on it, the run's checkpoints that saw it and where they were evaluated; and
+for a bench sample, where it came from and its scores per method and prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cotir_pipeline.lineage.read import LineageRecord
+from cotir_pipeline.store import LocalObjectStore, ObjectNotFoundError, ObjectStore
+
+#: Evaluation method names of trained checkpoints end in ``-<run>-s<step>``.
+_CHECKPOINT_METHOD = re.compile(r"-(?P<run>r[0-9a-f]+)-s(?P<step>\d+)$")
+_SCORE_PREFIX = "score:"
+
+
+def _rows_for(store: ObjectStore, key: str, sample_id: str) -> list[dict[str, Any]]:
+    """Rows of the Parquet object ``key`` whose sample_id is ``sample_id`` ([] if absent)."""
+    try:
+        if isinstance(store, LocalObjectStore):
+            source: Any = str(store.root / key)
+            if not Path(source).is_file():
+                return []
+        else:
+            import io
+
+            source = io.BytesIO(store.get_bytes(key))
+        table = pq.read_table(source, filters=[("sample_id", "=", sample_id)])
+    except (ObjectNotFoundError, FileNotFoundError, pa.ArrowInvalid):
+        return []
+    return table.to_pylist()
+
+
+def _scores(row: dict[str, Any]) -> str:
+    values = []
+    for name, value in row.items():
+        if name.startswith(_SCORE_PREFIX) and value is not None and not math.isnan(value):
+            values.append(f"{name.removeprefix(_SCORE_PREFIX)} {value:.4g}")
+    return ", ".join(values) or "every metric n/a"
+
+
+def _evaluated_checkpoints(store: ObjectStore, run: str) -> dict[int, dict[str, list[str]]]:
+    """Per checkpoint step of ``run``: method name -> bench sets it was scored on."""
+    found: dict[int, dict[str, list[str]]] = {}
+    for info in store.list("metric_scores/"):
+        parts = info.key.split("/")
+        if len(parts) != 3 or not parts[2].endswith(".samples.parquet"):
+            continue
+        method = parts[1]
+        match = _CHECKPOINT_METHOD.search(method)
+        if match is None or match.group("run") != run:
+            continue
+        bench = parts[2].removesuffix(".samples.parquet")
+        found.setdefault(int(match.group("step")), {}).setdefault(method, []).append(bench)
+    return found
+
+
+def _training_lines(store: ObjectStore, record: LineageRecord) -> Iterator[str]:
+    runs = record.step("training_runs").details.get("training_runs") or []
+    for label in runs:
+        run = label.split("/")[-1]
+        rows = _rows_for(store, f"training_runs/{run}/manifest.parquet", record.sample_id)
+        if not rows or rows[0].get("first_step") is None:
+            yield f"  run {label}: trained on it (no step record)"
+            continue
+        first, last, times = rows[0]["first_step"], rows[0]["last_step"], rows[0]["times"]
+        yield f"  run {label}: trained on it {times}x, steps {first}..{last}"
+        evaluated = _evaluated_checkpoints(store, run)
+        for step in sorted(evaluated):
+            if step < first:
+                yield f"    checkpoint s{step}: had not seen it yet"
+                continue
+            for method, benches in sorted(evaluated[step].items()):
+                yield f"    checkpoint s{step} saw it; evaluated as {method} on " + ", ".join(
+                    sorted(benches)
+                )
+
+
+def _bench_lines(store: ObjectStore, record: LineageRecord) -> Iterator[str]:
+    for bench in record.step("bench_sets").details.get("bench_sets") or []:
+        for row in _rows_for(store, f"bench_sets/{bench}/manifest.parquet", record.sample_id):
+            recipe = f", recipe {row['recipe']} seed {row['seed']}" if row.get("recipe") else ""
+            yield (
+                f"  bench {bench}: record {row['record_id']} ({row['degradation']}), "
+                f"from {row['origin']}{recipe}"
+            )
+
+
+def _score_lines(store: ObjectStore, record: LineageRecord) -> Iterator[str]:
+    rows = record.step("evaluation").details.get("evaluation_rows") or []
+    files = sorted({tuple(row.split("/")[:2]) for row in rows if row.count("/") == 2})
+    for bench, method in files:
+        key = f"metric_scores/{method}/{bench}.samples.parquet"
+        for row in _rows_for(store, key, record.sample_id):
+            checkpoint = f" (checkpoint {row['checkpoint'][:12]})" if row.get("checkpoint") else ""
+            yield f"  {method}{checkpoint} on {bench}, {row['prompt_kind']}: {_scores(row)}"
+
+
+def chain_details(store: ObjectStore, record: LineageRecord) -> list[str]:
+    """Lines that complete ``record``'s chain from the stages' own rows (may be empty)."""
+    lines: list[str] = []
+    for title, stage, make in (
+        ("training", "training_runs", _training_lines),
+        ("bench origin", "bench_sets", _bench_lines),
+        ("scores", "evaluation", _score_lines),
+    ):
+        if not record.step(stage).reached:
+            continue
+        found = list(make(store, record))
+        if found:
+            lines += [f"{title}:", *found]
+    return lines
