@@ -224,6 +224,13 @@ def _format_rows(rows: list[dict], columns: tuple[str, ...], max_width: int = 60
     is_flag=True,
     help="(Re)build the index first from every stage's manifests in the store.",
 )
+@click.option(
+    "--checkpoint",
+    "checkpoint",
+    metavar="NAME",
+    help="Summarise what trained a checkpoint (a method such as "
+    "cotir-demo-paper-r1a2b3c-s600, or a run id): samples per source and degradation.",
+)
 def lineage(
     sample_id: str | None,
     where: str | None,
@@ -231,6 +238,7 @@ def lineage(
     as_json: bool,
     index_location: str | None,
     build: bool,
+    checkpoint: str | None,
 ) -> None:
     """Show the lineage of one sample, or list samples matching a filter.
 
@@ -246,9 +254,13 @@ def lineage(
       cotir lineage --where "stage = 'filtered_annotations' and filter_score < 0.2"
       cotir lineage --where "training_runs contains 'run-2026-11-26'" --json
       cotir lineage --build
+      cotir lineage --checkpoint cotir-demo-paper-r7f1cbf3f9d-s600
     """
+    if checkpoint is not None:
+        _checkpoint_summary(checkpoint, index_location, as_json)
+        return
     if sample_id is None and where is None and not build:
-        raise click.UsageError("give a SAMPLE_ID, --where FILTER or --build")
+        raise click.UsageError("give a SAMPLE_ID, --where FILTER, --checkpoint NAME or --build")
     if sample_id is not None and where is not None:
         raise click.UsageError("give either a SAMPLE_ID or --where, not both")
     settings = _settings_or_exit()
@@ -313,6 +325,29 @@ def lineage(
     if result.rows:
         for line in _format_rows(result.rows, result.columns):
             click.echo(line)
+
+
+def _checkpoint_summary(name: str, index_location: str | None, as_json: bool) -> None:
+    """``cotir lineage --checkpoint NAME``: what trained it, per source and degradation."""
+    from cotir_pipeline.lineage.details import checkpoint_summary
+
+    store = _store_for(_settings_or_exit(), index_location)
+    try:
+        summary = checkpoint_summary(store, name)
+    except ValueError as error:
+        click.echo(f"cotir: {error}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    limit = f" up to step {summary['up_to_step']}" if summary["up_to_step"] else ""
+    click.echo(
+        f"run {summary['run_label']}{limit}: {summary['samples']} samples, "
+        f"{summary['draws']} draws"
+    )
+    rows = summary["by_source_and_degradation"]
+    for line in _format_rows(rows, ("source", "degradation", "samples", "draws")):
+        click.echo(line)
 
 
 # -- catalog ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 import requests
+from click.testing import CliRunner
 from dagster._core.instance.ref import InstanceRef
 
 from assets.definitions import (
@@ -25,6 +26,8 @@ from assets.definitions import (
     defs,
 )
 from assets.training import TrainingResource
+from cotir_pipeline.cli import cli
+from cotir_pipeline.lineage.details import checkpoint_summary
 from cotir_pipeline.settings import CotirSettings
 from cotir_pipeline.store import LocalObjectStore
 from cotir_test_support import REPO_ROOT, DagsterDevServer, free_port
@@ -281,6 +284,22 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
             )
             assert min(consumed.column("first_step").to_pylist()) == 1
         sample = consumed.column("sample_id")[0].as_py()
+        # `cotir lineage --checkpoint RUN`: what trained it, per source and degradation.
+        run = run_keys[-1].split("/")[1]
+        summary = checkpoint_summary(store, run)
+        assert summary["samples"] == consumed.num_rows
+        assert sum(row["samples"] for row in summary["by_source_and_degradation"]) == (
+            consumed.num_rows
+        )
+        assert {row["source"] for row in summary["by_source_and_degradation"]} == {"demo"}
+        printed = CliRunner().invoke(
+            cli, ["lineage", "--checkpoint", f"cotir-tiny-paper-{run}-s1"],
+            env={"COTIR_STORE": str(store.root)},
+        )
+        assert printed.exit_code == 0, printed.output
+        assert f"up to step 1: {checkpoint_summary(store, f'x-{run}-s1')['samples']} samples" in (
+            printed.output
+        )
         looked_up = definitions.resolve_job_def("lineage_lookup").execute_in_process(
             instance=instance,
             run_config={"ops": {"look_up_sample": {"config": {"sample_id": sample}}}},

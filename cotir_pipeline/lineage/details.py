@@ -122,3 +122,74 @@ def chain_details(store: ObjectStore, record: LineageRecord) -> list[str]:
         if found:
             lines += [f"{title}:", *found]
     return lines
+
+
+def checkpoint_run(name: str) -> str:
+    """The training run id of a checkpoint name: an evaluation method
+    (``cotir-<variant>-<recipe>-<run>-s<step>``), ``<run>``, ``<variant>/<run>`` or
+    ``<run>/step-N``; ValueError when none is recognisable."""
+    match = _CHECKPOINT_METHOD.search(name)
+    if match is not None:
+        return match.group("run")
+    for part in name.split("/"):
+        if re.fullmatch(r"r[0-9a-f]+", part):
+            return part
+    raise ValueError(
+        f"{name!r} names no training run: give a method such as cotir-demo-paper-r1a2b3c-s600, "
+        "a run id such as r1a2b3c, or <variant>/<run>"
+    )
+
+
+def checkpoint_summary(store: ObjectStore, name: str) -> dict[str, Any]:
+    """What trained a checkpoint: its run's samples per source and degradation.
+
+    ``name`` as :func:`checkpoint_run` takes it; a method or ``/step-N`` name limits the
+    count to the samples that checkpoint had seen (first step <= its step).
+    """
+    import io
+
+    import pyarrow.compute as pc
+
+    run = checkpoint_run(name)
+    step_match = _CHECKPOINT_METHOD.search(name) or re.search(r"step-(?P<step>\d+)$", name)
+    step = int(step_match.group("step")) if step_match else None
+    key = f"training_runs/{run}/manifest.parquet"
+    try:
+        consumed = pq.read_table(io.BytesIO(store.get_bytes(key)))
+    except ObjectNotFoundError:
+        raise ValueError(f"no {key} in {store.url}: was run {run} trained here?") from None
+    if "first_step" not in consumed.column_names:
+        raise ValueError(
+            f"{key} has no step record (written before the trainer recorded what it "
+            "consumed): train the run again to know which samples each checkpoint saw"
+        )
+    if step is not None:
+        consumed = consumed.filter(pc.less_equal(consumed["first_step"], step))
+    shards = pq.read_table(
+        io.BytesIO(store.get_bytes("training_shards/manifest.parquet")),
+        columns=["sample_id", "source", "degradation"],
+    )
+    joined = consumed.join(shards, "sample_id", join_type="left outer")
+    counts = joined.group_by(["source", "degradation"]).aggregate(
+        [("sample_id", "count"), ("times", "sum")]
+    )
+    rows = sorted(
+        (
+            {
+                "source": row["source"],
+                "degradation": row["degradation"],
+                "samples": row["sample_id_count"],
+                "draws": row["times_sum"],
+            }
+            for row in counts.to_pylist()
+        ),
+        key=lambda row: (str(row["source"]), str(row["degradation"])),
+    )
+    return {
+        "run": run,
+        "run_label": consumed["run_id"][0].as_py() if consumed.num_rows else run,
+        "up_to_step": step,
+        "samples": consumed.num_rows,
+        "draws": int(pc.sum(consumed["times"]).as_py() or 0),
+        "by_source_and_degradation": rows,
+    }
