@@ -20,7 +20,7 @@ import json
 import os
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from cotir_pipeline import demo_photos
+from cotir_pipeline.digests import file_sha256
 from cotir_pipeline.images import BadImageError, load_rgb8
 from cotir_pipeline.png import png_encoder
 from cotir_pipeline.shards import (
@@ -421,6 +422,40 @@ def _demo_patch(item_key: str) -> tuple[np.ndarray, str, list[int]]:
     return image[y : y + size, x : x + size].copy(), digest, [x, y, x + size, y + size]
 
 
+def pair_sample_id(pair: PlannedPair, digests: Sequence[str]) -> str:
+    """The sample id of a planned pair, whatever its fate (ok, dropped or failed).
+
+    The project's one rule (:func:`cotir_pipeline.shards.sample_id`): source, item key,
+    the sha256 of the input files' bytes (LQ and HQ of a fetched pair; the clean image
+    of a synthetic one), the recipe record and the seed. The recipe record is the
+    recipe's reference (``<set>:<name>``): with the seed it determines the parameters the
+    recipe draws (stored in the manifest's ``recipe`` column), and unlike those it exists
+    before the pair is made, so a pair that failed keeps its id when a retry succeeds.
+    """
+    return sample_id(pair.source, pair.item_key, digests, pair.recipe or "", pair.seed)
+
+
+def input_digests(pair: PlannedPair, fetched_root: Path | None) -> tuple[str, ...]:
+    """sha256 of the input files of ``pair`` that can be read, in the order
+    :func:`materialize_pair` reports them (for the id of a pair that was not made)."""
+    if pair.source == "demo" and pair.recipe is not None and pair.hq_path is None:
+        photo_id = pair.item_key.partition("/")[0]
+        photo = next((p for p in demo_photos.DEMO_PHOTOS if p.photo_id == photo_id), None)
+        return (demo_photos.photo_digest(photo),) if photo is not None else ()
+    if fetched_root is None:
+        return ()
+    paths = [pair.hq_path] if pair.recipe is not None else [pair.lq_path, pair.hq_path]
+    digests = []
+    for relative in paths:
+        if relative is None:
+            continue
+        try:
+            digests.append(file_sha256(fetched_root / relative))
+        except OSError:
+            continue
+    return tuple(digests)
+
+
 def materialize_pair(pair: PlannedPair, size: int, fetched_root: Path | None) -> MaterializedPair:
     """Load (fetched) or synthesize (recipe) one pair at ``size`` x ``size`` pixels."""
     if pair.recipe is not None:
@@ -530,17 +565,17 @@ def build_shard(job: ShardJob, work_dir: str, shard_uri: str) -> tuple[str, str,
         try:
             made = materialize_pair(pair, job.size, fetched_root)
         except BadSampleError as error:
-            identity = sample_id(pair.source, pair.item_key, (), pair.recipe or "", pair.seed)
+            identity = pair_sample_id(pair, input_digests(pair, fetched_root))
             rows.append(_row(pair, STATUS_DROPPED, str(error), sample_id=identity))
             continue
         except Exception as error:  # recorded, and the shard is rebuilt on the next run
-            identity = sample_id(pair.source, pair.item_key, (), pair.recipe or "", pair.seed)
+            identity = pair_sample_id(pair, input_digests(pair, fetched_root))
             detail = traceback.format_exception_only(type(error), error)[-1].strip()
             reason = f"unexpected error: {detail}"
             rows.append(_row(pair, STATUS_FAILED, reason, sample_id=identity))
             continue
         recipe_json = json.dumps(made.applied, sort_keys=True) if made.applied else ""
-        identity = sample_id(pair.source, pair.item_key, made.digests, recipe_json, pair.seed)
+        identity = pair_sample_id(pair, made.digests)
         hq_png, lq_png = encode_png(made.hq), encode_png(made.lq)
         meta = {
             "sample_id": identity,
@@ -681,7 +716,7 @@ def write_pair_shards(
         )
     for pair in pairs:
         if pair.status != STATUS_OK:
-            identity = sample_id(pair.source, pair.item_key, (), pair.recipe or "", pair.seed)
+            identity = pair_sample_id(pair, ())  # dropped while planning: no input was read
             all_rows.append(_row(pair, pair.status, pair.reason, sample_id=identity))
     store.put_bytes(f"{PAIR_SHARDS_PREFIX}/{source}/manifest.parquet", manifest_bytes(all_rows))
     for row in all_rows:

@@ -66,11 +66,13 @@ MANIFEST_SCHEMA = pa.schema(
 def sample_id(
     source: str, item_key: str, content_digests: Iterable[str], recipe: str, seed: int | None
 ) -> str:
-    """Content hash of a sample: stable across re-runs, so nothing is written twice.
+    """Content hash of a sample: the project's one sample-id rule (docs/LINEAGE.md).
 
-    ``content_digests`` are the sha256 digests of the input image files (LQ and HQ
-    for fetched pairs, the clean photo for synthetic ones); ``recipe`` is the JSON
-    of the degradation recipe ("" for fetched pairs).
+    Stable across re-runs, so nothing is written twice, and the same for a sample that
+    was dropped, failed or made. ``content_digests`` are the sha256 digests of the input
+    files' bytes (LQ and HQ for fetched pairs, the clean image for synthetic ones, the
+    stored LQ and HQ of a bench sample); ``recipe`` is the recipe reference
+    (``<set>:<name>``, "" for fetched pairs).
     """
     hasher = hashlib.sha256()
     for part in (source, item_key, *content_digests, recipe, "" if seed is None else str(seed)):

@@ -211,6 +211,38 @@ def test_unexpected_errors_are_failures_that_the_next_run_retries(
     assert fixed.samples_failed == 0
     assert fixed.shards_written == 1  # only the shard that held the failure
     assert store.exists("pair_shards/toy/_SUCCESS.json")
+    # One sample-id rule for every status: the retried failure kept its id.
+    manifest = read_manifest(store.get_bytes("pair_shards/toy/manifest.parquet")).to_pylist()
+    retried = next(row for row in manifest if row["item_key"] == failed[0]["item_key"])
+    assert retried["status"] == "ok"
+    assert retried["sample_id"] == failed[0]["sample_id"]
+
+
+def test_a_synthetic_pair_that_failed_keeps_its_id_when_retried(
+    tmp_path: Path, demo_plan: list[PlannedPair], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # materialize_pair imports apply_recipe from the package when it runs.
+    import cotir_pipeline.degradations as degradations
+
+    plan = [pair for pair in demo_plan if pair.status == "ok"][:3]
+    store = LocalObjectStore(tmp_path / "store")
+
+    real = degradations.apply_recipe
+
+    def failing(*args: object, **kwargs: object) -> object:
+        raise MemoryError("out of memory while degrading")
+
+    monkeypatch.setattr(degradations, "apply_recipe", failing)
+    broken = write_pair_shards(store, plan, size=64, shard_size=8)
+    assert broken.samples_failed == 3
+    before = read_manifest(store.get_bytes("pair_shards/demo/manifest.parquet")).to_pylist()
+    monkeypatch.setattr(degradations, "apply_recipe", real)
+    fixed = write_pair_shards(store, plan, size=64, shard_size=8)
+    assert fixed.samples_ok == 3
+    after = read_manifest(store.get_bytes("pair_shards/demo/manifest.parquet")).to_pylist()
+    assert {row["status"] for row in before} == {"failed"}
+    assert {row["status"] for row in after} == {"ok"}
+    assert sorted(row["sample_id"] for row in before) == sorted(row["sample_id"] for row in after)
 
 
 def test_demo_shards_are_identical_on_every_store(

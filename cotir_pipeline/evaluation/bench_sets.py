@@ -289,10 +289,10 @@ def bench_lineage_rows(bench: BenchSet) -> list[dict[str, Any]]:
 
     The ``sample_id`` follows the rule every stage uses (:func:`cotir_pipeline.shards.
     sample_id`): a content hash of the source (the bench set), the item key (the record's
-    public ``id``), the digests of its LQ and HQ files, the applied recipe record and
-    the seed. The public ``id`` stays the file name and the key of restorations and
-    scores; this table maps it to the sample id that lineage and the scores' per-sample
-    rows use.
+    public ``id``), the digests of its LQ and HQ files, the recipe reference
+    (``<set>:<name>``, "" for a set without recipes) and the seed. The public ``id``
+    stays the file name and the key of restorations and scores; this table maps it to
+    the sample id that lineage and the scores' per-sample rows use.
     """
     from cotir_pipeline.digests import file_sha256
     from cotir_pipeline.shards import sample_id
@@ -307,15 +307,16 @@ def bench_lineage_rows(bench: BenchSet) -> list[dict[str, Any]]:
         seed = record.meta.get("seed")
         digests = [lq_sha256] + ([hq_sha256] if hq_sha256 else [])
         recipe = record.meta.get("recipe")
+        reference = f"{record.meta.get('recipe_set')}:{recipe}" if recipe else ""
         rows.append(
             {
-                "sample_id": sample_id(bench.name, record.id, digests, applied_json, seed),
+                "sample_id": sample_id(bench.name, record.id, digests, reference, seed),
                 "bench_set": bench.name,
                 "record_id": record.id,
                 "degradation": record.deg_type,
                 "subset": record.subset,
                 "origin": str(record.meta.get("clean") or record.lq_path),
-                "recipe": f"{record.meta.get('recipe_set')}:{recipe}" if recipe else None,
+                "recipe": reference or None,
                 "applied": applied_json or None,
                 "seed": None if seed is None else int(seed),
                 "lq_sha256": lq_sha256,
