@@ -8,9 +8,11 @@ from typing import Any, Self
 import dagster as dg
 from pydantic import Field
 
+from assets.metadata import parquet_output_metadata
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.annotation_stage import (
     FILTERED_PREFIX,
+    TRAINING_MANIFEST_SCHEMA,
     TRAINING_SHARDS_PREFIX,
     StageReport,
     annotate_source,
@@ -273,6 +275,7 @@ def build_annotation_assets(
                 "uri": dg.MetadataValue.url(
                     object_store.uri(f"{TRAINING_SHARDS_PREFIX}/manifest.parquet")
                 ),
+                **parquet_output_metadata(TRAINING_MANIFEST_SCHEMA, report.samples),
             }
         )
 

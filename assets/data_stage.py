@@ -8,13 +8,14 @@ partition.
 
 import base64
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
 import dagster as dg
 from pydantic import Field
 
+from assets.metadata import parquet_output_metadata
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.pair_stage import (
     PAIR_SHARDS_PREFIX,
@@ -33,7 +34,7 @@ from cotir_pipeline.shard_checks import (
     preview_grid_png,
     verify_source_shards,
 )
-from cotir_pipeline.shards import STATUS_OK, read_manifest
+from cotir_pipeline.shards import MANIFEST_SCHEMA, STATUS_OK, read_manifest
 from cotir_pipeline.sources.spec import SourceCatalog, SourceDataset
 
 DEMO_SOURCE = "demo"
@@ -72,13 +73,25 @@ def _counts_table(title: str, counts: Counter[str]) -> str:
 
 
 def build_data_stage_assets(
-    catalog: SourceCatalog, op_tags: Callable[[str], dict[str, str]] = lambda name: {}
+    catalog: SourceCatalog,
+    op_tags: Callable[[str], dict[str, str]] = lambda name: {},
+    *,
+    only: Sequence[str] | None = None,
 ) -> list[dg.AssetsDefinition]:
     """The data-stage assets, partitioned over the catalog's sources.
 
     ``op_tags`` gives each asset's op tags by name (the executor's queue routing).
+    ``only`` limits the partitions to the sources the profile can build (the demo
+    profile: ``demo``), so the UI's "Materialize all" never offers a backfill of sources
+    that need the network or manual downloads.
     """
-    sources = dg.StaticPartitionsDefinition([source.name for source in catalog.sources])
+    names = [source.name for source in catalog.sources]
+    if only is not None:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise ValueError(f"sources not in the catalog: {unknown}")
+        names = [name for name in names if name in set(only)]
+    sources = dg.StaticPartitionsDefinition(names)
 
     @dg.asset(
         group_name="data",
@@ -213,6 +226,10 @@ def build_data_stage_assets(
                 "by_split": dg.MetadataValue.json(report.by_split),
                 "drop_reasons": dg.MetadataValue.json(report.drop_reasons),
                 "uri": dg.MetadataValue.url(object_store.uri(f"{prefix}/manifest.parquet")),
+                **parquet_output_metadata(
+                    MANIFEST_SCHEMA,
+                    report.samples_ok + report.samples_dropped + report.samples_failed,
+                ),
             },
         )
 

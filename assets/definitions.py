@@ -4,6 +4,10 @@ It only assembles: settings are read and validated when Dagster loads the code
 location (not at import), and resources are picked by the profile.
 """
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+
 import dagster as dg
 
 # The tag by which the UI lists a job's runs (runs launched through the workspace get it
@@ -25,7 +29,7 @@ from assets.training import (
     build_training_assets,
     training_resources,
 )
-from cotir_pipeline.settings import CotirSettings, load_settings
+from cotir_pipeline.settings import CotirSettings, Profile, load_settings
 from cotir_pipeline.sources.catalog import load_catalog
 
 #: Materializes every asset of the DAG except the method x bench evaluation and the tables
@@ -36,6 +40,8 @@ DEMO_JOB_NAME = "demo"
 LINEAGE_JOB_NAME = "lineage"
 #: The code location's name, as workspace.yaml and pyproject.toml's [tool.dagster] give it.
 CODE_LOCATION_NAME = "cotir"
+#: Owner of every asset, shown in the UI's catalog and asset pages.
+OWNER = "team:cotir-pipeline"
 
 
 def code_location_run_tags(definitions: dg.Definitions) -> dict[str, str]:
@@ -56,11 +62,14 @@ def build_definitions(
     shorter ``training`` resource)."""
     catalog = load_catalog()
     tags = lambda name: queue_tags(name, settings)  # noqa: E731 - one-line routing rule
-    source_catalog, raw_pairs, pair_shards = build_data_stage_assets(catalog, tags)
-    evaluation = build_evaluation_definitions(settings, tags)
+    # The demo profile builds the embedded demo source only; the full profile every source.
+    buildable = [DEMO_SOURCE] if settings.profile is Profile.DEMO else None
+    source_catalog, raw_pairs, pair_shards = build_data_stage_assets(catalog, tags, only=buildable)
     annotation_assets = build_annotation_assets(catalog, pair_shards, tags)
     training_resource = training or training_resources(settings)["training"]
     training_assets = build_training_assets(tags, lq_flow_run=training_resource.lq_flow_run)
+    checkpoints = [asset.key for asset in training_assets if asset.key.path[-1] != "base_model"]
+    evaluation = build_evaluation_definitions(settings, tags, checkpoints=checkpoints)
     lineage_assets = build_lineage_assets(
         [
             raw_pairs.key,
@@ -92,18 +101,23 @@ def build_definitions(
         f"partition '{DEMO_SOURCE}' on the demo profile (minutes on a CPU), then the "
         "'evaluation' job per method x bench partition and 'reporting'.",
     )
-    return dg.Definitions(
-        assets=[
-            *dg.load_assets_from_modules([environment]),
-            source_catalog,
-            raw_pairs,
-            pair_shards,
-            *annotation_assets,
-            *training_assets,
-            table_vii,
-            *evaluation.assets,
-            *lineage_assets,
-        ],
+    with _quiet_beta_features():
+        # Code references: the UI links each asset to the function that computes it.
+        assets = dg.with_source_code_references(
+            [
+                *dg.load_assets_from_modules([environment]),
+                source_catalog,
+                raw_pairs,
+                pair_shards,
+                *annotation_assets,
+                *training_assets,
+                table_vii,
+                *evaluation.assets,
+                *lineage_assets,
+            ]
+        )
+    definitions = dg.Definitions(
+        assets=assets,
         asset_checks=dg.load_asset_checks_from_modules([environment]),
         jobs=[demo_job, *evaluation.jobs, lineage_job, lineage_lookup, table_vii_job],
         schedules=evaluation.schedules,
@@ -120,6 +134,20 @@ def build_definitions(
             "table_vii_config": TableVIIResource.from_settings(settings),
         },
     )
+    with _quiet_beta_features():
+        return definitions.map_asset_specs(
+            func=lambda spec: spec if spec.owners else spec.replace_attributes(owners=[OWNER])
+        )
+
+
+@contextlib.contextmanager
+def _quiet_beta_features() -> Iterator[None]:
+    """Code references and spec mapping are beta/preview in Dagster 1.13: their warnings
+    would be printed on every load of the code location."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        yield
 
 
 @dg.definitions

@@ -957,9 +957,16 @@ class EvaluationAssets(NamedTuple):
 
 
 def build_evaluation_assets(
-    settings: CotirSettings, op_tags: Callable[[str], dict[str, str]] = lambda name: {}
+    settings: CotirSettings,
+    op_tags: Callable[[str], dict[str, str]] = lambda name: {},
+    *,
+    checkpoints: Sequence[dg.AssetKey] = (),
 ) -> EvaluationAssets:
-    """The evaluation assets of the settings' profile (its bench sets are the bench partitions)."""
+    """The evaluation assets of the settings' profile (its bench sets are the bench partitions).
+
+    ``checkpoints`` are the training assets whose checkpoints become evaluation methods:
+    ``restorations`` depends on them, so the graph shows evaluation downstream of training.
+    """
     profile = settings.profile
     specs = bench_specs(profile)
     partitions = evaluation_partitions(profile)
@@ -1041,7 +1048,7 @@ def build_evaluation_assets(
         group_name=EVALUATION_GROUP,
         kinds={"png"},
         partitions_def=partitions,
-        deps=[bench_sets],
+        deps=[bench_sets, *checkpoints],
         op_tags=op_tags("restorations"),
         description="A method's outputs on a bench set for both prompts (vague/, precise/) "
         "with per-image runtime logs, under `restorations/<method>/<bench>/`.",
@@ -1733,9 +1740,10 @@ def build_evaluation_definitions(
     *,
     nightly_cron: str = DEFAULT_NIGHTLY_CRON,
     evaluation: EvaluationResource | None = None,
+    checkpoints: Sequence[dg.AssetKey] = (),
 ) -> EvaluationDefinitions:
     """Assets, the ``evaluation`` and ``reporting`` jobs, the schedule, sensors, resources."""
-    built = build_evaluation_assets(settings, op_tags)
+    built = build_evaluation_assets(settings, op_tags, checkpoints=checkpoints)
     benches = [spec.name for spec in bench_specs(settings.profile)]
     evaluation_job = dg.define_asset_job(
         name=EVALUATION_JOB,

@@ -5,9 +5,11 @@ import json
 import dagster as dg
 from pydantic import Field
 
+from assets.metadata import parquet_output_metadata
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.lineage import LineageIndexMissingError, build_lineage_from_store, lookup
 from cotir_pipeline.lineage.build import STAGE_LOCATIONS
+from cotir_pipeline.lineage.schema import LINEAGE_SCHEMA
 
 
 def build_lineage_assets(
@@ -28,13 +30,14 @@ def build_lineage_assets(
         object_store = store.open()
         report = build_lineage_from_store(object_store)
         stages = "\n".join(
-            f"| {stage} | `{prefix}/<partition>/{name}` | {report.stage_rows.get(stage, 0)} |"
+            f"| {stage} | `{_location(prefix, name)}` | {report.stage_rows.get(stage, 0)} |"
             for stage, (prefix, name) in STAGE_LOCATIONS.items()
         )
         per_sample = report.bytes_per_sample()
         return dg.MaterializeResult(
             metadata={
                 "samples": report.samples,
+                **parquet_output_metadata(LINEAGE_SCHEMA, report.samples),
                 "parts_written": report.parts_written,
                 "parts_unchanged": report.parts_unchanged,
                 "bytes_per_sample": round(sum(per_sample.values()), 1),
@@ -53,6 +56,13 @@ def build_lineage_assets(
         )
 
     return [sample_lineage]
+
+
+def _location(prefix: str, name: str) -> str:
+    """Where a stage's per-sample files are, as a pattern (see ``STAGE_LOCATIONS``)."""
+    if name.startswith("."):
+        return f"{prefix}/<method>/<bench>{name}"
+    return f"{prefix}/<partition>/{name}"
 
 
 class LineageLookupConfig(dg.Config):

@@ -28,7 +28,7 @@ from assets.definitions import (
 from assets.training import TrainingResource
 from cotir_pipeline.cli import cli
 from cotir_pipeline.lineage.details import checkpoint_summary
-from cotir_pipeline.settings import CotirSettings
+from cotir_pipeline.settings import CotirSettings, Profile
 from cotir_pipeline.store import LocalObjectStore
 from cotir_test_support import REPO_ROOT, DagsterDevServer, free_port
 
@@ -128,6 +128,43 @@ def test_plain_dagster_dev_serves_the_code_location_with_no_environment() -> Non
     assert entries[0]["name"] == "cotir"
     assert entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation", output[-3000:]
     assert set(REPO_ROOT.glob(".tmp_dagster_home_*")) == before, "the temporary home is removed"
+
+
+def test_every_asset_has_an_owner_and_a_code_reference() -> None:
+    repository = defs().get_repository_def()
+    for key in repository.asset_graph.get_all_asset_keys():
+        node = repository.asset_graph.get(key)
+        assert node.owners == ["team:cotir-pipeline"], key
+        references = node.metadata["dagster/code_references"].code_references
+        assert references, key
+        assert Path(references[0].file_path).is_relative_to(REPO_ROOT), key
+
+
+def test_the_demo_profile_offers_only_the_partitions_it_can_build(tmp_path: Path) -> None:
+    """"Materialize all" in the demo profile must not backfill sources that need downloads."""
+    demo = build_definitions(CotirSettings(home=tmp_path, store=(tmp_path / "s").as_uri()))
+    full = build_definitions(
+        CotirSettings(
+            home=tmp_path,
+            store=(tmp_path / "s").as_uri(),
+            profile=Profile.FULL,
+            annotation_backend="template",
+        )
+    )
+    for name in ("raw_pairs", "pair_shards", "cot_annotations", "filtered_annotations"):
+        keys = demo.resolve_assets_def(name).partitions_def.get_partition_keys()  # type: ignore[union-attr]
+        assert keys == ["demo"], name
+        everything = full.resolve_assets_def(name).partitions_def.get_partition_keys()  # type: ignore[union-attr]
+        assert len(everything) > 60
+        assert "demo" in everything
+
+
+def test_evaluation_is_downstream_of_training_in_the_graph() -> None:
+    """A checkpoint is a method: restorations depends on the checkpoint assets."""
+    graph = defs().get_repository_def().asset_graph
+    parents = {key.to_user_string() for key in graph.get(dg.AssetKey("restorations")).parent_keys}
+    assert {"bench_sets", "cotir_checkpoint"} <= parents
+    assert "base_model" not in parents
 
 
 def _outside_code_spans(markdown: str) -> str:
@@ -241,6 +278,12 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
 
         shards = first.asset_materializations_for_node("pair_shards")[0].metadata
         assert shards["samples_ok"].value >= 500
+        # The UI's column schema and row count of the Parquet manifest.
+        columns = [column.name for column in shards["dagster/column_schema"].schema.columns]
+        assert columns[:3] == ["sample_id", "source", "item_key"]
+        assert shards["dagster/row_count"].value == (
+            shards["samples_ok"].value + shards["samples_dropped"].value
+        )
         assert shards["shards_written"].value == shards["shards"].value > 0
         assert shards["samples_failed"].value == 0
 
