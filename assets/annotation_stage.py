@@ -22,6 +22,7 @@ from cotir_pipeline.annotation_stage import (
 )
 from cotir_pipeline.settings import CotirSettings, Profile
 from cotir_pipeline.sources.spec import SourceCatalog
+from cotir_pipeline.store import ObjectStore
 
 
 class AnnotationResource(dg.ConfigurableResource):
@@ -236,6 +237,14 @@ def build_annotation_assets(
         op_tags=op_tags("training_shards"),
         description="Final training shards in the public release's format (CoT metadata in "
         "meta.json), one folder per degradation, from every source with filtered annotations.",
+        check_specs=[
+            dg.AssetCheckSpec(
+                "manifest_matches_shards",
+                asset="training_shards",
+                description="Every manifest row names a shard in the store, and each "
+                "degradation's sizes.json counts exactly its manifest rows.",
+            )
+        ],
     )
     def training_shards(
         context: dg.AssetExecutionContext,
@@ -265,7 +274,15 @@ def build_annotation_assets(
         report = write_training_shards(
             object_store, ready, shard_size=annotation.training_shard_size
         )
+        problems = _training_shard_problems(object_store)
         return dg.MaterializeResult(
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="manifest_matches_shards",
+                    passed=not problems,
+                    metadata={"problems": dg.MetadataValue.json(problems[:20])},
+                )
+            ],
             metadata={
                 "samples": report.samples,
                 "shards": report.shards_total,
@@ -280,3 +297,28 @@ def build_annotation_assets(
         )
 
     return [cot_annotations, filtered_annotations, training_shards]
+
+
+def _training_shard_problems(store: ObjectStore) -> list[str]:
+    """What disagrees between the training manifest, the shards and each sizes.json."""
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    manifest = pq.read_table(
+        io.BytesIO(store.get_bytes(f"{TRAINING_SHARDS_PREFIX}/manifest.parquet")),
+        columns=["shard_uri", "degradation"],
+    )
+    problems = []
+    stored = {store.uri(info.key) for info in store.list(f"{TRAINING_SHARDS_PREFIX}/")}
+    for uri in sorted(set(manifest.column("shard_uri").to_pylist())):
+        if uri not in stored:
+            problems.append(f"missing shard {uri}")
+    rows = Counter(manifest.column("degradation").to_pylist())
+    for degradation, count in sorted(rows.items()):
+        key = f"{TRAINING_SHARDS_PREFIX}/{degradation}/sizes.json"
+        sizes = json.loads(store.get_text(key)) if store.exists(key) else {}
+        if sum(sizes.values()) != count:
+            problems.append(f"{key}: {sum(sizes.values())} samples, the manifest {count}")
+    return problems

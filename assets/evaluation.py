@@ -21,6 +21,7 @@ a local cache, and reports. See docs/EVALUATION.md, "In Dagster".
 """
 
 import base64
+import datetime
 import hashlib
 import json
 import re
@@ -34,8 +35,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, Self
 
 import dagster as dg
+import pyarrow.parquet as pq
 from pydantic import Field
 
+from assets.metadata import parquet_output_metadata
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.digests import file_sha256
 from cotir_pipeline.evaluation.bench_sets import (
@@ -77,6 +80,10 @@ METRIC_SCORES_PREFIX = "metric_scores"
 #: ``metric_scores/<method>/<bench>.samples.parquet``: one row per sample and prompt
 #: (lineage's evaluation rows; see ``cotir_pipeline.evaluation.scoring.sample_rows``).
 SAMPLE_ROWS_SUFFIX = ".samples.parquet"
+#: The asset check of metric_scores.
+SCORED_CHECK = "every_sample_scored_or_explained"
+#: The asset check of bench_sets.
+BENCH_IDS_CHECK = "samples_with_distinct_lineage_ids"
 BENCHMARK_TABLES_PREFIX = "benchmark_tables"
 #: Store prefix the training stage writes checkpoints under (one folder per checkpoint).
 CHECKPOINT_PREFIX = "checkpoints"
@@ -904,6 +911,28 @@ def _png_md(png: bytes, caption: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"{caption}\n\n![{caption}](data:image/png;base64,{encoded})")
 
 
+def _image_md(path: Path, caption: str, *, max_width: int) -> dg.MetadataValue:
+    """An image inline in Markdown metadata, scaled down to ``max_width`` pixels so it fits
+    the UI's metadata dialog (the stored file keeps its full size), as JPEG to keep the
+    event log small."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as image:
+        picture = image.convert("RGB")
+    if picture.width > max_width:
+        height = round(picture.height * max_width / picture.width)
+        picture = picture.resize((max_width, height), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=88)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return dg.MetadataValue.md(
+        f"{caption} ({path.name}; full size in the store)\n\n"
+        f"![{caption}](data:image/jpeg;base64,{encoded})"
+    )
+
+
 def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
@@ -977,6 +1006,14 @@ def build_evaluation_assets(
         op_tags=op_tags("bench_sets"),
         description="Every bench set of the profile in the public test format (test.jsonl, "
         "lq/, hq/) under `bench_sets/<name>/`; a set whose source is not configured is n/a.",
+        check_specs=[
+            dg.AssetCheckSpec(
+                BENCH_IDS_CHECK,
+                asset="bench_sets",
+                description="Every built set has samples, and each sample one lineage id of "
+                "its own (no two records share a content hash).",
+            )
+        ],
     )
     def bench_sets(
         context: dg.AssetExecutionContext,
@@ -988,6 +1025,7 @@ def build_evaluation_assets(
         status: dict[str, dict[str, Any]] = {}
         subset_rows: list[tuple[str, str, int]] = []
         totals = Counter[str]()
+        id_problems: list[str] = []
         with tempfile.TemporaryDirectory(dir=evaluation.cache, prefix=".build-") as work:
             for spec in specs:
                 built = _build_set(spec, evaluation, Path(work))
@@ -999,6 +1037,9 @@ def build_evaluation_assets(
                 lineage = write_bench_lineage(
                     built.bench, Path(work) / f"{spec.name}-{LINEAGE_MANIFEST_NAME}"
                 )
+                ids = pq.read_table(lineage, columns=["sample_id"]).column("sample_id")
+                if len(built.bench) == 0 or len(set(ids.to_pylist())) != len(built.bench):
+                    id_problems.append(spec.name)
                 files = {**built.files, LINEAGE_MANIFEST_NAME: lineage}
                 report = _upload_bench(object_store, spec.name, files, built.manifest, built.info)
                 totals.update(report._asdict())
@@ -1042,7 +1083,16 @@ def build_evaluation_assets(
         }
         for name, entry in status.items():
             metadata[f"samples/{name}"] = entry.get("samples", 0)
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(
+            metadata=metadata,
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=BENCH_IDS_CHECK,
+                    passed=not id_problems,
+                    metadata={"sets_with_problems": dg.MetadataValue.json(id_problems)},
+                )
+            ],
+        )
 
     @dg.asset(
         group_name=EVALUATION_GROUP,
@@ -1083,6 +1133,14 @@ def build_evaluation_assets(
         op_tags=op_tags("metric_scores"),
         description="One row per image and metric of the bench's metric set (value or n/a with "
         "the reason) in `metric_scores/<method>/<bench>.parquet`, and the runtimes.",
+        check_specs=[
+            dg.AssetCheckSpec(
+                SCORED_CHECK,
+                asset="metric_scores",
+                description="Every sample of the set has a row for both prompts and every "
+                "metric, and every n/a value carries its reason.",
+            )
+        ],
     )
     def metric_scores(
         context: dg.AssetExecutionContext,
@@ -1100,7 +1158,12 @@ def build_evaluation_assets(
         op_tags=op_tags("benchmark_tables"),
         description="The paper's Tables II, III, IV, V, VI and VIII from every score row in the "
         "store (Parquet, Markdown, HTML), with image grids and charts, beside the paper's "
-        "reported rows.",
+        "reported rows. Fresh when the nightly evaluation's reporting ran in the last day.",
+        # The nightly schedule re-scores every method and the reporting sensor rebuilds the
+        # tables after it: tables older than a day (and a few hours) mean it did not finish.
+        freshness_policy=dg.FreshnessPolicy.time_window(
+            fail_window=datetime.timedelta(hours=30), warn_window=datetime.timedelta(hours=26)
+        ),
     )
     def benchmark_tables(
         context: dg.AssetExecutionContext,
@@ -1210,6 +1273,7 @@ def _score_partition(
     from cotir_pipeline.evaluation.scoring import (
         evaluate_outputs,
         runtime_rows,
+        score_row_schema,
         write_rows,
         write_sample_rows,
     )
@@ -1285,7 +1349,31 @@ def _score_partition(
         metadata["seconds_per_image"] = dg.MetadataValue.float(
             sum(r.seconds for r in runtimes) / len(runtimes)
         )
-    return dg.MaterializeResult(metadata=metadata)
+    metadata.update(parquet_output_metadata(score_row_schema(), len(rows)))
+    return dg.MaterializeResult(metadata=metadata, check_results=[_scored_check(bench, rows)])
+
+
+def _scored_check(bench: BenchSet, rows: Sequence[ScoreRow]) -> dg.AssetCheckResult:
+    """Every sample has a row per prompt and metric, and every missing value says why."""
+    metrics = sorted({row.metric for row in rows})
+    have = {(row.sample_id, row.prompt_kind, row.metric) for row in rows}
+    missing = [
+        (record.id, kind, metric)
+        for record in bench.records
+        for kind in PROMPT_KINDS
+        for metric in metrics
+        if (record.id, kind, metric) not in have
+    ]
+    unexplained = [row for row in rows if row.value is None and not row.reason]
+    return dg.AssetCheckResult(
+        check_name=SCORED_CHECK,
+        passed=not missing and not unexplained,
+        metadata={
+            "missing_rows": len(missing),
+            "missing_example": str(missing[0]) if missing else "",
+            "values_without_reason": len(unexplained),
+        },
+    )
 
 
 def _reset_if_stale(
@@ -1520,16 +1608,23 @@ def _write_tables(
     for key in stale:
         store.delete(key)
     metadata: dict[str, Any] = {
-        "table_ii": dg.MetadataValue.md(markdown["II"]),
+        # Every table, chart and grid is viewable on the asset page, not only by name.
+        **{f"table_{key.lower()}": dg.MetadataValue.md(text) for key, text in markdown.items()},
+        **{
+            f"chart_{key.lower()}": _image_md(out / name, f"Table {key}", max_width=900)
+            for key, name in charts.items()
+            if (out / name).is_file()
+        },
+        **{
+            f"grid_{name}": _image_md(path, f"LQ | methods | HQ ({name})", max_width=900)
+            for name, path in grids.items()
+        },
         "score_rows": dg.MetadataValue.json(dict(Counter(row.bench for row in scores))),
         "methods": dg.MetadataValue.json(sorted({row.method for row in scores})),
         "files": dg.MetadataValue.json(sorted(files)),
         "charts": dg.MetadataValue.json(charts),
         "uri": dg.MetadataValue.url(store.uri(f"{BENCHMARK_TABLES_PREFIX}/index.md")),
     }
-    shown = next((grids[s.name] for s in specs if s.name in grids), None)
-    if shown is not None:
-        metadata["grid"] = _png_md(shown.read_bytes(), f"LQ | methods | HQ ({shown.stem})")
     return metadata
 
 

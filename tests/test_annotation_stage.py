@@ -76,6 +76,20 @@ def test_the_stage_yields_release_format_training_shards(sharded_store: LocalObj
     assert " answer: " in meta["cot"]["answers"]
     assert meta["deg"] == records[0]["__url__"].split("/")[-2]
 
+    # The asset's check agrees with what was written, and names what a damage breaks.
+    from assets.annotation_stage import _training_shard_problems
+
+    assert _training_shard_problems(sharded_store) == []
+    first_tar = next(
+        info.key for info in sharded_store.list("training_shards/") if info.key.endswith(".tar")
+    )
+    data = sharded_store.get_bytes(first_tar)
+    sharded_store.delete(first_tar)
+    problems = _training_shard_problems(sharded_store)
+    assert problems == [f"missing shard {sharded_store.uri(first_tar)}"]
+    sharded_store.put_bytes(first_tar, data)
+    assert _training_shard_problems(sharded_store) == []
+
 
 def test_training_images_are_the_pair_shard_bytes(sharded_store: LocalObjectStore) -> None:
     """Images are copied, never re-encoded."""

@@ -167,6 +167,13 @@ def test_evaluation_is_downstream_of_training_in_the_graph() -> None:
     assert "base_model" not in parents
 
 
+def test_benchmark_tables_have_a_freshness_policy_under_the_nightly_schedule() -> None:
+    graph = defs().get_repository_def().asset_graph
+    policy = graph.get(dg.AssetKey("benchmark_tables")).freshness_policy
+    assert policy is not None
+    assert policy.fail_window.to_timedelta().total_seconds() == 30 * 3600  # type: ignore[union-attr]
+
+
 def _outside_code_spans(markdown: str) -> str:
     """The text of a Markdown description with its `code spans` removed."""
     return re.sub(r"`[^`]*`", "", markdown)

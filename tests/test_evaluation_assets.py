@@ -7,16 +7,19 @@ tables, against a temporary store and a temporary Dagster instance; the tests re
 
 from __future__ import annotations
 
+import base64
 import datetime
+import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from assets.definitions import build_definitions
 from assets.evaluation import (
@@ -39,6 +42,7 @@ from assets.evaluation import (
     split_evaluation_partition,
 )
 from assets.resources import ObjectStoreResource
+from cotir_pipeline.evaluation.scoring import ScoreRow
 from cotir_pipeline.settings import CotirSettings, Profile
 from cotir_pipeline.store import LocalObjectStore
 
@@ -159,6 +163,9 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
 
 def test_bench_sets_are_built_in_the_public_format_with_counts(scenario: Scenario) -> None:
     store = scenario.store
+    built = scenario.results["bench_sets"]
+    checks = {c.check_name: c.passed for c in built.get_asset_check_evaluations()}
+    assert checks == {"samples_with_distinct_lineage_ids": True}
     for name in DEMO_BENCHES:
         keys = {info.key for info in store.list(f"bench_sets/{name}/")}
         assert {f"bench_sets/{name}/test.jsonl", f"bench_sets/{name}/bench.json"} <= keys
@@ -212,6 +219,12 @@ def test_builtin_methods_restore_and_score_the_demo_bench(scenario: Scenario) ->
         assert len(table) == 44 * 8 * 2
         assert {row["metric"] for row in table if row["value"] is not None} == {"psnr", "ssim"}
         assert all(row["reason"] for row in table if row["value"] is None)
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks["every_sample_scored_or_explained"] is True
+        assert checks["every_sample_restored"] is True
+        columns = [c.name for c in scores["dagster/column_schema"].columns]
+        assert columns == [f.name for f in fields(ScoreRow)]
+        assert scores["dagster/row_count"] == 44 * 8 * 2
     chain = _metadata(scenario.results["classical_chain"], "metric_scores")
     identity = _metadata(scenario.results["identity"], "metric_scores")
     assert chain["psnr/precise"] > identity["psnr/precise"]
@@ -319,7 +332,18 @@ def test_benchmark_tables_hold_our_rows_reported_rows_and_provenance(scenario: S
     metadata = _metadata(result, "benchmark_tables")
     assert "reported (paper)" in metadata["table_ii"]
     assert "| identity | precise | ours |" in metadata["table_ii"]
-    assert "data:image/png;base64," in metadata["grid"]
+    # Every table, chart and grid is viewable on the asset page (images inline, scaled
+    # to fit the metadata dialog).
+    for key in ("ii", "iii", "iv", "v", "vi", "viii"):
+        assert metadata[f"table_{key}"].startswith(f"### Table {key.upper()}:")
+    for name in ("demo_bench", "seven_d_demo"):
+        assert "data:image/jpeg;base64," in metadata[f"grid_{name}"]
+        encoded = metadata[f"grid_{name}"].split("base64,")[1].rstrip(")")
+        with Image.open(io.BytesIO(base64.b64decode(encoded))) as grid:
+            assert grid.width <= 900
+    charts = [key for key in metadata if key.startswith("chart_")]
+    assert charts
+    assert all("data:image/jpeg;base64," in metadata[key] for key in charts)
 
     rows = pq.read_table(store.root / "benchmark_tables" / "table_ii.parquet").to_pylist()  # type: ignore[attr-defined]
     ours = [row for row in rows if row["source"] == "ours"]

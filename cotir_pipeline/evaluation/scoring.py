@@ -165,6 +165,27 @@ def runtime_rows(
     ]
 
 
+def score_row_schema() -> Any:
+    """The Arrow schema of score rows as :func:`write_rows` stores them (for the UI)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("method", pa.string()),
+            pa.field("prompt_kind", pa.string()),
+            pa.field("bench", pa.string()),
+            pa.field("sample_id", pa.string(), metadata={"doc": "the bench record's public id"}),
+            pa.field("deg_type", pa.string()),
+            pa.field("subset", pa.string()),
+            pa.field("task", pa.string()),
+            pa.field("metric", pa.string()),
+            pa.field("value", pa.float64(), metadata={"doc": "null: n/a, see reason"}),
+            pa.field("reason", pa.string()),
+            pa.field("resized", pa.bool_()),
+        ]
+    )
+
+
 def write_rows(rows: Iterable[ScoreRow | RuntimeRow], path: Path) -> Path:
     """Write score or runtime rows as one Parquet file (atomically); return the path."""
     import pyarrow as pa
