@@ -244,6 +244,8 @@ def _value(metadata: Mapping[str, Any], key: str) -> Any:
 
 #: Columns of ``training_runs/<run>/manifest.parquet``: one row per sample the run trained on.
 TRAINING_RUN_COLUMNS = ("sample_id", "run_id", "first_step", "last_step", "times")
+#: Rows per row group of a run's manifest (a point look-up decodes one).
+TRAINING_RUN_ROW_GROUP = 16_384
 
 
 def record_training_run(store: ObjectStore, run_id: str, variant: str, run_folder: Path) -> int:
@@ -270,7 +272,12 @@ def record_training_run(store: ObjectStore, run_id: str, variant: str, run_folde
             "times": consumed["times"],
         }
     )
-    store.put_bytes(f"training_runs/{run_id}/manifest.parquet", parquet_bytes(table))
+    # Sorted by sample id (read_consumption's order) in small row groups, so a look-up of
+    # one sample reads one row group of a run that saw millions.
+    store.put_bytes(
+        f"training_runs/{run_id}/manifest.parquet",
+        parquet_bytes(table, row_group_size=TRAINING_RUN_ROW_GROUP),
+    )
     return consumed.num_rows
 
 

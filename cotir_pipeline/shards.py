@@ -176,10 +176,13 @@ def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    """A table as zstd Parquet bytes: the one encoding of every per-sample file we store."""
+def parquet_bytes(table: pa.Table, *, row_group_size: int | None = None) -> bytes:
+    """A table as zstd Parquet bytes: the one encoding of every per-sample file we store.
+
+    ``row_group_size`` (rows) keeps row groups small where readers look up single rows.
+    """
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    pq.write_table(table, buffer, compression="zstd", row_group_size=row_group_size)
     return buffer.getvalue()
 
 

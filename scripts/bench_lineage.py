@@ -59,13 +59,29 @@ TARGET_COLD_S = 2.0
 TARGET_BYTES_PER_STAGE = 100.0
 CHUNK_ROWS = 250_000
 BUCKET_URL = "s3://cotir-prod/runs/2026-11"
+#: Training runs: (run id, steps, global batch). The first is the paper's 120k-step run
+#: at global batch 96, the second the same schedule at 16, the third a short ablation.
 RUNS = (
-    "cotir-flux1-kontext-2026-11-02",
-    "cotir-flux2-klein-2026-11-20",
-    "cotir-ablation-no-cot-2026-11-24",
+    ("r0a1b2c3d4e5", 120_000, 96),
+    ("r1f2e3d4c5b6", 120_000, 16),
+    ("r2aabbccdde0", 20_000, 16),
 )
 BENCHES = ("cotir_bench_test", "cotir_bench_7d", "agenticir", "real_world")
-METHODS = ("cotir-flux1-kontext@step-20000", "restormer", "promptir", "instructir")
+#: Samples per bench set (the paper's CoTIR-Bench test set is about 2,000 images).
+BENCH_SIZE = 2_000
+#: Ten evaluated methods: six checkpoints of the runs and four baselines.
+METHODS = (
+    *(
+        f"cotir-12b-paper-{run}-s{step}"
+        for run, _, _ in RUNS[:2]
+        for step in (40_000, 80_000, 120_000)
+    ),
+    "restormer",
+    "promptir",
+    "instructir",
+    "identity",
+)
+PROMPTS = ("vague", "precise")
 PAIR_DROP_REASONS = (
     "corrupt or truncated image: image file is truncated (12 bytes not processed)",
     "LQ 480x320 and HQ 1920x1080 differ in aspect ratio",
@@ -179,8 +195,20 @@ class Chunk:
     sample_ids: pa.Array
 
 
-def make_chunk(spec: SourceSpec, start: int, count: int, rng: np.random.Generator) -> Chunk:
-    """Rows of samples ``start .. start+count`` of ``spec`` for every stage."""
+def make_chunk(
+    spec: SourceSpec,
+    start: int,
+    count: int,
+    rng: np.random.Generator,
+    *,
+    trained_total: int,
+    bench_room: dict[str, int],
+) -> Chunk:
+    """Rows of samples ``start .. start+count`` of ``spec`` for every stage.
+
+    ``trained_total`` (about how many samples reach the training shards in all) sets how
+    often each run draws a sample; ``bench_room`` counts down the places left per bench.
+    """
     index = np.arange(start, start + count)
     ids = hex_strings(rng, count, 32)
     label_index = rng.integers(0, len(spec.labels), count)
@@ -337,26 +365,49 @@ def make_chunk(spec: SourceSpec, start: int, count: int, rng: np.random.Generato
         }
     )
     runs: dict[str, pa.Table] = {}
-    for number, run in enumerate(RUNS):
-        share = (1.0, 0.8, 0.3)[number]
-        chosen = kept_ids.filter(pa.array(rng.random(kept) < share))
+    for run, steps, batch in RUNS:
+        # Each run draws steps x batch samples uniformly from the training set: a sample
+        # is drawn Poisson(draws / set size) times, at uniformly spread steps.
+        times = rng.poisson(steps * batch / max(trained_total, 1), kept)
+        drawn = times > 0
+        first = np.ceil(steps * rng.beta(1, np.maximum(times, 1))).astype(np.int32)
+        last = np.maximum(first, np.ceil(steps * rng.beta(np.maximum(times, 1), 1)))
         runs[run] = pa.table(
-            {"sample_id": chosen, "run_id": pa.repeat(pa.scalar(run), len(chosen))}
+            {
+                "sample_id": kept_ids.filter(pa.array(drawn)),
+                "run_id": pa.repeat(pa.scalar(f"cotir-12b/{run}"), int(drawn.sum())),
+                "first_step": pa.array(np.maximum(first, 1)[drawn], pa.int32()),
+                "last_step": pa.array(last.astype(np.int32)[drawn], pa.int32()),
+                "times": pa.array(times[drawn], pa.int32()),
+            }
         )
     bench_ids = ids.filter(pa.array(bench))
     bench_of = rng.integers(0, len(BENCHES), len(bench_ids))
     benches: dict[str, pa.Table] = {}
     evaluations: dict[str, pa.Table] = {}
     for number, name in enumerate(BENCHES):
-        members = bench_ids.filter(pa.array(bench_of == number))
+        members = bench_ids.filter(pa.array(bench_of == number))[: bench_room[name]]
+        bench_room[name] -= len(members)
+        if not len(members):
+            continue
         benches[name] = pa.table(
             {"sample_id": members, "bench_set": pa.repeat(pa.scalar(name), len(members))}
         )
         for method in METHODS:
-            evaluations[f"{method}__{name}"] = pa.table(
+            rows = len(members) * len(PROMPTS)
+            evaluations[f"{method}/{name}"] = pa.table(
                 {
-                    "sample_id": members,
-                    "evaluation_row": pa.repeat(pa.scalar(f"{name}/{method}"), len(members)),
+                    "sample_id": pa.concat_arrays([members] * len(PROMPTS)),
+                    "record_id": pa.concat_arrays([members] * len(PROMPTS)),
+                    "bench": pa.repeat(pa.scalar(name), rows),
+                    "method": pa.repeat(pa.scalar(method), rows),
+                    "prompt_kind": pa.array(np.repeat(PROMPTS, len(members))),
+                    "evaluation_row": pa.array(
+                        [f"{name}/{method}/{prompt}" for prompt in PROMPTS for _ in members]
+                    ),
+                    "output_sha256": hex_strings(rng, rows, 64),
+                    "score:psnr": pa.array(rng.normal(24, 3, rows)),
+                    "score:ssim": pa.array(rng.uniform(0.5, 0.95, rows)),
                 }
             )
     return Chunk(
@@ -397,6 +448,8 @@ def generate(store: Path, total: int, sources: int, seed: int, probes: int) -> d
     """Write every stage's files for ``total`` samples; return probe ids and a busy source."""
     rng = np.random.default_rng(seed)
     specs = source_specs(total, sources, seed)
+    trained_total = int(total * 0.9)  # ok, train split, annotated and kept: about 90 %
+    bench_room = dict.fromkeys(BENCHES, BENCH_SIZE)
     writers = Writers(store)
     probe_ids: list[str] = []
     probability = min(1.0, probes * 3 / max(total, 1))
@@ -404,7 +457,9 @@ def generate(store: Path, total: int, sources: int, seed: int, probes: int) -> d
     for spec in specs:
         for start in range(0, spec.samples, CHUNK_ROWS):
             count = min(CHUNK_ROWS, spec.samples - start)
-            chunk = make_chunk(spec, start, count, rng)
+            chunk = make_chunk(
+                spec, start, count, rng, trained_total=trained_total, bench_room=bench_room
+            )
             writers.write(f"raw_pairs/{spec.name}/pairs.parquet", chunk.plan)
             writers.write(f"pair_shards/{spec.name}/manifest.parquet", chunk.manifest)
             writers.write(f"cot_annotations/{spec.name}/manifest.parquet", chunk.annotations)
@@ -415,7 +470,7 @@ def generate(store: Path, total: int, sources: int, seed: int, probes: int) -> d
             for name, table in chunk.benches.items():
                 writers.write(f"bench_sets/{name}/manifest.parquet", table)
             for name, table in chunk.evaluations.items():
-                writers.write(f"metric_scores/{name}/manifest.parquet", table)
+                writers.write(f"metric_scores/{name}.samples.parquet", table)
             picked = chunk.sample_ids.filter(pa.array(rng.random(count) < probability))
             probe_ids.extend(picked.to_pylist())
             dropped = pc.sum(pc.equal(chunk.manifest.column("status"), "dropped")).as_py() or 0
@@ -427,9 +482,22 @@ def generate(store: Path, total: int, sources: int, seed: int, probes: int) -> d
         writers.close(f"training_shards/{spec.name}/")
         print(f"  generated {spec.name:<22} {spec.samples:>9,} samples", flush=True)
     writers.close()
+    # The training stage writes a run's rows sorted by sample id in small row groups
+    # (assets.training.record_training_run); do the same with the generated ones.
+    for run, _, _ in RUNS:
+        path = store / "training_runs" / run / "manifest.parquet"
+        if path.is_file():
+            table = pq.read_table(path).sort_by("sample_id")
+            pq.write_table(table, path, compression="zstd", row_group_size=16_384)
     random.Random(seed).shuffle(probe_ids)
     ranked = sorted(dropped_by_source.items(), key=lambda item: item[1])
+    first_run = pq.read_table(
+        store / "training_runs" / RUNS[0][0] / "manifest.parquet", columns=["sample_id"]
+    )
+    bench = pq.read_table(store / "bench_sets" / BENCHES[0] / "manifest.parquet")
     return {
+        "run_probe": first_run.column("sample_id")[len(first_run) // 2].as_py(),
+        "bench_probe": bench.column("sample_id")[0].as_py(),
         "probe_ids": probe_ids[:probes],
         "query_source": ranked[len(ranked) // 2][0],
         "query_source_dropped": ranked[len(ranked) // 2][1],
@@ -634,6 +702,23 @@ def main() -> None:
             f"median {statistics.median(cold):.2f} s",
             f"max {max(cold):.2f} s",
         )
+        # Chains that reach the scores and the training steps: a bench sample scored by
+        # every method, and a sample the 120k-step run trained on.
+        chains = (
+            ("bench sample, 10 methods x 2 prompts", generated["bench_probe"], "scores:"),
+            ("trained sample, its runs' steps", generated["run_probe"], "steps "),
+        )
+        for label, sample_id, marker in chains:
+            chain = []
+            for _ in range(args.cold_calls):
+                elapsed, _, text, code = timed_child([str(COTIR), "lineage", sample_id], env)
+                require(code == 0 and marker in text, f"cold CLI chain of a {label}: {text}")
+                chain.append(elapsed)
+            line(
+                f"`cotir lineage <id>`, {label}",
+                f"median {statistics.median(chain):.2f} s",
+                f"max {max(chain):.2f} s",
+            )
         cold_json = [
             timed_child([str(COTIR), "lineage", sample_id, "--json"], env)[0]
             for sample_id in probes[: args.cold_calls]
