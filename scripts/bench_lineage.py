@@ -390,8 +390,17 @@ def make_chunk(
         bench_room[name] -= len(members)
         if not len(members):
             continue
+        # The bench manifest's columns (evaluation.bench_sets.write_bench_lineage).
         benches[name] = pa.table(
-            {"sample_id": members, "bench_set": pa.repeat(pa.scalar(name), len(members))}
+            {
+                "sample_id": members,
+                "bench_set": pa.repeat(pa.scalar(name), len(members)),
+                "record_id": join(f"{name}-", hex_strings(rng, len(members), 10)),
+                "degradation": choose(rng, list(spec.labels), len(members)),
+                "origin": join("clean/", hex_strings(rng, len(members), 8), ".png"),
+                "recipe": pa.repeat(pa.scalar("cotir_bench:haze+noise"), len(members)),
+                "seed": pa.array(rng.integers(0, 2**31, len(members))),
+            }
         )
         for method in METHODS:
             rows = len(members) * len(PROMPTS)

@@ -91,11 +91,16 @@ def _training_lines(store: ObjectStore, record: LineageRecord) -> Iterator[str]:
 def _bench_lines(store: ObjectStore, record: LineageRecord) -> Iterator[str]:
     for bench in record.step("bench_sets").details.get("bench_sets") or []:
         for row in _rows_for(store, f"bench_sets/{bench}/manifest.parquet", record.sample_id):
-            recipe = f", recipe {row['recipe']} seed {row['seed']}" if row.get("recipe") else ""
-            yield (
-                f"  bench {bench}: record {row['record_id']} ({row['degradation']}), "
-                f"from {row['origin']}{recipe}"
-            )
+            parts = [f"  bench {bench}:"]
+            if row.get("record_id"):
+                parts.append(f"record {row['record_id']}")
+            if row.get("degradation"):
+                parts.append(f"({row['degradation']})")
+            if row.get("origin"):
+                parts.append(f"from {row['origin']}")
+            if row.get("recipe"):
+                parts.append(f"recipe {row['recipe']} seed {row.get('seed')}")
+            yield " ".join(parts)
 
 
 def _score_lines(store: ObjectStore, record: LineageRecord) -> Iterator[str]:
