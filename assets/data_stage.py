@@ -124,6 +124,14 @@ def build_data_stage_assets(
         deps=[source_catalog],
         op_tags=op_tags("raw_pairs"),
         description="Every LQ/HQ pair a source yields (fetched files or seeded recipes).",
+        check_specs=[
+            dg.AssetCheckSpec(
+                "plan_keys_unique",
+                asset="raw_pairs",
+                description="No two planned pairs share (item key, degradation, seed): the key "
+                "lineage joins the plan on, and every dropped entry says why.",
+            )
+        ],
     )
     def raw_pairs(
         context: dg.AssetExecutionContext,
@@ -137,7 +145,20 @@ def build_data_stage_assets(
         key = save_plan(object_store, source.name, pairs)
         statuses = Counter(pair.status for pair in pairs)
         labels = Counter(pair.degradation for pair in pairs if pair.status == STATUS_OK)
+        keys = Counter((pair.item_key, pair.degradation, pair.seed) for pair in pairs)
+        repeated = [f"{key}" for key, count in keys.items() if count > 1]
+        unexplained = sum(1 for pair in pairs if pair.status != STATUS_OK and not pair.reason)
         return dg.MaterializeResult(
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="plan_keys_unique",
+                    passed=not repeated and not unexplained,
+                    metadata={
+                        "repeated_keys": dg.MetadataValue.json(repeated[:20]),
+                        "dropped_without_reason": unexplained,
+                    },
+                )
+            ],
             metadata={
                 "pairs_ok": statuses.get(STATUS_OK, 0),
                 "pairs_dropped": sum(n for s, n in statuses.items() if s != STATUS_OK),

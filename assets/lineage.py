@@ -7,9 +7,15 @@ from pydantic import Field
 
 from assets.metadata import parquet_output_metadata
 from assets.resources import ObjectStoreResource
-from cotir_pipeline.lineage import LineageIndexMissingError, build_lineage_from_store, lookup
-from cotir_pipeline.lineage.build import STAGE_LOCATIONS
+from cotir_pipeline.lineage import (
+    LineageIndexMissingError,
+    build_lineage_from_store,
+    lookup,
+    open_lineage,
+)
+from cotir_pipeline.lineage.build import STAGE_LOCATIONS, discover_stage_inputs
 from cotir_pipeline.lineage.schema import LINEAGE_SCHEMA
+from cotir_pipeline.store import ObjectStore
 
 
 def build_lineage_assets(
@@ -24,11 +30,20 @@ def build_lineage_assets(
         op_tags=op_tags,
         description="One queryable index of every sample's chain: source file, recipe and "
         "seed, shards, annotation, filter decision, training, bench sets and evaluation rows.",
+        check_specs=[
+            dg.AssetCheckSpec(
+                "index_answers_look_ups",
+                asset="sample_lineage",
+                description="The committed index, read back, finds a sample of every pair "
+                "manifest and of every bench set.",
+            )
+        ],
     )
     def sample_lineage(store: ObjectStoreResource) -> dg.MaterializeResult:
         """Join every stage's per-sample rows in the store into the lineage index."""
         object_store = store.open()
         report = build_lineage_from_store(object_store)
+        unanswered = _unanswered_look_ups(object_store)
         stages = "\n".join(
             f"| {stage} | `{_location(prefix, name)}` | {report.stage_rows.get(stage, 0)} |"
             for stage, (prefix, name) in STAGE_LOCATIONS.items()
@@ -52,10 +67,33 @@ def build_lineage_assets(
                     "this UI: launch the `lineage_lookup` job with the sample id."
                 ),
                 "uri": dg.MetadataValue.url(object_store.uri(report.index_key)),
-            }
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="index_answers_look_ups",
+                    passed=not unanswered,
+                    metadata={"not_found": dg.MetadataValue.json(unanswered)},
+                )
+            ],
         )
 
     return [sample_lineage]
+
+
+def _unanswered_look_ups(store: ObjectStore) -> list[str]:
+    """The first sample of each pair manifest and bench manifest that the index can't find."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    index = open_lineage(store)
+    missing = []
+    for stage in ("pair_shards", "bench_sets"):
+        for key in discover_stage_inputs(store).get(stage, []):
+            table = pq.read_table(io.BytesIO(store.get_bytes(key)), columns=["sample_id"])
+            if table.num_rows and index.lookup(table.column("sample_id")[0].as_py()) is None:
+                missing.append(f"{key}: {table.column('sample_id')[0].as_py()}")
+    return missing
 
 
 def _location(prefix: str, name: str) -> str:

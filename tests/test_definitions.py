@@ -310,6 +310,8 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         # The lineage index joins every stage; the UI's look-up job reports one chain.
         indexed_run = definitions.resolve_job_def("lineage").execute_in_process(instance=instance)
         index_metadata = indexed_run.asset_materializations_for_node("sample_lineage")[0].metadata
+        [lineage_check] = indexed_run.get_asset_check_evaluations()
+        assert (lineage_check.check_name, lineage_check.passed) == ("index_answers_look_ups", True)
         bench_samples = sum(
             pq.read_metadata(io.BytesIO(store.get_bytes(info.key))).num_rows
             for info in store.list("bench_sets/")
