@@ -103,6 +103,10 @@ def _location(prefix: str, name: str) -> str:
     return f"{prefix}/<partition>/{name}"
 
 
+#: The id the launchpad opens with: replace it and press Launch Run.
+LOOKUP_PLACEHOLDER = "paste-a-sample-id-here"
+
+
 class LineageLookupConfig(dg.Config):
     """The sample to look up."""
 
@@ -116,6 +120,11 @@ def look_up_sample(
     """Look the sample up in the lineage index and report its chain as metadata."""
     from cotir_pipeline.lineage.details import chain_details
 
+    if config.sample_id.strip() in ("", LOOKUP_PLACEHOLDER):
+        raise dg.Failure(
+            description="sample_id: replace the placeholder in the Launchpad with a sample id "
+            "(32 hex characters, e.g. from any manifest or `cotir lineage --where ...`)"
+        )
     object_store = store.open()
     try:
         record = lookup(object_store, config.sample_id.strip().lower())
@@ -143,7 +152,12 @@ def look_up_sample(
     )
 
 
-@dg.job(description="Look up one sample's lineage: set its id in the launchpad config.")
+@dg.job(
+    description="Look up one sample's lineage: open this job's Launchpad, replace the "
+    "placeholder with a sample id (32 hex characters, from any manifest or "
+    "`cotir lineage --where ...`) and press Launch Run; the run's log shows the chain.",
+    config={"ops": {"look_up_sample": {"config": {"sample_id": LOOKUP_PLACEHOLDER}}}},
+)
 def lineage_lookup() -> None:
     """A one-op job for the UI: the same look-up as `cotir lineage SAMPLE_ID`."""
     look_up_sample()

@@ -1,4 +1,5 @@
-"""A user's walk through the Dagster UI: graph, launch the demo partition, read the results."""
+"""A user's walk through the Dagster UI: graph, launch the demo partition, read the results,
+look up a sample's chain."""
 
 from __future__ import annotations
 
@@ -87,5 +88,89 @@ def test_launch_the_demo_partition_from_the_ui_and_inspect_it(
         image.wait_for(timeout=30_000)
         assert image.evaluate("img => img.naturalWidth") > 0, "the preview image did not load"
         shot("5-preview-image")
+
+        # 6. A sample's chain, looked up in the UI in two steps: open the look-up job's
+        # Launchpad (it opens with a placeholder id), put the id in, Launch Run.
+        lineage_run = _launch(dagster_ui, "lineage")  # the index (make demo runs it too)
+        assert _wait_for_run(dagster_ui, lineage_run) == "SUCCESS"
+        sample_id = _a_demo_sample_id(dagster_ui)
+        page.goto(
+            f"{dagster_ui}/locations/cotir/jobs/lineage_lookup/playground",
+            wait_until="domcontentloaded",
+        )
+        editor = page.locator(".CodeMirror").first
+        editor.wait_for(timeout=60_000)
+        page.get_by_text("paste-a-sample-id-here").first.wait_for(timeout=30_000)
+        editor.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type(
+            f"ops:\n  look_up_sample:\n    config:\n      sample_id: {sample_id}\n"
+        )
+        shot("6-lookup-launchpad")
+        page.get_by_role("button", name="Launch Run").click(timeout=30_000)
+        page.wait_for_url("**/runs/**", timeout=60_000)
+        run_id = page.url.split("/runs/")[1].split("?")[0].split("/")[0]
+        assert _wait_for_run(dagster_ui, run_id) == "SUCCESS"
+        page.get_by_text("pair_shards").first.wait_for(timeout=60_000)
+        assert page.get_by_text(sample_id).count() >= 1
+        shot("7-lookup-chain")
     finally:
         page.close()
+
+
+LAUNCH_MUTATION = """
+mutation ($job: String!) {
+  launchPipelineExecution(executionParams: {selector: {pipelineName: $job,
+      repositoryName: "__repository__", repositoryLocationName: "cotir"}}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+RUN_QUERY = """
+query ($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }
+"""
+
+
+def _graphql(base_url: str, query: str, variables: dict) -> dict:
+    request = urllib.request.Request(
+        f"{base_url}/graphql",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["data"]
+
+
+def _launch(base_url: str, job: str) -> str:
+    """Launch an unpartitioned job the way the UI's button does; return the run id."""
+    launched = _graphql(base_url, LAUNCH_MUTATION, {"job": job})["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def _wait_for_run(base_url: str, run_id: str, timeout_s: float = 300) -> str | None:
+    deadline = time.monotonic() + timeout_s
+    status = None
+    while time.monotonic() < deadline:
+        status = _graphql(base_url, RUN_QUERY, {"id": run_id})["runOrError"].get("status")
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            return status
+        time.sleep(2)
+    return status
+
+
+def _a_demo_sample_id(base_url: str) -> str:
+    """A sample id from the demo's pair manifest (any manifest row would do)."""
+    query = """
+    query { assetOrError(assetKey: {path: ["pair_shards"]}) {
+      ... on Asset { assetMaterializations(limit: 1) { metadataEntries {
+        label ... on TableMetadataEntry { table { records } } } } } } }
+    """
+    data = _graphql(base_url, query, {})
+    [materialization] = data["assetOrError"]["assetMaterializations"]
+    entries = materialization["metadataEntries"]
+    preview = next(entry for entry in entries if entry["label"] == "manifest_preview")
+    return json.loads(preview["table"]["records"][0])["sample_id"]
