@@ -375,6 +375,12 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         failure = " ".join(str(e.event_specific_data) for e in mistyped.all_events if e.is_failure)
         assert "is not in the lineage index" in failure
         assert "materialize sample_lineage first" not in failure
+        # Launched with the Launchpad's placeholder unchanged: a clear instruction.
+        unchanged = definitions.resolve_job_def("lineage_lookup").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        failure = " ".join(str(e.event_specific_data) for e in unchanged.all_events if e.is_failure)
+        assert "replace the placeholder" in failure
 
 
 def test_an_unreachable_store_fails_the_run_naming_the_setting(
