@@ -157,6 +157,8 @@ def look_up_sample(
     "placeholder with a sample id (32 hex characters, from any manifest or "
     "`cotir lineage --where ...`) and press Launch Run; the run's log shows the chain.",
     config={"ops": {"look_up_sample": {"config": {"sample_id": LOOKUP_PLACEHOLDER}}}},
+    # Interactive: it jumps the run queue (evaluation runs may be waiting there).
+    tags={"dagster/priority": "10"},
 )
 def lineage_lookup() -> None:
     """A one-op job for the UI: the same look-up as `cotir lineage SAMPLE_ID`."""

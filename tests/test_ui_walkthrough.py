@@ -14,8 +14,12 @@ from cotir_test_support import dismiss_first_visit_dialog
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
+# The demo job's runs only: the checkpoint sensor may queue evaluation runs while the demo
+# run is still going (its checkpoints are written mid-run), and they would crowd it out of
+# a plain "latest runs" list.
 RUN_STATUS_QUERY = """
-query { runsOrError(limit: 5) { ... on Runs { results { runId status tags { key value } } } } }
+query { runsOrError(filter: {pipelineName: "demo"}, limit: 5) {
+  ... on Runs { results { runId status tags { key value } } } } }
 """
 
 
@@ -118,10 +122,13 @@ def test_launch_the_demo_partition_from_the_ui_and_inspect_it(
         page.close()
 
 
+# Launched with a high queue priority: the checkpoint sensor's evaluation runs may be
+# queued already, and the test need not wait for them.
 LAUNCH_MUTATION = """
 mutation ($job: String!) {
   launchPipelineExecution(executionParams: {selector: {pipelineName: $job,
-      repositoryName: "__repository__", repositoryLocationName: "cotir"}}) {
+      repositoryName: "__repository__", repositoryLocationName: "cotir"},
+      executionMetadata: {tags: [{key: "dagster/priority", value: "10"}]}}) {
     __typename
     ... on LaunchRunSuccess { run { runId } }
     ... on PythonError { message }
@@ -151,7 +158,7 @@ def _launch(base_url: str, job: str) -> str:
     return launched["run"]["runId"]
 
 
-def _wait_for_run(base_url: str, run_id: str, timeout_s: float = 300) -> str | None:
+def _wait_for_run(base_url: str, run_id: str, timeout_s: float = 400) -> str | None:
     deadline = time.monotonic() + timeout_s
     status = None
     while time.monotonic() < deadline:
