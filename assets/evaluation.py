@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, NamedTuple, Self
 
 import dagster as dg
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from assets.metadata import parquet_output_metadata
@@ -51,10 +50,12 @@ from cotir_pipeline.evaluation.bench_sets import (
     BenchFormatError,
     BenchSet,
     PromptKind,
+    bench_lineage_rows,
     read_bench_set,
     write_bench_lineage,
 )
 from cotir_pipeline.evaluation.scoring import RuntimeRow, ScoreRow
+from cotir_pipeline.lineage.schema import STAGE_LOCATIONS, stage_file_key
 from cotir_pipeline.settings import CotirSettings, Profile
 from cotir_pipeline.store import ObjectInfo, ObjectStore
 
@@ -79,7 +80,7 @@ RESTORATIONS_PREFIX = "restorations"
 METRIC_SCORES_PREFIX = "metric_scores"
 #: ``metric_scores/<method>/<bench>.samples.parquet``: one row per sample and prompt
 #: (lineage's evaluation rows; see ``cotir_pipeline.evaluation.scoring.sample_rows``).
-SAMPLE_ROWS_SUFFIX = ".samples.parquet"
+SAMPLE_ROWS_SUFFIX = STAGE_LOCATIONS["evaluation"][1]
 #: The asset check of metric_scores.
 SCORED_CHECK = "every_sample_scored_or_explained"
 #: The asset check of bench_sets.
@@ -1034,11 +1035,12 @@ def build_evaluation_assets(
                     context.log.warning(f"{spec.name}: n/a ({built.reason})")
                     continue
                 # The per-sample lineage rows travel with the set's files.
+                rows = bench_lineage_rows(built.bench)
                 lineage = write_bench_lineage(
-                    built.bench, Path(work) / f"{spec.name}-{LINEAGE_MANIFEST_NAME}"
+                    rows, Path(work) / f"{spec.name}-{LINEAGE_MANIFEST_NAME}"
                 )
-                ids = pq.read_table(lineage, columns=["sample_id"]).column("sample_id")
-                if len(built.bench) == 0 or len(set(ids.to_pylist())) != len(built.bench):
+                ids = {row["sample_id"] for row in rows}
+                if len(built.bench) == 0 or len(ids) != len(built.bench):
                     id_problems.append(spec.name)
                 files = {**built.files, LINEAGE_MANIFEST_NAME: lineage}
                 report = _upload_bench(object_store, spec.name, files, built.manifest, built.info)
@@ -1308,7 +1310,7 @@ def _score_partition(
         runtimes += runtime_rows(out_dir, method=method, bench=bench_name, prompt_kind=kind)
     key = f"{METRIC_SCORES_PREFIX}/{method}/{bench_name}.parquet"
     runtime_key = f"{METRIC_SCORES_PREFIX}/{method}/{bench_name}.runtime.parquet"
-    samples_key = f"{METRIC_SCORES_PREFIX}/{method}/{bench_name}{SAMPLE_ROWS_SUFFIX}"
+    samples_key = stage_file_key("evaluation", method, bench_name)
     run_record = json.loads(object_store.get_text(f"{prefix}/{RUN_RECORD}"))
     with tempfile.TemporaryDirectory(dir=evaluation.cache, prefix=".scores-") as work:
         object_store.put_file(key, write_rows(rows, Path(work) / "scores.parquet"))

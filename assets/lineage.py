@@ -87,9 +87,10 @@ def _unanswered_look_ups(store: ObjectStore) -> list[str]:
     import pyarrow.parquet as pq
 
     index = open_lineage(store)
+    inputs = discover_stage_inputs(store)
     missing = []
     for stage in ("pair_shards", "bench_sets"):
-        for key in discover_stage_inputs(store).get(stage, []):
+        for key in inputs.get(stage, []):
             table = pq.read_table(io.BytesIO(store.get_bytes(key)), columns=["sample_id"])
             if table.num_rows and index.lookup(table.column("sample_id")[0].as_py()) is None:
                 missing.append(f"{key}: {table.column('sample_id')[0].as_py()}")

@@ -258,6 +258,7 @@ def record_training_run(store: ObjectStore, run_id: str, variant: str, run_folde
     """
     import pyarrow as pa
 
+    from cotir_pipeline.lineage.schema import stage_file_key
     from cotir_pipeline.shards import parquet_bytes
     from models.consumption import read_consumption
 
@@ -275,7 +276,7 @@ def record_training_run(store: ObjectStore, run_id: str, variant: str, run_folde
     # Sorted by sample id (read_consumption's order) in small row groups, so a look-up of
     # one sample reads one row group of a run that saw millions.
     store.put_bytes(
-        f"training_runs/{run_id}/manifest.parquet",
+        stage_file_key("training_runs", run_id),
         parquet_bytes(table, row_group_size=TRAINING_RUN_ROW_GROUP),
     )
     return consumed.num_rows

@@ -409,10 +409,16 @@ class MaterializedPair:
 _PHOTO_CACHE: dict[str, tuple[np.ndarray, str]] = {}
 
 
+def _demo_photo(item_key: str) -> demo_photos.DemoPhoto | None:
+    """The demo photo a demo item key (``<photo id>/x.._y.._s..``) was cut from."""
+    photo_id = item_key.partition("/")[0]
+    return next((p for p in demo_photos.DEMO_PHOTOS if p.photo_id == photo_id), None)
+
+
 def _demo_patch(item_key: str) -> tuple[np.ndarray, str, list[int]]:
     photo_id, _, coordinates = item_key.partition("/")
     if photo_id not in _PHOTO_CACHE:
-        photo = next((p for p in demo_photos.DEMO_PHOTOS if p.photo_id == photo_id), None)
+        photo = _demo_photo(item_key)
         if photo is None:
             raise BadSampleError(f"unknown demo photo {photo_id!r}")
         _PHOTO_CACHE[photo_id] = (demo_photos.load_photo(photo), demo_photos.photo_digest(photo))
@@ -439,8 +445,7 @@ def input_digests(pair: PlannedPair, fetched_root: Path | None) -> tuple[str, ..
     """sha256 of the input files of ``pair`` that can be read, in the order
     :func:`materialize_pair` reports them (for the id of a pair that was not made)."""
     if pair.source == "demo" and pair.recipe is not None and pair.hq_path is None:
-        photo_id = pair.item_key.partition("/")[0]
-        photo = next((p for p in demo_photos.DEMO_PHOTOS if p.photo_id == photo_id), None)
+        photo = _demo_photo(pair.item_key)
         return (demo_photos.photo_digest(photo),) if photo is not None else ()
     if fetched_root is None:
         return ()

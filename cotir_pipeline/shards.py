@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from cotir_pipeline.png import decode_png, encode_png  # noqa: F401 - re-exported
 
 # Tar members are copied into the archive in one piece up to this size, so a PNG costs
-# one write and one hash update instead of one per 16 KiB (tarfile's default).
+# one write instead of one per 16 KiB (tarfile's default).
 _MEMBER_COPY_CHUNK = 16 * 1024 * 1024
 
 STATUS_OK = "ok"

@@ -326,8 +326,26 @@ def bench_lineage_rows(bench: BenchSet) -> list[dict[str, Any]]:
     return rows
 
 
-def write_bench_lineage(bench: BenchSet, destination: Path) -> Path:
-    """Write :func:`bench_lineage_rows` as zstd Parquet at ``destination``."""
+def bench_lineage_ids(bench: BenchSet) -> dict[str, str]:
+    """Public record id -> lineage sample id of every record of ``bench``.
+
+    Read from the set's ``manifest.parquet`` when the folder has one (bench_sets writes
+    it and local copies carry it), so a scoring run does not hash the whole set again;
+    computed by :func:`bench_lineage_rows` otherwise.
+    """
+    manifest = bench.root / LINEAGE_MANIFEST_NAME
+    if manifest.is_file():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(manifest, columns=["record_id", "sample_id"])
+        ids = dict(zip(table["record_id"].to_pylist(), table["sample_id"].to_pylist(), strict=True))
+        if set(ids) == {record.id for record in bench.records}:
+            return ids
+    return {row["record_id"]: row["sample_id"] for row in bench_lineage_rows(bench)}
+
+
+def write_bench_lineage(rows: list[dict[str, Any]], destination: Path) -> Path:
+    """Write :func:`bench_lineage_rows`' rows as zstd Parquet at ``destination``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -346,9 +364,9 @@ def write_bench_lineage(bench: BenchSet, destination: Path) -> Path:
             pa.field("hq_sha256", pa.string()),
         ]
     )
-    rows = sorted(bench_lineage_rows(bench), key=lambda row: row["sample_id"])
+    ordered = sorted(rows, key=lambda row: row["sample_id"])
     destination.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), destination, compression="zstd")
+    pq.write_table(pa.Table.from_pylist(ordered, schema=schema), destination, compression="zstd")
     return destination
 
 

@@ -20,7 +20,7 @@ from cotir_pipeline.evaluation.bench_sets import (
     PROMPT_KINDS,
     BenchSet,
     PromptKind,
-    bench_lineage_rows,
+    bench_lineage_ids,
     record_task,
 )
 from cotir_pipeline.evaluation.metrics import (
@@ -34,6 +34,7 @@ from cotir_pipeline.evaluation.metrics import (
 )
 from cotir_pipeline.evaluation.restorers import read_runtime_log, runtime_log_path
 from cotir_pipeline.images import BadImageError
+from cotir_pipeline.lineage.schema import SCORE_COLUMN_PREFIX
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,6 @@ __all__ = [
 ]
 
 
-#: Prefix of the metric columns of the per-sample rows (``score:psnr``, ``score:ssim``, ...).
-SCORE_COLUMN_PREFIX = "score:"
-
 
 def sample_rows(
     bench: BenchSet, rows: Iterable[ScoreRow], outputs: Path, *, checkpoint: str | None
@@ -243,7 +241,7 @@ def sample_rows(
     """One row per bench sample and prompt: what lineage shows for a scored sample.
 
     ``sample_id`` is the bench sample's lineage id (:func:`~cotir_pipeline.evaluation.
-    bench_sets.bench_lineage_rows`), ``record_id`` its public id; then the method, the
+    bench_sets.bench_lineage_ids`), ``record_id`` its public id; then the method, the
     checkpoint it ran (its hash, or None for a built-in method), the prompt kind, the
     output's sha256 (None when there is no output) and each metric's value as a
     ``score:<metric>`` column (None when n/a). ``evaluation_row`` is
@@ -251,7 +249,7 @@ def sample_rows(
     """
     from cotir_pipeline.digests import file_sha256
 
-    lineage_ids = {row["record_id"]: row["sample_id"] for row in bench_lineage_rows(bench)}
+    lineage_ids = bench_lineage_ids(bench)
     by_sample: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         key = (row.sample_id, row.prompt_kind)

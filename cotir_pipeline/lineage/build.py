@@ -44,11 +44,13 @@ from cotir_pipeline.lineage.schema import (
     LINEAGE_SCHEMA_VERSION,
     PARTS_PREFIX,
     STAGE_BY_NAME,
+    STAGE_LOCATIONS,
     STAGES,
     STATUS_DROPPED,
     STATUS_OK,
     StageSpec,
     column_group,
+    is_stage_file,
 )
 from cotir_pipeline.store import LocalObjectStore, ObjectStore
 
@@ -65,21 +67,6 @@ BUILD_THREADS = 2
 SPILL_FLUSH_ROWS = 1_000_000
 #: Batches read from a stage's Parquet files.
 READ_BATCH_ROWS = 262_144
-
-#: Where each stage's per-sample rows live in the store:
-#: ``<prefix>/<partition>/<file name>``, one file per partition (source, run, bench); a
-#: file name starting with "." is a suffix: ``<prefix>/<method>/<bench><suffix>`` (the
-#: evaluation's partitions are method x bench).
-STAGE_LOCATIONS: dict[str, tuple[str, str]] = {
-    "raw_pairs": ("raw_pairs", "pairs.parquet"),
-    "pair_shards": ("pair_shards", "manifest.parquet"),
-    "cot_annotations": ("cot_annotations", "manifest.parquet"),
-    "filtered_annotations": ("filtered_annotations", "manifest.parquet"),
-    "training_shards": ("training_shards", "manifest.parquet"),
-    "training_runs": ("training_runs", "manifest.parquet"),
-    "bench_sets": ("bench_sets", "manifest.parquet"),
-    "evaluation": ("metric_scores", ".samples.parquet"),
-}
 
 #: A stage's rows: one table or batch, or an iterable of them (streamed).
 StageInput = pa.Table | pa.RecordBatch | Iterable[pa.Table | pa.RecordBatch]
@@ -725,26 +712,10 @@ def _count(counts: dict[str, int], column: pa.ChunkedArray) -> None:
 
 
 def discover_stage_inputs(store: ObjectStore) -> dict[str, list[str]]:
-    """Keys of every stage's per-sample row files in ``store`` (see :data:`STAGE_LOCATIONS`).
-
-    Only ``<prefix>/<partition>/<file name>`` matches (or ``<prefix>/<file name>`` for
-    an unpartitioned stage such as the training shards), so per-shard manifests deeper
-    in ``pair_shards/`` are not read twice.
-    """
+    """Keys of every stage's per-sample row files in ``store`` (see :func:`is_stage_file`)."""
     found: dict[str, list[str]] = {}
-    for stage, (prefix, file_name) in STAGE_LOCATIONS.items():
-        if file_name.startswith("."):
-            keys = [
-                info.key
-                for info in store.list(f"{prefix}/")
-                if info.key.count("/") == 2 and info.key.endswith(file_name)
-            ]
-        else:
-            keys = [
-                info.key
-                for info in store.list(f"{prefix}/")
-                if info.key.count("/") in (1, 2) and info.key.endswith(f"/{file_name}")
-            ]
+    for stage, (prefix, _) in STAGE_LOCATIONS.items():
+        keys = [info.key for info in store.list(f"{prefix}/") if is_stage_file(stage, info.key)]
         if keys:
             found[stage] = keys
     return found

@@ -19,11 +19,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cotir_pipeline.lineage.read import LineageRecord
+from cotir_pipeline.lineage.schema import (
+    SCORE_COLUMN_PREFIX,
+    STAGE_LOCATIONS,
+    is_stage_file,
+    stage_file_key,
+)
 from cotir_pipeline.store import LocalObjectStore, ObjectNotFoundError, ObjectStore
 
 #: Evaluation method names of trained checkpoints end in ``-<run>-s<step>``.
 _CHECKPOINT_METHOD = re.compile(r"-(?P<run>r[0-9a-f]+)-s(?P<step>\d+)$")
-_SCORE_PREFIX = "score:"
 
 
 def _rows_for(store: ObjectStore, key: str, sample_id: str) -> list[dict[str, Any]]:
@@ -46,23 +51,23 @@ def _rows_for(store: ObjectStore, key: str, sample_id: str) -> list[dict[str, An
 def _scores(row: dict[str, Any]) -> str:
     values = []
     for name, value in row.items():
-        if name.startswith(_SCORE_PREFIX) and value is not None and not math.isnan(value):
-            values.append(f"{name.removeprefix(_SCORE_PREFIX)} {value:.4g}")
+        if name.startswith(SCORE_COLUMN_PREFIX) and value is not None and not math.isnan(value):
+            values.append(f"{name.removeprefix(SCORE_COLUMN_PREFIX)} {value:.4g}")
     return ", ".join(values) or "every metric n/a"
 
 
 def _evaluated_checkpoints(store: ObjectStore, run: str) -> dict[int, dict[str, list[str]]]:
     """Per checkpoint step of ``run``: method name -> bench sets it was scored on."""
+    prefix, suffix = STAGE_LOCATIONS["evaluation"]
     found: dict[int, dict[str, list[str]]] = {}
-    for info in store.list("metric_scores/"):
-        parts = info.key.split("/")
-        if len(parts) != 3 or not parts[2].endswith(".samples.parquet"):
+    for info in store.list(f"{prefix}/"):
+        if not is_stage_file("evaluation", info.key):
             continue
-        method = parts[1]
+        _, method, file_name = info.key.split("/")
         match = _CHECKPOINT_METHOD.search(method)
         if match is None or match.group("run") != run:
             continue
-        bench = parts[2].removesuffix(".samples.parquet")
+        bench = file_name.removesuffix(suffix)
         found.setdefault(int(match.group("step")), {}).setdefault(method, []).append(bench)
     return found
 
@@ -71,7 +76,7 @@ def _training_lines(store: ObjectStore, record: LineageRecord) -> Iterator[str]:
     runs = record.step("training_runs").details.get("training_runs") or []
     for label in runs:
         run = label.split("/")[-1]
-        rows = _rows_for(store, f"training_runs/{run}/manifest.parquet", record.sample_id)
+        rows = _rows_for(store, stage_file_key("training_runs", run), record.sample_id)
         if not rows or rows[0].get("first_step") is None:
             yield f"  run {label}: trained on it (no step record)"
             continue
@@ -90,7 +95,7 @@ def _training_lines(store: ObjectStore, record: LineageRecord) -> Iterator[str]:
 
 def _bench_lines(store: ObjectStore, record: LineageRecord) -> Iterator[str]:
     for bench in record.step("bench_sets").details.get("bench_sets") or []:
-        for row in _rows_for(store, f"bench_sets/{bench}/manifest.parquet", record.sample_id):
+        for row in _rows_for(store, stage_file_key("bench_sets", bench), record.sample_id):
             parts = [f"  bench {bench}:"]
             if row.get("record_id"):
                 parts.append(f"record {row['record_id']}")
@@ -107,7 +112,7 @@ def _score_lines(store: ObjectStore, record: LineageRecord) -> Iterator[str]:
     rows = record.step("evaluation").details.get("evaluation_rows") or []
     files = sorted({tuple(row.split("/")[:2]) for row in rows if row.count("/") == 2})
     for bench, method in files:
-        key = f"metric_scores/{method}/{bench}.samples.parquet"
+        key = stage_file_key("evaluation", method, bench)
         for row in _rows_for(store, key, record.sample_id):
             checkpoint = f" (checkpoint {row['checkpoint'][:12]})" if row.get("checkpoint") else ""
             yield f"  {method}{checkpoint} on {bench}, {row['prompt_kind']}: {_scores(row)}"
@@ -158,7 +163,7 @@ def checkpoint_summary(store: ObjectStore, name: str) -> dict[str, Any]:
     run = checkpoint_run(name)
     step_match = _CHECKPOINT_METHOD.search(name) or re.search(r"step-(?P<step>\d+)$", name)
     step = int(step_match.group("step")) if step_match else None
-    key = f"training_runs/{run}/manifest.parquet"
+    key = stage_file_key("training_runs", run)
     try:
         consumed = pq.read_table(io.BytesIO(store.get_bytes(key)))
     except ObjectNotFoundError:

@@ -165,6 +165,56 @@ STAGES: tuple[StageSpec, ...] = (
     ),
 )
 
+#: Prefix of the metric columns in the evaluation stage's per-sample files
+#: (``score:psnr``, ``score:ssim``, ...; written by ``evaluation.scoring.sample_rows``).
+SCORE_COLUMN_PREFIX = "score:"
+
+#: Where each stage's per-sample rows live in the store:
+#: ``<prefix>/<partition>/<file name>``, one file per partition (source, run, bench); a
+#: file name starting with "." is a suffix: ``<prefix>/<method>/<bench><suffix>`` (the
+#: evaluation's partitions are method x bench).
+STAGE_LOCATIONS: dict[str, tuple[str, str]] = {
+    "raw_pairs": ("raw_pairs", "pairs.parquet"),
+    "pair_shards": ("pair_shards", "manifest.parquet"),
+    "cot_annotations": ("cot_annotations", "manifest.parquet"),
+    "filtered_annotations": ("filtered_annotations", "manifest.parquet"),
+    "training_shards": ("training_shards", "manifest.parquet"),
+    "training_runs": ("training_runs", "manifest.parquet"),
+    "bench_sets": ("bench_sets", "manifest.parquet"),
+    "evaluation": ("metric_scores", ".samples.parquet"),
+}
+
+
+def stage_file_key(stage: str, *partition: str) -> str:
+    """Store key of one partition's per-sample file of ``stage`` (see :data:`STAGE_LOCATIONS`).
+
+    ``stage_file_key("training_runs", run)`` is ``training_runs/<run>/manifest.parquet``;
+    the evaluation's partition is (method, bench): ``metric_scores/<method>/<bench>.samples
+    .parquet``.
+    """
+    prefix, file_name = STAGE_LOCATIONS[stage]
+    if file_name.startswith("."):
+        *folders, last = partition
+        return "/".join([prefix, *folders, last + file_name])
+    return "/".join([prefix, *partition, file_name])
+
+
+def is_stage_file(stage: str, key: str) -> bool:
+    """Whether ``key`` is one partition's per-sample file of ``stage``.
+
+    Only ``<prefix>/<partition>/<file name>`` matches (or ``<prefix>/<file name>`` for
+    an unpartitioned stage such as the training shards; ``<prefix>/<method>/<bench>
+    <suffix>`` for the evaluation), so per-shard manifests deeper in ``pair_shards/`` are
+    not read twice.
+    """
+    prefix, file_name = STAGE_LOCATIONS[stage]
+    if not key.startswith(f"{prefix}/"):
+        return False
+    if file_name.startswith("."):
+        return key.count("/") == 2 and key.endswith(file_name)
+    return key.count("/") in (1, 2) and key.endswith(f"/{file_name}")
+
+
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 STAGE_BY_NAME: dict[str, StageSpec] = {stage.name: stage for stage in STAGES}
 
