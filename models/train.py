@@ -130,7 +130,6 @@ class TrainOptions:
     resume: str = "no"
     store_url: str | None = None
     cache_dir: Path | None = None
-    record_samples: bool = False
     cpu: bool = False
     plots: bool = True
 
@@ -236,11 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-dir", type=Path, help="Where store shards are downloaded (default <out>/cache)."
     )
-    parser.add_argument(
-        "--record-samples",
-        action="store_true",
-        help="List the sample keys each process trained on in ranks/rank-N.json.",
-    )
     parser.add_argument("--cpu", action="store_true", help="Train on the CPU even with a GPU.")
     parser.add_argument("--no-plots", action="store_true", help="Do not draw the PNG plots.")
     return parser
@@ -278,7 +272,6 @@ def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
         resume=args.resume,
         store_url=args.store_url,
         cache_dir=args.cache_dir,
-        record_samples=args.record_samples,
         cpu=args.cpu,
         plots=not args.no_plots,
     )
@@ -571,7 +564,6 @@ class TrainResult:
     last_record: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     samples_per_degradation: dict[str, int] = field(default_factory=dict)
-    keys_seen: list[str] = field(default_factory=list)
 
 
 #: Text features per (encoder class, width, max length), shared by the runs of one process.
@@ -1157,7 +1149,6 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
     dropped = consumed.forget_after(start_step)
     if dropped:
         reporter.info(f"rank {rank}: {dropped} consumption files after step {start_step} removed")
-    keys_seen: list[str] = []
     last_record: dict[str, Any] = {}
     started = time.perf_counter()
     tick = started
@@ -1169,8 +1160,6 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
         lr = parts.scheduler.get_last_lr()[0]
         values = _train_step(parts, batch)
         position.update(batch)
-        if options.record_samples:
-            keys_seen += batch.keys
         step += 1
         consumed.add(step, batch.keys)
         now = time.perf_counter()
@@ -1232,7 +1221,7 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
         checkpointer.last_sha256 = json.loads((resume_from / CHECKPOINT_MARKER).read_text())[
             "model_sha256"
         ]
-    _write_rank_report(out, parts, position, keys_seen, options.record_samples)
+    _write_rank_report(out, parts, position)
     result = TrainResult(
         start_step=start_step,
         final_step=step,
@@ -1244,7 +1233,6 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
         last_record=last_record,
         skipped=position.skip_counts(),
         samples_per_degradation=position.samples_per_degradation(),
-        keys_seen=keys_seen,
     )
     if accelerator.is_main_process:
         mean_rate = rate_sum / rate_count if rate_count else 0.0
@@ -1261,9 +1249,7 @@ def _plots(out: Path, parts: _Parts) -> dict[str, Path]:
     return plot_training_curves(records, out / PLOTS_DIR, title=title)
 
 
-def _write_rank_report(
-    out: Path, parts: _Parts, position: DataPosition, keys: list[str], record_keys: bool
-) -> None:
+def _write_rank_report(out: Path, parts: _Parts, position: DataPosition) -> None:
     rank = parts.accelerator.process_index
     folder = out / "ranks"
     folder.mkdir(parents=True, exist_ok=True)
@@ -1275,8 +1261,6 @@ def _write_rank_report(
         "skipped": position.skip_counts(),
         "samples_per_degradation": position.samples_per_degradation(),
     }
-    if record_keys:
-        report["keys"] = keys
     write_text_atomically(folder / f"rank-{rank:05d}.json", json.dumps(report, indent=1) + "\n")
 
 
