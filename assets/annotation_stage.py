@@ -11,6 +11,8 @@ from pydantic import Field
 from assets.metadata import parquet_output_metadata
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.annotation_stage import (
+    ANNOTATION_SCHEMA,
+    DECISION_SCHEMA,
     FILTERED_PREFIX,
     TRAINING_MANIFEST_SCHEMA,
     TRAINING_SHARDS_PREFIX,
@@ -164,6 +166,8 @@ def build_annotation_assets(
                 "shards_skipped": report.shards_skipped,
                 "failure_reasons": _reasons_md(report),
                 "examples": _examples_md(report),
+                # One row per sample, answered or failed.
+                **parquet_output_metadata(ANNOTATION_SCHEMA, total),
             },
             check_results=[
                 dg.AssetCheckResult(
@@ -215,6 +219,8 @@ def build_annotation_assets(
                 "clip": annotation.clip_model or "not configured (rule checks only)",
                 "drop_reasons": _reasons_md(report),
                 "uri": dg.MetadataValue.url(object_store.uri(f"{FILTERED_PREFIX}/{source}")),
+                # The per-source keep/drop manifest: one row per sample.
+                **parquet_output_metadata(DECISION_SCHEMA, total),
             },
             check_results=[
                 dg.AssetCheckResult(

@@ -19,6 +19,7 @@ from assets.metadata import parquet_output_metadata
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.pair_stage import (
     PAIR_SHARDS_PREFIX,
+    PLAN_SCHEMA,
     PlannedPair,
     load_plan,
     plan_demo_pairs,
@@ -36,6 +37,7 @@ from cotir_pipeline.shard_checks import (
 )
 from cotir_pipeline.shards import MANIFEST_SCHEMA, STATUS_OK, read_manifest
 from cotir_pipeline.sources.spec import SourceCatalog, SourceDataset
+from cotir_pipeline.store import ObjectStore
 
 DEMO_SOURCE = "demo"
 
@@ -72,6 +74,33 @@ def _counts_table(title: str, counts: Counter[str]) -> str:
     return "\n".join(lines)
 
 
+#: Where source_catalog stores the catalog, and its asset check.
+CATALOG_KEY = "source_catalog/catalog.json"
+CATALOG_READS_BACK_CHECK = "stored_catalog_reads_back"
+
+
+def stored_catalog_check(store: ObjectStore, catalog: SourceCatalog) -> dg.AssetCheckResult:
+    """Read the stored catalog back and compare it with the loaded one."""
+    try:
+        stored = SourceCatalog.model_validate_json(store.get_text(CATALOG_KEY))
+    except (OSError, ValueError) as error:  # missing, unreadable or invalid
+        return dg.AssetCheckResult(
+            check_name=CATALOG_READS_BACK_CHECK,
+            passed=False,
+            metadata={"error": f"{type(error).__name__}: {error}"[:500]},
+        )
+    loaded = {source.name: source for source in catalog.sources}
+    read = {source.name: source for source in stored.sources}
+    differing = sorted(
+        name for name in loaded.keys() | read.keys() if loaded.get(name) != read.get(name)
+    )
+    return dg.AssetCheckResult(
+        check_name=CATALOG_READS_BACK_CHECK,
+        passed=stored == catalog and not differing,
+        metadata={"sources": len(stored.sources), "sources_differing": differing[:20]},
+    )
+
+
 def build_data_stage_assets(
     catalog: SourceCatalog,
     op_tags: Callable[[str], dict[str, str]] = lambda name: {},
@@ -98,12 +127,20 @@ def build_data_stage_assets(
         kinds={"yaml", "parquet"},
         op_tags=op_tags("source_catalog"),
         description="The registry of source datasets (tasks, licence, fetch method, pairing).",
+        check_specs=[
+            dg.AssetCheckSpec(
+                CATALOG_READS_BACK_CHECK,
+                asset="source_catalog",
+                description="The stored catalog.json parses back to the catalog this code "
+                "location loaded (the file every later stage and lineage look-up reads).",
+            )
+        ],
     )
     def source_catalog(store: ObjectStoreResource) -> dg.MaterializeResult:
         """Store the validated catalog as JSON and summarize its task coverage."""
         document = catalog.model_dump_json(indent=1)
         object_store = store.open()
-        object_store.put_text("source_catalog/catalog.json", document)
+        object_store.put_text(CATALOG_KEY, document)
         coverage = Counter(task.value for source in catalog.sources for task in source.tasks)
         methods = Counter(
             source.fetch.method if source.fetch else "synthetic" for source in catalog.sources
@@ -111,10 +148,11 @@ def build_data_stage_assets(
         return dg.MaterializeResult(
             metadata={
                 "sources": len(catalog.sources),
-                "uri": dg.MetadataValue.url(object_store.uri("source_catalog/catalog.json")),
+                "uri": dg.MetadataValue.url(object_store.uri(CATALOG_KEY)),
                 "task_coverage": dg.MetadataValue.md(_counts_table("task", coverage)),
                 "fetch_methods": dg.MetadataValue.json(dict(methods)),
-            }
+            },
+            check_results=[stored_catalog_check(object_store, catalog)],
         )
 
     @dg.asset(
@@ -165,6 +203,7 @@ def build_data_stage_assets(
                 "degradation_types": len(labels),
                 "by_degradation": dg.MetadataValue.md(_counts_table("degradation", labels)),
                 "uri": dg.MetadataValue.url(object_store.uri(key)),
+                **parquet_output_metadata(PLAN_SCHEMA, len(pairs)),
             }
         )
 

@@ -85,6 +85,8 @@ SAMPLE_ROWS_SUFFIX = STAGE_LOCATIONS["evaluation"][1]
 SCORED_CHECK = "every_sample_scored_or_explained"
 #: The asset check of bench_sets.
 BENCH_IDS_CHECK = "samples_with_distinct_lineage_ids"
+#: The asset check of benchmark_tables.
+TABLED_CHECK = "every_scored_method_tabled_and_stored"
 BENCHMARK_TABLES_PREFIX = "benchmark_tables"
 #: Store prefix the training stage writes checkpoints under (one folder per checkpoint).
 CHECKPOINT_PREFIX = "checkpoints"
@@ -1166,6 +1168,14 @@ def build_evaluation_assets(
         freshness_policy=dg.FreshnessPolicy.time_window(
             fail_window=datetime.timedelta(hours=30), warn_window=datetime.timedelta(hours=26)
         ),
+        check_specs=[
+            dg.AssetCheckSpec(
+                TABLED_CHECK,
+                asset="benchmark_tables",
+                description="Every method with score rows on a table's bench set has rows in "
+                "that table, and every written file reads back from the store.",
+            )
+        ],
     )
     def benchmark_tables(
         context: dg.AssetExecutionContext,
@@ -1175,8 +1185,10 @@ def build_evaluation_assets(
         """Regenerate every table from the stored scores and replace benchmark_tables/."""
         object_store = store.open()
         with tempfile.TemporaryDirectory(dir=evaluation.cache, prefix=".tables-") as work:
-            result = _write_tables(object_store, evaluation, specs, Path(work), context.log.info)
-        return dg.MaterializeResult(metadata=result)
+            metadata, check = _write_tables(
+                object_store, evaluation, specs, Path(work), context.log.info
+            )
+        return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
     return EvaluationAssets(bench_sets, restorations, metric_scores, benchmark_tables)
 
@@ -1481,8 +1493,9 @@ def _grid(
     methods: Sequence[str],
     out_path: Path,
     work: Path,
-) -> Path:
-    """LQ | each method's output | HQ for one sample per degradation (4 rows)."""
+) -> tuple[Path, list[str]]:
+    """LQ | each method's output | HQ for one sample per degradation (4 rows); the grid
+    and its column titles."""
     from cotir_pipeline.evaluation.tables import image_grid
 
     bench = local_bench(store, bench_name, evaluation.cache)
@@ -1500,7 +1513,8 @@ def _grid(
                     store.download_file(key, folder / name)
             title = f"{method} ({kind})" if prompt_matters(method) else method
             columns[title] = folder
-    return image_grid(bench, columns, out_path, sample_ids=ids, tile=128)
+    grid = image_grid(bench, columns, out_path, sample_ids=ids, tile=128)
+    return grid, ["LQ", *columns, "HQ"]
 
 
 def _write_tables(
@@ -1509,8 +1523,9 @@ def _write_tables(
     specs: Sequence[BenchSpec],
     work: Path,
     log: Callable[[str], None],
-) -> dict[str, Any]:
-    """Build all tables, grids and charts in ``work``, upload them, return the metadata."""
+) -> tuple[dict[str, Any], dg.AssetCheckResult]:
+    """Build all tables, grids and charts in ``work``, upload them; return the metadata and
+    the asset check's result."""
     from cotir_pipeline.evaluation import tables as t
 
     scores, runtimes = _stored_rows(store, work)
@@ -1583,7 +1598,7 @@ def _write_tables(
         if any(c.key == column for c in table.columns):
             chart = t.bar_chart(table, column, out / f"chart_{table.key.lower()}_{column}.png")
             charts[table.key] = chart.name if chart else "n/a: matplotlib is not installed"
-    grids: dict[str, Path] = {}
+    grids: dict[str, tuple[Path, list[str]]] = {}
     for spec in specs:
         methods = sorted(
             {row.method for row in rows_of(spec)}, key=lambda m: (prompt_matters(m), m)
@@ -1609,6 +1624,26 @@ def _write_tables(
         store.put_file(f"{BENCHMARK_TABLES_PREFIX}/{relative}", path)
     for key in stale:
         store.delete(key)
+    untabled = {
+        table.key: sorted(
+            method
+            for method in {row.method for row in rows_of(spec)}
+            if f"| {method} |" not in markdown[table.key]
+        )
+        for table, spec in built
+        if spec is not None and table.key != "VIII"  # VIII lists runtimes, not scores
+    }
+    unreadable = [name for name in files if not store.exists(f"{BENCHMARK_TABLES_PREFIX}/{name}")]
+    check = dg.AssetCheckResult(
+        check_name=TABLED_CHECK,
+        passed=not any(untabled.values()) and not unreadable,
+        metadata={
+            "methods_missing_per_table": dg.MetadataValue.json(
+                {key: methods for key, methods in untabled.items() if methods}
+            ),
+            "files_not_in_store": dg.MetadataValue.json(unreadable),
+        },
+    )
     metadata: dict[str, Any] = {
         # Every table, chart and grid is viewable on the asset page, not only by name.
         **{f"table_{key.lower()}": dg.MetadataValue.md(text) for key, text in markdown.items()},
@@ -1618,8 +1653,8 @@ def _write_tables(
             if (out / name).is_file()
         },
         **{
-            f"grid_{name}": _image_md(path, f"LQ | methods | HQ ({name})", max_width=900)
-            for name, path in grids.items()
+            f"grid_{name}": _image_md(path, f"{name}: {' | '.join(titles)}", max_width=900)
+            for name, (path, titles) in grids.items()
         },
         "score_rows": dg.MetadataValue.json(dict(Counter(row.bench for row in scores))),
         "methods": dg.MetadataValue.json(sorted({row.method for row in scores})),
@@ -1627,7 +1662,7 @@ def _write_tables(
         "charts": dg.MetadataValue.json(charts),
         "uri": dg.MetadataValue.url(store.uri(f"{BENCHMARK_TABLES_PREFIX}/index.md")),
     }
-    return metadata
+    return metadata, check
 
 
 # --------------------------------------------------------------------------------------------

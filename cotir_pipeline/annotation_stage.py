@@ -444,6 +444,7 @@ def write_training_shards(
 __all__ = [
     "ANNOTATIONS_PREFIX",
     "ANNOTATION_SCHEMA",
+    "DECISION_SCHEMA",
     "FILTERED_PREFIX",
     "TRAINING_SHARDS_PREFIX",
     "StageReport",

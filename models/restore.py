@@ -89,6 +89,13 @@ def _default_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
 
 
+def lora_merges_exactly(dtype: torch.dtype) -> bool:
+    """Whether inference merges the LoRA into the base weights: in float32 (the CPU's
+    default) the merged model matches the LoRA'd one to float rounding; in bf16/fp16 a
+    small delta would round away, so peft's separate layers are kept."""
+    return dtype == torch.float32
+
+
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
@@ -363,15 +370,20 @@ class CoTIRRestorer:
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         release_compat: bool | None = None,
+        merge_lora: bool | None = None,
     ) -> CoTIRRestorer:
         """Load a trained checkpoint folder: ours (``cotir.json``) or the release's (``*.pt``).
 
         A relative ``checkpoint`` that does not exist is looked up under
         ``COTIR_WEIGHTS_DIR``. The release's files carry no variant, so ``variant`` is
         required for them. ``release_compat`` (None: on for the release's files only)
-        sets :attr:`release_compat`.
+        sets :attr:`release_compat`. ``merge_lora`` (None: when the weights are float32,
+        see :func:`lora_merges_exactly`) adds the LoRA into the base weights instead of
+        keeping peft's layers.
         """
         dtype = dtype or _default_dtype(device)
+        if merge_lora is None:
+            merge_lora = lora_merges_exactly(dtype)
         folder = Path(checkpoint)
         if not folder.exists():
             if folder.is_absolute():
@@ -388,7 +400,7 @@ class CoTIRRestorer:
             restorer = cls.from_variant(
                 name, settings=settings, device="cpu", dtype=dtype, base=base
             )
-            load_checkpoint(restorer.model, folder)
+            load_checkpoint(restorer.model, folder, merge_lora=merge_lora)
             flow_start = str(meta.get("flow_start", "noise"))
             release_files = False
         elif (folder / RELEASE_ADAPTER_FILE).is_file():
@@ -399,7 +411,10 @@ class CoTIRRestorer:
             restorer = cls.from_variant(variant, settings=settings, device="cpu", dtype=dtype)
             lora = folder / RELEASE_LORA_FILE
             load_release_checkpoint(
-                restorer.model, folder / RELEASE_ADAPTER_FILE, lora if lora.is_file() else None
+                restorer.model,
+                folder / RELEASE_ADAPTER_FILE,
+                lora if lora.is_file() else None,
+                merge_lora=merge_lora,
             )
         else:
             raise MissingWeightsError(

@@ -9,7 +9,9 @@ In one run:
   optional library imported (``models.cli.modules_to_hide`` returning nothing, the
   path before those were hidden);
 - warm: per-image restore time in a loaded process (median of ``--repeats``), against
-  the classical tool chain on the same image as the baseline.
+  the classical tool chain on the same image as the baseline; with ``--checkpoint``,
+  also the checkpoint's LoRA merged into the float32 weights (the default) against
+  peft's unmerged layers (``merge_lora=False``), timed alternately.
 
 It prints each number and the ratios. ``--checkpoint`` is a trained demo checkpoint
 (its ``model/`` folder); without it the shipped prior alone is timed.
@@ -111,6 +113,18 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             restorer.restore(lq, PROMPT)
             warm.append(time.perf_counter() - started)
+        layered_s = None
+        if args.checkpoint is not None:
+            layered = CoTIRRestorer.from_pretrained(args.checkpoint, merge_lora=False)
+            layered.restore(lq, PROMPT)  # warm-up
+            merged_times, layered_times = [], []
+            for _ in range(max(args.repeats, 5)):
+                for model, times in ((restorer, merged_times), (layered, layered_times)):
+                    started = time.perf_counter()
+                    model.restore(lq, PROMPT)
+                    times.append(time.perf_counter() - started)
+            warm = merged_times
+            layered_s = statistics.median(layered_times)
         chain = SequentialToolChain(order="label", name="classical_chain")
         array = np.asarray(lq)
         chain.restore(array, PROMPT, "haze")
@@ -138,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| warm restore, one image | {warm_s:.3f} | classical tool chain (haze) "
         f"| {chain_s:.3f} | {warm_s / chain_s:.2f}x |"
     )
+    if layered_s is not None:
+        print(
+            f"| warm restore, LoRA merged (default) | {warm_s:.3f} | peft's unmerged LoRA "
+            f"layers | {layered_s:.3f} | {warm_s / layered_s:.2f}x |"
+        )
     return 0
 
 

@@ -272,7 +272,15 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
             if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
         ]
         assert checks
-        assert all(check.passed for check in checks)  # type: ignore[union-attr]
+        by_name = {check.check_name: check for check in checks}  # type: ignore[union-attr]
+        assert by_name["stored_catalog_reads_back"].passed
+        # Every check passes but the prior's copy fidelity, which warns while the shipped
+        # prior is below the project's target (docs/TRAINING.md).
+        assert all(
+            check.passed or check.check_name == "prior_copy_fidelity"
+            for check in by_name.values()
+        )
+        assert by_name["prior_copy_fidelity"].severity == dg.AssetCheckSeverity.WARN
 
         metadata = first.asset_materializations_for_node("pipeline_environment")[0].metadata
         assert metadata["newly_written"].value is True
@@ -290,6 +298,26 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         assert columns[:3] == ["sample_id", "source", "item_key"]
         assert shards["dagster/row_count"].value == (
             shards["samples_ok"].value + shards["samples_dropped"].value
+        )
+        # The same on the plan and the annotation stages, against the files they wrote.
+        plan = first.asset_materializations_for_node("raw_pairs")[0].metadata
+        plan_rows = pq.read_table(store.root / "raw_pairs" / "demo" / "pairs.parquet")  # type: ignore[attr-defined]
+        assert plan["dagster/row_count"].value == plan_rows.num_rows == (
+            plan["pairs_ok"].value + plan["pairs_dropped"].value
+        )
+        assert [c.name for c in plan["dagster/column_schema"].schema.columns] == (
+            plan_rows.schema.names
+        )
+        annotated = first.asset_materializations_for_node("cot_annotations")[0].metadata
+        assert annotated["dagster/row_count"].value == (
+            annotated["annotated"].value + annotated["failed"].value
+        )
+        assert "sample_id" in [c.name for c in annotated["dagster/column_schema"].schema.columns]
+        judged = first.asset_materializations_for_node("filtered_annotations")[0].metadata
+        decisions = pq.read_table(store.root / "filtered_annotations" / "demo" / "manifest.parquet")  # type: ignore[attr-defined]
+        assert judged["dagster/row_count"].value == decisions.num_rows
+        assert [c.name for c in judged["dagster/column_schema"].schema.columns] == (
+            decisions.schema.names
         )
         assert shards["shards_written"].value == shards["shards"].value > 0
         assert shards["samples_failed"].value == 0
@@ -397,3 +425,24 @@ def test_an_unreachable_store_fails_the_run_naming_the_setting(
     failures = [event for event in result.all_events if event.is_failure]
     messages = " ".join(str(event.event_specific_data) for event in failures)
     assert "COTIR_S3_ENDPOINT_URL: cannot reach" in messages
+
+
+def test_the_catalog_check_fails_on_a_stored_catalog_that_differs(tmp_path: Path) -> None:
+    from assets.data_stage import CATALOG_KEY, stored_catalog_check
+    from cotir_pipeline.sources.catalog import load_catalog
+
+    catalog = load_catalog()
+    store = LocalObjectStore(tmp_path / "store")
+    store.put_text(CATALOG_KEY, catalog.model_dump_json())
+    assert stored_catalog_check(store, catalog).passed
+
+    shorter = catalog.model_copy(update={"sources": catalog.sources[1:]})
+    store.put_text(CATALOG_KEY, shorter.model_dump_json())
+    check = stored_catalog_check(store, catalog)
+    assert not check.passed
+    assert check.metadata["sources_differing"].value == [catalog.sources[0].name]
+
+    store.put_text(CATALOG_KEY, '{"sources": [')  # truncated
+    check = stored_catalog_check(store, catalog)
+    assert not check.passed
+    assert "ValidationError" in check.metadata["error"].value

@@ -163,7 +163,12 @@ def test_a_second_stage_continues_from_its_parent_reproducibly(tmp_path: Path) -
 
 
 def test_the_base_model_asset_checks_the_prior(tmp_path: Path) -> None:
-    from assets.training import TrainingResource, build_training_assets
+    from assets.training import (
+        COPY_FIDELITY_CHECK,
+        COPY_TARGET_DB,
+        TrainingResource,
+        build_training_assets,
+    )
 
     (base_model, *_) = build_training_assets()
     training = TrainingResource(variant="demo", output_dir=str(tmp_path), home=str(tmp_path))
@@ -172,6 +177,13 @@ def test_the_base_model_asset_checks_the_prior(tmp_path: Path) -> None:
     assert metadata["sha256"].value == read_record(BUNDLED_PRIOR_DIR)["sha256"]
     assert metadata["copy_psnr_held_out_db"].value >= MIN_COPY_FLOOR_DB
     assert metadata["kind"].value == "demo editing prior"
+    # The recorded copy fidelity against the project's target: a warning below it.
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == COPY_FIDELITY_CHECK
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    copy_db = metadata["copy_psnr_held_out_db"].value
+    assert check.passed == (copy_db >= COPY_TARGET_DB)
+    assert check.metadata["target_db"].value == COPY_TARGET_DB
 
     # A rebuilt prior that was altered after training stops the asset with the reason.
     rebuilt = tmp_path / "base_model" / "rebuilt-prior"

@@ -11,6 +11,7 @@ import base64
 import datetime
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,7 +32,9 @@ from assets.evaluation import (
     NIGHTLY_SCHEDULE,
     REPORTING_JOB,
     REPORTING_SENSOR,
+    TABLED_CHECK,
     EvaluationResource,
+    _write_tables,
     bench_specs,
     build_evaluation_definitions,
     cotir_method,
@@ -359,6 +362,10 @@ def test_benchmark_tables_hold_our_rows_reported_rows_and_provenance(scenario: S
         assert row["seed"] == 0
         assert "psnr" in json.loads(row["metric_settings"])
 
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == TABLED_CHECK
+    assert check.passed, check.metadata
+
     seven_d = pq.read_table(store.root / "benchmark_tables" / "table_iv.parquet").to_pylist()  # type: ignore[attr-defined]
     cotir_rows = [row for row in seven_d if row["method"] == scenario.checkpoint_method]
     assert {row["prompt"] for row in cotir_rows} == {"vague", "precise"}
@@ -366,6 +373,34 @@ def test_benchmark_tables_hold_our_rows_reported_rows_and_provenance(scenario: S
         row["checkpoint_hash"].startswith(scenario.checkpoint_method[6:]) for row in cotir_rows
     )
     assert all(row["runtime_s"] is not None for row in cotir_rows)
+
+
+def test_the_tables_check_names_a_scored_method_a_table_left_out(
+    scenario: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cotir_pipeline.evaluation import tables
+
+    build = tables.table_iii_per_task
+
+    def without_identity(rows: list[Any], provenance: Any) -> Any:
+        return build([row for row in rows if row.method != "identity"], provenance)
+
+    monkeypatch.setattr(tables, "table_iii_per_task", without_identity)
+    # A copy of what the tables read, so the scenario's own tables stay as they are.
+    copy = LocalObjectStore(tmp_path / "store")
+    for prefix in ("metric_scores", "restorations", "bench_sets"):
+        shutil.copytree(scenario.store.root / prefix, copy.root / prefix)
+    work = tmp_path / "work"
+    work.mkdir()
+    _, check = _write_tables(
+        copy,
+        EvaluationResource.from_settings(scenario.settings),
+        bench_specs(Profile.DEMO),
+        work,
+        lambda message: None,
+    )
+    assert not check.passed
+    assert check.metadata["methods_missing_per_table"].value == {"III": ["identity"]}
 
 
 def test_reporting_sensor_runs_once_after_new_scores(scenario: Scenario) -> None:

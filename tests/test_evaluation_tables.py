@@ -213,3 +213,18 @@ def test_outputs_to_rows_to_tables_and_figures(
         assert picture.width == 3 * (32 + 4) + 4
     chart = tables.bar_chart(table, "runtime_s", tmp_path / "chart.png")
     assert chart is None or chart.is_file()
+
+
+def test_grid_column_titles_are_wrapped_whole_not_cut() -> None:
+    """A checkpoint's vague and precise columns differ only at the end of their titles;
+    the grid keeps every character, on lines no wider than a tile."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default()
+    title = "cotir-demo-paper-r716bfff7ac-s600 (precise)"
+    lines = tables._wrap_to_width(title, font, 128)
+    assert len(lines) > 1
+    assert all(font.getlength(line) <= 128 for line in lines)
+    assert "".join(lines).replace(" ", "") == title.replace(" ", "")
+    assert lines[-1].endswith("(precise)")
+    assert tables._wrap_to_width("LQ", font, 128) == ["LQ"]

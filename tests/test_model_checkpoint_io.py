@@ -341,3 +341,62 @@ def test_missing_release_files_name_the_path(tmp_path: Path) -> None:
     model = tiny_model(BackboneKind.FLUX2_KLEIN)
     with pytest.raises(MissingWeightsError, match=str(tmp_path / "cot_adapter.pt")):
         load_release_checkpoint(model, tmp_path / "cot_adapter.pt", tmp_path / "lora.pt")
+
+
+# -- merging the LoRA into the base weights (float32 inference) --------------------------------
+
+
+@pytest.mark.parametrize("kind", [BackboneKind.FLUX2_KLEIN, BackboneKind.FLUX1_KONTEXT])
+def test_a_merged_lora_computes_what_peft_layers_compute(
+    tmp_path: Path, kind: BackboneKind
+) -> None:
+    """Our checkpoint loaded with ``merge_lora`` gives the LoRA'd model's output (float
+    rounding apart), adds biases where FLUX.2's Linears have none, and needs no peft
+    layers."""
+    from models.checkpoint_io import load_checkpoint, save_checkpoint
+    from models.lora import apply_lora, has_lora
+
+    trained = tiny_model(kind, seed=4)
+    torch.manual_seed(5)
+    apply_lora(trained, RANK, init_b="random")
+    randomize_gates(trained, 0.3)
+    save_checkpoint(trained, tmp_path / "ckpt", variant=_variant_of(kind))
+
+    merged = tiny_model(kind, seed=4)
+    load_checkpoint(merged, tmp_path / "ckpt", merge_lora=True)
+    assert not has_lora(merged)
+    inputs = tiny_inputs(trained)
+    with torch.no_grad():
+        want = trained(**inputs.kwargs)
+        ours = merged(**inputs.kwargs)
+        base = tiny_model(kind, seed=4)
+        base.cot_adapter.load_state_dict(trained.cot_adapter.state_dict())
+        without_lora = base(**inputs.kwargs).sample
+    assert not torch.allclose(want.sample, without_lora, atol=1e-4)
+    torch.testing.assert_close(ours.sample, want.sample, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.plan, want.plan, rtol=1e-5, atol=1e-5)
+    if kind is BackboneKind.FLUX2_KLEIN:
+        assert merged.transformer.proj_out.bias is not None  # B's bias, on a bias-less Linear
+
+
+def test_merging_refuses_mismatched_keys_and_a_model_with_peft_layers() -> None:
+    from models.checkpoint_io import lora_state_dict, merge_lora_weights
+    from models.lora import apply_lora
+
+    trained = tiny_model(BackboneKind.FLUX2_KLEIN)
+    apply_lora(trained, RANK, init_b="random")
+    state = lora_state_dict(trained)
+    fresh = tiny_model(BackboneKind.FLUX2_KLEIN)
+    dropped = dict(state)
+    dropped.pop(next(iter(dropped)))
+    with pytest.raises(CheckpointError, match="missing"):
+        merge_lora_weights(fresh, dropped)
+    wrong = {name: torch.zeros(7, 7) if "lora_A" in name else t for name, t in state.items()}
+    with pytest.raises(CheckpointError, match="do not fit"):
+        merge_lora_weights(fresh, wrong)
+    with pytest.raises(CheckpointError, match="peft LoRA layers"):
+        merge_lora_weights(trained, state)
+
+
+def _variant_of(kind: BackboneKind) -> str:
+    return "tiny" if kind is BackboneKind.FLUX2_KLEIN else "tiny-kontext"

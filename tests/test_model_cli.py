@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -166,10 +167,20 @@ def test_a_checkpoint_whose_base_is_gone_is_refused_in_one_line(tmp_path: Path) 
 def test_a_cold_restore_skips_unused_libraries_and_restores_the_same_image(
     tmp_path: Path,
 ) -> None:
-    """A fresh ``cotir restore`` process never imports bitsandbytes or scipy (about two
-    seconds of its cold start), and its PNG equals an in-process restore."""
+    """A fresh ``cotir restore`` of a trained checkpoint never imports bitsandbytes or
+    scipy (about two seconds of its cold start), and its PNG equals an in-process restore
+    (the LoRA merged into the float32 weights); peft's unmerged layers give the same
+    image to one level."""
+    from models.checkpoint_io import save_checkpoint
+    from models.lora import apply_lora
     from models.restore import CoTIRRestorer
+    from models.testing import randomize_gates
 
+    trained = CoTIRRestorer.from_variant("demo")
+    torch.manual_seed(0)
+    apply_lora(trained.model, 4, init_b="random")
+    randomize_gates(trained.model, 0.2)
+    save_checkpoint(trained.model, tmp_path / "ckpt", variant="demo")
     lq = _lq_png(tmp_path / "lq.png", size=(48, 40))
     out = tmp_path / "out.png"
     probe = (
@@ -182,6 +193,7 @@ def test_a_cold_restore_skips_unused_libraries_and_restores_the_same_image(
         "print('loaded:', sorted(n for n in ('bitsandbytes', 'scipy') if n in sys.modules))\n"
     )
     arguments = ["restore", str(lq), "-p", "Remove the haze.", "-o", str(out), "--steps", "2"]
+    arguments += ["--checkpoint", str(tmp_path / "ckpt")]
     completed = subprocess.run(
         [sys.executable, "-c", probe, *arguments],
         capture_output=True,
@@ -190,10 +202,15 @@ def test_a_cold_restore_skips_unused_libraries_and_restores_the_same_image(
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "loaded: []" in completed.stdout
-    expected = CoTIRRestorer.from_variant("demo").restore(
-        Image.open(lq).convert("RGB"), "Remove the haze.", steps=2
-    )
+    photo = Image.open(lq).convert("RGB")
+    merged = CoTIRRestorer.from_pretrained(tmp_path / "ckpt")
+    expected = merged.restore(photo, "Remove the haze.", steps=2)
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+    layered = CoTIRRestorer.from_pretrained(tmp_path / "ckpt", merge_lora=False)
+    unmerged = np.asarray(layered.restore(photo, "Remove the haze.", steps=2), dtype=np.int16)
+    assert np.abs(unmerged - np.asarray(expected, dtype=np.int16)).max() <= 1
+    base = CoTIRRestorer.from_variant("demo").restore(photo, "Remove the haze.", steps=2)
+    assert not np.array_equal(unmerged, np.asarray(base))  # the LoRA and gates did act
 
 
 def test_release_compat_flag_reaches_the_restorer(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
+from assets.training import arms_scored_check
 from cotir_pipeline.evaluation.bench_sets import build_demo_bench
 from models.ablation import run_table_vii, table_vii_markdown
 from training_shards_support import write_shards
@@ -46,3 +48,11 @@ def test_two_arms_train_score_and_resume(tmp_path: Path) -> None:
     again = run_table_vii(**arguments)
     assert again == results
     assert sum("already scored" in m for m in messages) == 2
+
+    # The asset's check: every arm x seed scored, or the missing ones named.
+    assert arms_scored_check(results, ("a", "f"), (0,)).passed
+    short = arms_scored_check(results, ("a", "f"), (0, 1))
+    assert not short.passed
+    assert short.metadata["missing_or_not_finite"].value == ["a/seed-1", "f/seed-1"]
+    broken = replace(results[0], scores={**results[0].scores, "vague": {"psnr": float("nan")}})
+    assert not arms_scored_check([broken, results[1]], ("a", "f"), (0,)).passed

@@ -780,15 +780,21 @@ def image_grid(
         raise ValueError(f"bench {bench.name!r} has no samples to draw")
     titles = ["LQ", *outputs, "HQ"]
     label_height, gap = 14, 4
+    font = ImageFont.load_default()
+    # Whole titles, wrapped to the tile's width: a method name cut short would make the
+    # vague and precise columns of one checkpoint look alike.
+    wrapped = [_wrap_to_width(title, font, tile) for title in titles]
+    header_height = label_height * max(len(lines) for lines in wrapped)
     width = len(titles) * (tile + gap) + gap
-    height = label_height + len(records) * (tile + label_height + gap) + gap
+    height = header_height + len(records) * (tile + label_height + gap) + gap
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    for column, title in enumerate(titles):
-        draw.text((gap + column * (tile + gap), 1), title[:28], fill=(0, 0, 0), font=font)
+    for column, lines in enumerate(wrapped):
+        for row, text in enumerate(lines):
+            position = (gap + column * (tile + gap), 1 + row * label_height)
+            draw.text(position, text, fill=(0, 0, 0), font=font)
     for line, record in enumerate(records):
-        top = label_height + line * (tile + label_height + gap) + gap
+        top = header_height + line * (tile + label_height + gap) + gap
         draw.text((gap, top), f"{record.deg_type} ({record.id})"[:100], fill=(0, 0, 0), font=font)
         paths: list[Path | None] = [bench.lq_file(record)]
         paths += [find_image(Path(folder), record.output_name) for folder in outputs.values()]
@@ -807,6 +813,26 @@ def image_grid(
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out, format="PNG")
     return out
+
+
+def _wrap_to_width(
+    text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int
+) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels, broken after '-', ' ' or '(' where
+    possible and anywhere otherwise."""
+    lines: list[str] = []
+    rest = text
+    while rest:
+        cut = len(rest)
+        while cut > 1 and font.getlength(rest[:cut]) > width:
+            cut -= 1
+        if cut < len(rest):
+            breaks = [i + 1 for i, char in enumerate(rest[:cut]) if char in "- ("]
+            if breaks and breaks[-1] > cut // 2:
+                cut = breaks[-1]
+        lines.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    return lines or [""]
 
 
 def bar_chart(table: Table, column: str, out_path: Path) -> Path | None:
