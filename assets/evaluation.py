@@ -51,6 +51,7 @@ from cotir_pipeline.evaluation.bench_sets import (
     BenchSet,
     PromptKind,
     bench_lineage_rows,
+    bench_lineage_schema,
     read_bench_set,
     write_bench_lineage,
 )
@@ -1087,6 +1088,12 @@ def build_evaluation_assets(
         }
         for name, entry in status.items():
             metadata[f"samples/{name}"] = entry.get("samples", 0)
+        # The per-sample lineage manifests (one per built set): columns and total rows.
+        metadata.update(
+            parquet_output_metadata(
+                bench_lineage_schema(), sum(entry.get("samples", 0) for entry in status.values())
+            )
+        )
         return dg.MaterializeResult(
             metadata=metadata,
             check_results=[

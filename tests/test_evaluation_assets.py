@@ -185,6 +185,11 @@ def test_bench_sets_are_built_in_the_public_format_with_counts(scenario: Scenari
     assert metadata["samples/seven_d_demo"] == 30
     assert "| agenticir_demo | A | 16 |" in metadata["by_subset"]
     assert metadata["objects_uploaded"] > 0
+    # The UI's columns and rows of the per-sample lineage manifests, as stored.
+    stored = pq.read_table(store.root / "bench_sets" / "demo_bench" / "manifest.parquet")  # type: ignore[attr-defined]
+    columns = [column.name for column in metadata["dagster/column_schema"].columns]
+    assert columns == stored.schema.names
+    assert metadata["dagster/row_count"] == 44 + 32 + 30
 
 
 def test_bench_sets_rebuild_uploads_nothing_when_unchanged(scenario: Scenario) -> None:

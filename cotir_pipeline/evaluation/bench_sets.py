@@ -31,9 +31,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from cotir_pipeline import demo_photos
 from cotir_pipeline.degradations import (
@@ -344,12 +347,11 @@ def bench_lineage_ids(bench: BenchSet) -> dict[str, str]:
     return {row["record_id"]: row["sample_id"] for row in bench_lineage_rows(bench)}
 
 
-def write_bench_lineage(rows: list[dict[str, Any]], destination: Path) -> Path:
-    """Write :func:`bench_lineage_rows`' rows as zstd Parquet at ``destination``."""
+def bench_lineage_schema() -> pa.Schema:
+    """The columns of a bench set's ``manifest.parquet`` (:func:`bench_lineage_rows`)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    schema = pa.schema(
+    return pa.schema(
         [
             pa.field("sample_id", pa.string(), nullable=False),
             pa.field("bench_set", pa.string(), nullable=False),
@@ -364,9 +366,17 @@ def write_bench_lineage(rows: list[dict[str, Any]], destination: Path) -> Path:
             pa.field("hq_sha256", pa.string()),
         ]
     )
+
+
+def write_bench_lineage(rows: list[dict[str, Any]], destination: Path) -> Path:
+    """Write :func:`bench_lineage_rows`' rows as zstd Parquet at ``destination``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     ordered = sorted(rows, key=lambda row: row["sample_id"])
     destination.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(ordered, schema=schema), destination, compression="zstd")
+    table = pa.Table.from_pylist(ordered, schema=bench_lineage_schema())
+    pq.write_table(table, destination, compression="zstd")
     return destination
 
 
