@@ -99,6 +99,11 @@ HASH_FIELDS: tuple[str, ...] = ("checkpoint_hash", "model_sha256", "sha256")
 FILES_INDEX = "files.json"
 #: Per restoration partition: which restorer, version and bench manifest made the outputs.
 RUN_RECORD = "run.json"
+#: ``restorations/<method>/<bench>/samples.parquet``: one row per sample and prompt kind
+#: (``cotir_pipeline.evaluation.scoring.restoration_rows``), rewritten by every run.
+RESTORATION_ROWS = "samples.parquet"
+#: The partition's own records beside its outputs: never synced as outputs.
+PARTITION_RECORDS = frozenset({RUN_RECORD, RESTORATION_ROWS})
 
 EVALUATION_JOB = "evaluation"
 REPORTING_JOB = "reporting"
@@ -1210,6 +1215,11 @@ def _restore_partition(
 ) -> dg.MaterializeResult:
     """restorations for one partition: resume, run both prompts, upload, report."""
     from cotir_pipeline.evaluation.restorers import run_restorer
+    from cotir_pipeline.evaluation.scoring import (
+        restoration_row_schema,
+        restoration_rows,
+        write_restoration_rows,
+    )
     from cotir_pipeline.evaluation.tables import image_grid
 
     bench_name = spec.name
@@ -1240,6 +1250,11 @@ def _restore_partition(
         "samples": len(bench),
     }
     object_store.put_text(f"{prefix}/{RUN_RECORD}", json.dumps(record, indent=2))
+    # Per-sample rows (lineage's restoration step): status, output digest, runtime.
+    rows = restoration_rows(bench, out_dir, method=method, checkpoint=run.checkpoint_hash)
+    with tempfile.TemporaryDirectory(dir=evaluation.cache, prefix=".rows-") as work:
+        written = write_restoration_rows(rows, Path(work) / RESTORATION_ROWS)
+        object_store.put_file(f"{prefix}/{RESTORATION_ROWS}", written)
     failures = [(k, sid, why) for k, s in summaries.items() for sid, why in s.failed]
     if failures and all(s.written + s.skipped == 0 for s in summaries.values()):
         raise dg.Failure(
@@ -1262,6 +1277,10 @@ def _restore_partition(
         metadata[f"failed/{kind}"] = len(summary.failed)
     if run.checkpoint_hash:
         metadata["checkpoint_hash"] = run.checkpoint_hash
+    metadata["sample_rows"] = dg.MetadataValue.url(
+        object_store.uri(f"{prefix}/{RESTORATION_ROWS}")
+    )
+    metadata.update(parquet_output_metadata(restoration_row_schema(), len(rows)))
     with tempfile.TemporaryDirectory(dir=evaluation.cache, prefix=".grid-") as work:
         grid = image_grid(
             bench,
@@ -1425,7 +1444,7 @@ def _download_missing(store: ObjectStore, prefix: str, out_dir: Path) -> None:
     """Fetch stored outputs and logs the cache lacks (a run resumed on another machine)."""
     for info in store.list(prefix + "/"):
         relative = info.key[len(prefix) + 1 :]
-        if relative == RUN_RECORD:
+        if relative in PARTITION_RECORDS:
             continue
         path = out_dir / relative
         if not path.is_file():
@@ -1437,7 +1456,7 @@ def _upload_outputs(store: ObjectStore, prefix: str, out_dir: Path) -> UploadRep
     stored = _stored_sizes(store, prefix)
     uploaded = unchanged = 0
     for relative, path in _local_files(out_dir).items():
-        if relative == RUN_RECORD:
+        if relative in PARTITION_RECORDS:
             continue
         key = f"{prefix}/{relative}"
         if stored.get(key) == path.stat().st_size:
@@ -1453,11 +1472,13 @@ def _mirror_outputs(store: ObjectStore, prefix: str, out_dir: Path) -> None:
     stored = _stored_sizes(store, prefix)
     wanted = {key[len(prefix) + 1 :]: size for key, size in stored.items()}
     for relative, path in _local_files(out_dir).items():
-        if relative not in wanted and relative != RUN_RECORD:
+        if relative not in wanted and relative not in PARTITION_RECORDS:
             path.unlink()
     for relative, size in wanted.items():
         path = out_dir / relative
-        if relative != RUN_RECORD and (not path.is_file() or path.stat().st_size != size):
+        if relative not in PARTITION_RECORDS and (
+            not path.is_file() or path.stat().st_size != size
+        ):
             store.download_file(f"{prefix}/{relative}", path)
 
 

@@ -323,6 +323,14 @@ def test_a_cotir_checkpoint_is_restored_with_both_prompts_and_scored(scenario: S
     record = json.loads(scenario.store.get_text(f"restorations/{method}/seven_d_demo/run.json"))
     assert record["parameters"] > 0
     assert record["steps"] == 4
+    # The per-sample rows: every sample x prompt restored, with its checkpoint and digest.
+    rows = pq.read_table(
+        scenario.store.root / "restorations" / method / "seven_d_demo" / "samples.parquet"  # type: ignore[attr-defined]
+    ).to_pylist()
+    assert len(rows) == restored["dagster/row_count"] == 2 * 30
+    assert {row["status"] for row in rows} == {"ok"}
+    assert {row["checkpoint"] for row in rows} == {record["checkpoint_hash"]}
+    assert all(len(row["output_sha256"]) == 64 for row in rows)
     scores = _metadata(result, "metric_scores")
     assert scores["psnr/vague"] > 0
     assert scores["psnr/precise"] > 0

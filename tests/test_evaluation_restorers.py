@@ -225,3 +225,40 @@ def test_folder_restorer_matches_by_file_name(tmp_path: Path) -> None:
     assert copied[0, 0].tolist() == [9, 9, 9]
     with pytest.raises(FileNotFoundError, match="output folder not found"):
         FolderRestorer(tmp_path / "nowhere", "Nobody")
+
+
+def test_restoration_rows_record_each_output_or_why_it_is_missing(tmp_path: Path) -> None:
+    """One row per sample and prompt kind: the output's digest and runtime, or the
+    logged reason it is missing; lineage ids from the set, written as Parquet."""
+    import pyarrow.parquet as pq
+
+    from cotir_pipeline.digests import file_sha256
+    from cotir_pipeline.evaluation.bench_sets import bench_lineage_ids
+    from cotir_pipeline.evaluation.scoring import restoration_rows, write_restoration_rows
+
+    bench = _bench(tmp_path / "bench")
+    release = tmp_path / "other-method" / "precise"
+    release.mkdir(parents=True)
+    for name in ("s0", "s1"):
+        Image.new("RGB", (16, 16), (9, 9, 9)).save(release / f"{name}.png")
+    folder = FolderRestorer.for_release(tmp_path / "other-method", "precise", "OtherMethod")
+    run_restorer(folder, bench, tmp_path / "out", "precise")
+    run_restorer(IdentityRestorer(), bench, tmp_path / "out", "vague")  # type: ignore[arg-type]
+
+    rows = restoration_rows(bench, tmp_path / "out", method="other", checkpoint=None)  # type: ignore[arg-type]
+    assert len(rows) == 2 * 3
+    by_key = {(row["record_id"], row["prompt_kind"]): row for row in rows}
+    ok = by_key[("s0", "precise")]
+    assert ok["status"] == "ok"
+    assert ok["output_sha256"] == file_sha256(tmp_path / "out" / "precise" / "s0.png")
+    assert ok["runtime_s"] is not None
+    assert ok["runtime_s"] >= 0
+    missing = by_key[("s2", "precise")]
+    assert missing["status"] == "failed"
+    assert missing["output_sha256"] is None
+    assert "MissingOutputError" in missing["reason"]
+    ids = bench_lineage_ids(bench)  # type: ignore[arg-type]
+    assert {row["sample_id"] for row in rows} == set(ids.values())
+    table = pq.read_table(write_restoration_rows(rows, tmp_path / "samples.parquet"))
+    assert table.num_rows == 6
+    assert table.column("status").to_pylist().count("failed") == 1

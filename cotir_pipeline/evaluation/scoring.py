@@ -272,6 +272,80 @@ def sample_rows(
     return sorted(by_sample.values(), key=lambda item: (item["sample_id"], item["prompt_kind"]))
 
 
+def restoration_rows(
+    bench: BenchSet, outputs: Path, *, method: str, checkpoint: str | None
+) -> list[dict[str, Any]]:
+    """One row per bench sample and prompt kind: what the restorations stage produced.
+
+    ``sample_id`` is the lineage id and ``record_id`` the public id (as in
+    :func:`sample_rows`); then the method, the checkpoint hash (None for a built-in
+    method), the prompt kind, ``status`` (``ok`` when the output is there, else
+    ``failed`` with the logged ``reason``), the output's file (relative to the method's
+    bench folder), its sha256 and the restore call's seconds from the runtime log.
+    """
+    from cotir_pipeline.digests import file_sha256
+
+    lineage_ids = bench_lineage_ids(bench)
+    rows = []
+    for kind in PROMPT_KINDS:
+        log = runtime_log_path(Path(outputs), kind)
+        entries = read_runtime_log(log) if log.is_file() else []
+        logged = {str(entry["id"]): entry for entry in entries}
+        for record in bench.records:
+            output = Path(outputs) / kind / record.output_name
+            entry = logged.get(record.id, {})
+            ok = output.is_file()
+            seconds = entry.get("seconds") if entry.get("status") == "ok" else None
+            rows.append(
+                {
+                    "sample_id": lineage_ids[record.id],
+                    "record_id": record.id,
+                    "bench": bench.name,
+                    "method": method,
+                    "checkpoint": checkpoint,
+                    "prompt_kind": kind,
+                    "status": "ok" if ok else "failed",
+                    "reason": None if ok else str(entry.get("reason") or "no output, none logged"),
+                    "output_file": f"{kind}/{record.output_name}" if ok else None,
+                    "output_sha256": file_sha256(output) if ok else None,
+                    "runtime_s": float(seconds) if ok and seconds is not None else None,
+                }
+            )
+    return sorted(rows, key=lambda item: (item["sample_id"], item["prompt_kind"]))
+
+
+def restoration_row_schema() -> Any:
+    """The Arrow schema of :func:`restoration_rows` as stored (and shown in the UI)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("record_id", pa.string(), nullable=False),
+            pa.field("bench", pa.string()),
+            pa.field("method", pa.string()),
+            pa.field("checkpoint", pa.string()),
+            pa.field("prompt_kind", pa.string()),
+            pa.field("status", pa.string()),
+            pa.field("reason", pa.string()),
+            pa.field("output_file", pa.string()),
+            pa.field("output_sha256", pa.string()),
+            pa.field("runtime_s", pa.float64()),
+        ]
+    )
+
+
+def write_restoration_rows(rows: Sequence[dict[str, Any]], destination: Path) -> Path:
+    """Write :func:`restoration_rows` as zstd Parquet at ``destination``; return the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(list(rows), schema=restoration_row_schema())
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, destination, compression="zstd")
+    return destination
+
+
 def write_sample_rows(
     bench: BenchSet,
     rows: Iterable[ScoreRow],
