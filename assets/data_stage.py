@@ -18,9 +18,11 @@ from pydantic import Field
 from assets.metadata import parquet_output_metadata
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.pair_stage import (
+    DEFAULT_PAIR_COUNT_TOLERANCE,
     PAIR_SHARDS_PREFIX,
     PLAN_SCHEMA,
     PlannedPair,
+    count_pairs,
     load_plan,
     plan_demo_pairs,
     plan_fetched_pairs,
@@ -54,6 +56,13 @@ class DataStageResource(dg.ConfigurableResource):
     recipes_per_item: int = Field(default=2, description="Recipes applied to each clean item.")
     cache_dir: str = Field(description="COTIR_CACHE_DIR: downloads and extracted archives.")
     mirror_dir: str | None = Field(default=None, description="COTIR_MIRROR_DIR: local mirror.")
+    pair_count_tolerance: float = Field(
+        default=DEFAULT_PAIR_COUNT_TOLERANCE,
+        ge=0.0,
+        lt=1.0,
+        description="Share of a fetched source's expected_pairs that may be missing: fewer "
+        "pairs than that fail raw_pairs; missing pairs within it are a warning.",
+    )
 
     @classmethod
     def from_settings(cls, settings: CotirSettings) -> Self:
@@ -181,6 +190,21 @@ def build_data_stage_assets(
         pairs = _plan_source(source, catalog, data_stage, context)
         object_store = store.open()
         key = save_plan(object_store, source.name, pairs)
+        count = count_pairs(
+            source.name,
+            pairs,
+            source.expected_pairs if source.fetch is not None else None,
+            data_stage.pair_count_tolerance,
+        )
+        if count.verdict == "failed":
+            # The plan is stored first: it lists every unpaired file with its reason.
+            raise dg.Failure(
+                description=count.message(),
+                metadata={"pairs_found": count.found, "pairs_expected": count.expected},
+                allow_retries=False,
+            )
+        if count.verdict == "short":
+            context.log.warning(count.message())
         statuses = Counter(pair.status for pair in pairs)
         labels = Counter(pair.degradation for pair in pairs if pair.status == STATUS_OK)
         keys = Counter((pair.item_key, pair.degradation, pair.seed) for pair in pairs)
@@ -203,6 +227,9 @@ def build_data_stage_assets(
                 "degradation_types": len(labels),
                 "by_degradation": dg.MetadataValue.md(_counts_table("degradation", labels)),
                 "uri": dg.MetadataValue.url(object_store.uri(key)),
+                "pair_count": dg.MetadataValue.json(
+                    {"verdict": count.verdict, "found": count.found, "expected": count.expected}
+                ),
                 **parquet_output_metadata(PLAN_SCHEMA, len(pairs)),
             }
         )
@@ -412,6 +439,7 @@ def _fetch(
             source.fetch,
             cache_dir=Path(data_stage.cache_dir),
             mirror_dir=Path(data_stage.mirror_dir) if data_stage.mirror_dir else None,
+            layout_globs=[glob for rule in source.splits for glob in (rule.lq_glob, rule.hq_glob)],
         )
     except FetchError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None

@@ -278,7 +278,7 @@ def plan_fetched_pairs(
                         rule.name,
                         relative,
                         image.degradation or label,
-                        f"one-sided: {reason}",
+                        f"{ONE_SIDED_PREFIX}{reason}",
                     )
                 )
             continue
@@ -303,6 +303,64 @@ def plan_fetched_pairs(
             reason = f"ambiguous: several HQ files share the key {key!r}"
             planned.append(_dropped(source, rule.name, f"hq-key:{key}", label, reason))
     return planned
+
+
+#: Reason prefix of the images of one-sided splits (counted against expected_pairs, which
+#: counts a one-sided split's images).
+ONE_SIDED_PREFIX = "one-sided: "
+#: Default share of a source's expected_pairs that may be missing before raw_pairs fails
+#: (a few files dropped by a re-release or unreadable are normal; half a split is not).
+DEFAULT_PAIR_COUNT_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class PairCount:
+    """A fetched source's planned pairs against the catalog's ``expected_pairs``."""
+
+    source: str
+    expected: int | None
+    found: int
+    tolerance: float
+
+    @property
+    def verdict(self) -> str:
+        """``unchecked`` (no expected count), ``ok``, ``short`` (missing pairs within the
+        tolerance: a warning) or ``failed`` (more missing than the tolerance allows)."""
+        if self.expected is None:
+            return "unchecked"
+        if self.found >= self.expected:
+            return "ok"
+        if self.found >= self.expected * (1.0 - self.tolerance):
+            return "short"
+        return "failed"
+
+    def message(self) -> str:
+        """One line naming the counts, for logs and the failure."""
+        if self.expected is None:
+            return f"{self.source}: {self.found} pairs (the catalog gives no expected count)"
+        missing = max(self.expected - self.found, 0)
+        return (
+            f"{self.source}: {self.found} pairs found, {self.expected} expected by the catalog "
+            f"({missing} missing, {missing / self.expected:.1%}; tolerance "
+            f"{self.tolerance:.0%}). Compare the fetched or mirrored files with the split "
+            f"globs of '{self.source}' in cotir_pipeline/sources/catalog.yaml; the plan in "
+            f"raw_pairs/{self.source}/pairs.parquet lists every unpaired file with its reason."
+        )
+
+
+def count_pairs(
+    source: str, pairs: Sequence[PlannedPair], expected: int | None, tolerance: float
+) -> PairCount:
+    """Count ``pairs`` as the catalog counts them: usable pairs, plus the images of
+    one-sided splits."""
+    if not 0.0 <= tolerance < 1.0:
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
+    found = sum(
+        1
+        for pair in pairs
+        if pair.status == STATUS_OK or (pair.reason or "").startswith(ONE_SIDED_PREFIX)
+    )
+    return PairCount(source, expected, found, tolerance)
 
 
 def _dropped(source: str, split: str, item: str, label: str, reason: str) -> PlannedPair:

@@ -39,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -236,11 +236,14 @@ def fetch_source(
     max_extract_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
     progress: ProgressCallback | None = None,
     options: FetchOptions | None = None,
+    layout_globs: Sequence[str] = (),
 ) -> FetchResult:
     """Bring source ``name`` to ``cache_dir/<name>/`` and return where its files are.
 
     A local copy under ``mirror_dir/<name>/`` is used instead of the network when it
-    holds the expected files. ``progress(done_bytes, total_bytes_or_None)`` is called
+    holds the expected files. ``layout_globs`` are the source's split globs (LQ and HQ):
+    a manual mirror also hands over every file they match, not only the spot-checked
+    ``expected_files``. ``progress(done_bytes, total_bytes_or_None)`` is called
     while each file downloads. ``max_extract_bytes`` bounds the expanded size of all
     the source's archives together. One process at a time works on a source (a lock
     file in its cache folder); others wait, then find the work done.
@@ -259,6 +262,7 @@ def fetch_source(
         progress=progress,
         options=options or FetchOptions(),
     )
+    fetcher.layout_globs = tuple(layout_globs)
     with _locked(fetcher.source_dir):
         return fetcher.fetch()
 
@@ -287,6 +291,8 @@ class SourceFetcher(abc.ABC):
     """Shared plumbing of the adapters: folders, digest records, extraction and layout."""
 
     method: ClassVar[str]
+    #: The source's split globs (see :func:`fetch_source`); set after construction.
+    layout_globs: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -1026,6 +1032,11 @@ class ManualMirrorFetcher(SourceFetcher):
                 folder=folder,
                 missing=missing,
             )
+        # expected_files are spot checks; the splits' globs say which files the pairing
+        # reads (a glob may match nothing here when its files sit inside an archive).
+        for pattern in dict.fromkeys(self._pattern(p) for p in self.layout_globs):
+            for path in sorted(p for p in folder.glob(pattern) if p.is_file()):
+                matched.setdefault(path.relative_to(folder).as_posix(), path)
         return self.materialize(self.local_files(sorted(matched.items()), from_mirror=True))
 
     def _pattern(self, pattern: str) -> str:

@@ -1,0 +1,138 @@
+"""Fault injection: what an operator meets, injected, and what the pipeline does about it.
+
+Each test injects one fault through the real code path (the Dagster asset, the fetcher,
+the trainer) and checks the outcome docs/RELIABILITY.md promises. Run them alone with
+``pytest -m faults``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+from PIL import Image
+
+from assets.data_stage import DataStageResource, build_data_stage_assets
+from assets.resources import ObjectStoreResource
+from cotir_pipeline.pair_stage import load_plan
+from cotir_pipeline.sources.spec import SourceCatalog
+from cotir_pipeline.store import LocalObjectStore
+
+pytestmark = pytest.mark.faults
+
+
+# -- a manual-mirror source that spreads its pairs over four split folders -------------------
+
+
+def _lsrw_like(expected_pairs: int) -> SourceCatalog:
+    """A catalog with one manual source laid out like LSRW: two sets x two cameras, the
+    expected_files spot-checking two of the eight folders only."""
+    splits = [
+        {
+            "name": split,
+            "lq_glob": f"LSRW/{folder}/{camera}/low/*",
+            "hq_glob": f"LSRW/{folder}/{camera}/high/*",
+        }
+        for split, folder in (("train", "Training data"), ("test", "Eval"))
+        for camera in ("Nikon", "Huawei")
+    ]
+    return SourceCatalog.model_validate(
+        {
+            "version": 1,
+            "sources": [
+                {
+                    "name": "lsrw_like",
+                    "title": "LSRW-like manual mirror",
+                    "tasks": ["LLE"],
+                    "degradations": ["low_light"],
+                    "license": "test data",
+                    "homepage": "https://example.org/lsrw",
+                    "citation": "A test source laid out like LSRW.",
+                    "fetch": {
+                        "method": "manual",
+                        "instructions": "Put LSRW/ into the mirror folder.",
+                        "expected_files": [
+                            "LSRW/Training data/Nikon/low/*",
+                            "LSRW/Eval/Huawei/high/*",
+                        ],
+                    },
+                    "splits": splits,
+                    "expected_pairs": expected_pairs,
+                }
+            ]
+        }
+    )
+
+
+def _write_mirror(mirror: Path, per_folder: int) -> int:
+    """``per_folder`` valid low/high pairs in each of the four camera folders."""
+    rng = np.random.default_rng(0)
+    for folder in ("Training data", "Eval"):
+        for camera in ("Nikon", "Huawei"):
+            for index in range(per_folder):
+                for side, scale in (("low", 0.3), ("high", 1.0)):
+                    target = mirror / "lsrw_like" / "LSRW" / folder / camera / side
+                    target.mkdir(parents=True, exist_ok=True)
+                    pixels = (rng.integers(0, 255, (24, 24, 3)) * scale).astype(np.uint8)
+                    Image.fromarray(pixels).save(target / f"{camera}{index}.png")
+    return 4 * per_folder
+
+
+def _materialize_raw_pairs(
+    catalog: SourceCatalog, tmp_path: Path, **data_stage: object
+) -> tuple[dg.ExecuteInProcessResult, LocalObjectStore]:
+    store = LocalObjectStore(tmp_path / "store")
+    assets = build_data_stage_assets(catalog)
+    resources = {
+        "store": ObjectStoreResource(url=store.url),
+        "data_stage": DataStageResource(
+            stored_size=32,
+            shard_size=8,
+            cache_dir=str(tmp_path / "cache"),
+            mirror_dir=str(tmp_path / "mirror"),
+            **data_stage,  # type: ignore[arg-type]
+        ),
+    }
+    result = dg.materialize(
+        assets[:2], resources=resources, partition_key="lsrw_like", raise_on_error=False
+    )
+    return result, store
+
+
+def test_a_manual_mirror_yields_every_pair_of_every_split(tmp_path: Path) -> None:
+    """Before: only the spot-checked folders were read (0 ok, 'unpaired' drops)."""
+    pairs = _write_mirror(tmp_path / "mirror", per_folder=6)
+    result, store = _materialize_raw_pairs(_lsrw_like(expected_pairs=pairs), tmp_path)
+    assert result.success
+    plan = load_plan(store, "lsrw_like")
+    assert sum(pair.status == "ok" for pair in plan) == pairs == 24
+    assert {pair.split for pair in plan} == {"train", "test"}
+    metadata = result.asset_materializations_for_node("raw_pairs")[0].metadata
+    assert metadata["pair_count"].value == {"verdict": "ok", "found": 24, "expected": 24}
+
+
+def test_a_source_far_below_its_expected_pairs_fails_naming_both_counts(
+    tmp_path: Path,
+) -> None:
+    _write_mirror(tmp_path / "mirror", per_folder=6)
+    result, store = _materialize_raw_pairs(_lsrw_like(expected_pairs=48), tmp_path)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data
+    assert failure.user_failure_data is not None
+    description = failure.user_failure_data.description or ""
+    assert "24 pairs found, 48 expected" in description
+    assert "50.0%" in description
+    # The plan is stored anyway: it says which files went unpaired.
+    assert len(load_plan(store, "lsrw_like")) == 24
+
+
+def test_a_few_missing_pairs_within_the_tolerance_only_warn(tmp_path: Path) -> None:
+    _write_mirror(tmp_path / "mirror", per_folder=6)
+    result, _ = _materialize_raw_pairs(
+        _lsrw_like(expected_pairs=25), tmp_path, pair_count_tolerance=0.1
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("raw_pairs")[0].metadata
+    assert metadata["pair_count"].value == {"verdict": "short", "found": 24, "expected": 25}
