@@ -136,3 +136,56 @@ def test_a_few_missing_pairs_within_the_tolerance_only_warn(tmp_path: Path) -> N
     assert result.success
     metadata = result.asset_materializations_for_node("raw_pairs")[0].metadata
     assert metadata["pair_count"].value == {"verdict": "short", "found": 24, "expected": 25}
+
+
+# -- an annotation outage, then recovery -------------------------------------------------------
+
+
+def test_samples_whose_annotation_failed_are_judged_again_after_it_recovers(
+    tmp_path: Path,
+) -> None:
+    """Before: a failed annotation became a 'dropped' filter row, the shard counted as
+    judged, and after a healthy re-run the samples stayed out of the training shards."""
+    from dataclasses import replace
+
+    from cotir_pipeline.annotation.clip_filter import ConsistencyFilter
+    from cotir_pipeline.annotation.template_backend import TemplateBackend
+    from cotir_pipeline.annotation_stage import (
+        annotate_source,
+        filter_source,
+        write_training_shards,
+    )
+    from cotir_pipeline.pair_stage import plan_demo_pairs, recipe_refs, write_pair_shards
+
+    class Outage(TemplateBackend):
+        """About a third of the samples time out, as against an overloaded vLLM server."""
+
+        def annotate(self, requests):  # type: ignore[no-untyped-def]
+            return [
+                replace(r, status="failed", answer=None, reason="timeout: read timed out")
+                if int(r.sample_id[-2:], 16) % 3 == 0
+                else r
+                for r in super().annotate(requests)
+            ]
+
+    plan = plan_demo_pairs(
+        recipes=recipe_refs("demo"), patch_size=128, stride=128, recipes_per_patch=2, seed=0
+    )
+    train = [pair for pair in plan if pair.status == "ok" and pair.split == "train"][:24]
+    store = LocalObjectStore(tmp_path / "store")
+    write_pair_shards(store, train, size=48, shard_size=8)
+
+    during = annotate_source(store, "demo", Outage())
+    outage = during.not_ok
+    assert 0 < outage < 24
+    judged = filter_source(store, "demo", ConsistencyFilter())
+    assert judged.reasons.get("annotation failed") == outage
+    first = write_training_shards(store, ["demo"], shard_size=10)
+
+    healthy = annotate_source(store, "demo", TemplateBackend())
+    assert (healthy.ok, healthy.not_ok) == (24, 0)
+    rejudged = filter_source(store, "demo", ConsistencyFilter())
+    assert "annotation failed" not in rejudged.reasons
+    assert rejudged.ok == first.samples + outage == 24 - rejudged.not_ok
+    after = write_training_shards(store, ["demo"], shard_size=10)
+    assert after.samples == rejudged.ok

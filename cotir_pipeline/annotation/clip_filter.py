@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cotir_pipeline.annotation.base import AnnotationRequest, AnnotationResult
 from cotir_pipeline.annotation.rules import RuleConfig, RuleFailure, check_answer
 from cotir_pipeline.annotation.schema import CotAnswer
-from cotir_pipeline.shards import STATUS_DROPPED, STATUS_OK
+from cotir_pipeline.shards import STATUS_DROPPED, STATUS_FAILED, STATUS_OK
 
 ClipStatus = Literal["scored", "clip not configured", "not scored: no answer", "unreadable image"]
 CLIP_NOT_CONFIGURED: ClipStatus = "clip not configured"
@@ -301,8 +301,24 @@ class ConsistencyFilter:
         for item in items:
             failures: list[RuleFailure]
             if item.answer is None:
+                # Not a judgement: the sample has no annotation yet. It stays 'failed' (not
+                # 'dropped'), so the shard is judged again once cot_annotations succeeds.
                 detail = item.annotation_reason or "no answer"
-                failures = [RuleFailure("schema", f"annotation failed: {detail}")]
+                decisions.append(
+                    FilterDecision(
+                        sample_id=item.sample_id,
+                        status=STATUS_FAILED,
+                        reason=f"annotation failed: {detail}; judged again once annotated",
+                        rule_failures=(),
+                        clip_status="not scored: no answer",
+                        clip_score=None,
+                        clip_lq_cos=None,
+                        clip_hq_cos=None,
+                        threshold=None,
+                        clip_model=None,
+                    )
+                )
+                continue
             else:
                 failures = check_answer(item.answer, item.degradation_label, self.rules)
             reasons = [str(failure) for failure in failures]
