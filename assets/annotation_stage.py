@@ -280,6 +280,11 @@ def build_annotation_assets(
         report = write_training_shards(
             object_store, ready, shard_size=annotation.training_shard_size
         )
+        if report.stale_removed:
+            context.log.info(
+                f"removed {len(report.stale_removed)} shard file(s) of an earlier build that "
+                f"the kept set no longer has: {', '.join(report.stale_removed[:5])}"
+            )
         problems = _training_shard_problems(object_store)
         return dg.MaterializeResult(
             check_results=[
@@ -293,6 +298,7 @@ def build_annotation_assets(
                 "samples": report.samples,
                 "shards": report.shards_total,
                 "shards_written": report.shards_written,
+                "stale_files_removed": dg.MetadataValue.json(report.stale_removed[:50]),
                 "sources": dg.MetadataValue.json(report.by_source),
                 "by_degradation": dg.MetadataValue.json(dict(Counter(report.by_degradation))),
                 "uri": dg.MetadataValue.url(

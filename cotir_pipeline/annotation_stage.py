@@ -21,7 +21,7 @@ import io
 import json
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,6 +346,9 @@ class TrainingShardReport:
     samples: int = 0
     by_degradation: dict[str, int] = field(default_factory=dict)
     by_source: dict[str, int] = field(default_factory=dict)
+    #: Store keys of an earlier build's shards (and their markers) that the current kept
+    #: set no longer has: removed, so no reader of the folder trains on them.
+    stale_removed: list[str] = field(default_factory=list)
 
 
 def _iter_training_shards(
@@ -434,11 +437,34 @@ def write_training_shards(
         )
     table = pa.Table.from_pylist(manifest_rows, schema=TRAINING_MANIFEST_SCHEMA)
     store.put_bytes(f"{TRAINING_SHARDS_PREFIX}/manifest.parquet", parquet_bytes(table))
+    report.stale_removed = _remove_stale_training_shards(store, sizes)
     report.samples = len(manifest_rows)
     report.by_degradation = dict(Counter(row["degradation"] for row in manifest_rows))
     report.by_source = dict(Counter(row["source"] for row in manifest_rows))
     store.put_text(f"{TRAINING_SHARDS_PREFIX}/report.json", json.dumps(asdict(report), indent=1))
     return report
+
+
+def _remove_stale_training_shards(
+    store: ObjectStore, current: Mapping[str, Mapping[str, int]]
+) -> list[str]:
+    """Delete shards, markers and size lists of degradations or shard numbers the
+    current build (``{degradation: {tar name: samples}}``) does not have; the new
+    manifest is written first, so a reader never sees a set without its list."""
+    keep = {
+        f"{TRAINING_SHARDS_PREFIX}/{degradation}/{name}"
+        for degradation, names in current.items()
+        for tar in names
+        for name in (tar, tar.removesuffix(".tar") + ".parquet")
+    }
+    keep |= {f"{TRAINING_SHARDS_PREFIX}/{degradation}/sizes.json" for degradation in current}
+    removed = []
+    for info in store.list(TRAINING_SHARDS_PREFIX + "/"):
+        inside = info.key[len(TRAINING_SHARDS_PREFIX) + 1 :]
+        if "/" in inside and info.key not in keep:  # top-level files are the set's own
+            store.delete(info.key)
+            removed.append(info.key)
+    return sorted(removed)
 
 
 __all__ = [

@@ -77,16 +77,59 @@ class BadSample(ValueError):  # noqa: N818 - an outcome, counted and skipped, no
 # -- finding shards ---------------------------------------------------------------------------
 
 
-def discover_shards(root: Path) -> dict[str, list[str]]:
-    """``{degradation: [shard paths]}`` for every sub-folder of ``root`` holding ``*.tar``."""
+#: The training shards' manifest beside the degradation folders (written by the
+#: training_shards asset): when present it says which shards belong to the set.
+SHARD_MANIFEST = "manifest.parquet"
+
+
+def discover_shards(
+    root: Path, *, log: Callable[[str], None] | None = None
+) -> dict[str, list[str]]:
+    """``{degradation: [shard paths]}`` of the training shards under ``root``.
+
+    With a ``manifest.parquet`` beside the folders (what the training_shards asset
+    writes), exactly the shards it lists: a tar it does not list is a leftover of an
+    earlier build (a degradation whose kept set shrank or vanished) and is ignored, with
+    one ``log`` line naming them; a listed shard that is missing is an error. Without a
+    manifest (a folder in the release's layout), every ``<degradation>/*.tar``.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training shard folder {root} does not exist")
+    listed: set[str] | None = None
+    manifest = root / SHARD_MANIFEST
+    if manifest.is_file():
+        import pyarrow.parquet as pq
+
+        uris = pq.read_table(manifest, columns=["shard_uri"]).column("shard_uri").to_pylist()
+        listed = {"/".join(str(uri).rsplit("/", 2)[-2:]) for uri in uris}
     found: dict[str, list[str]] = {}
+    ignored: list[str] = []
     for folder in sorted(path for path in root.iterdir() if path.is_dir()):
-        tars = sorted(str(path) for path in folder.glob(f"*{SHARD_SUFFIX}") if path.is_file())
+        tars = []
+        for path in sorted(folder.glob(f"*{SHARD_SUFFIX}")):
+            if not path.is_file():
+                continue
+            if listed is not None and f"{folder.name}/{path.name}" not in listed:
+                ignored.append(f"{folder.name}/{path.name}")
+                continue
+            tars.append(str(path))
         if tars:
             found[folder.name] = tars
+    if listed is not None:
+        present = {"/".join(Path(path).parts[-2:]) for paths in found.values() for path in paths}
+        missing = sorted(listed - present)
+        if missing:
+            raise FileNotFoundError(
+                f"{manifest} lists {len(missing)} shard(s) that are not under {root}: "
+                f"{', '.join(missing[:5])}; rebuild training_shards or fetch them again"
+            )
+    if ignored and log is not None:
+        log(
+            f"ignoring {len(ignored)} shard(s) under {root} that {SHARD_MANIFEST} does not "
+            f"list (left from an earlier build): {', '.join(ignored[:5])}"
+            + (" ..." if len(ignored) > 5 else "")
+        )
     if not found:
         raise FileNotFoundError(f"{root} holds no <degradation>/*.tar training shards")
     return found
@@ -118,7 +161,12 @@ def resolve_shard_source(source: str | Path, cache_dir: Path) -> Path:
     store = open_store(CotirSettings(store=text))
     cache_dir = Path(cache_dir)
     count = 0
+    manifest_stored = False
     for info in store.list(""):
+        if info.key == SHARD_MANIFEST:  # which shards belong to the set (discover_shards)
+            store.download_file(info.key, cache_dir / SHARD_MANIFEST)
+            manifest_stored = True
+            continue
         if not info.key.endswith(SHARD_SUFFIX) or info.key.count("/") != 1:
             continue
         destination = cache_dir.joinpath(*info.key.split("/"))
@@ -127,6 +175,8 @@ def resolve_shard_source(source: str | Path, cache_dir: Path) -> Path:
         count += 1
     if not count:
         raise FileNotFoundError(f"{text} holds no <degradation>/*.tar training shards")
+    if not manifest_stored:
+        (cache_dir / SHARD_MANIFEST).unlink(missing_ok=True)  # not another set's list
     return cache_dir
 
 

@@ -1106,7 +1106,7 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
         from models.data import resolve_shard_source
 
         root = resolve_shard_source(options.shards, options.cache_dir or out / "cache")
-    shards = discover_shards(root)
+    shards = discover_shards(root, log=reporter.info)
     reporter.info(
         f"training shards: {sum(len(v) for v in shards.values())} shards in {len(shards)} "
         f"degradation folders under {root}"

@@ -189,3 +189,73 @@ def test_samples_whose_annotation_failed_are_judged_again_after_it_recovers(
     assert rejudged.ok == first.samples + outage == 24 - rejudged.not_ok
     after = write_training_shards(store, ["demo"], shard_size=10)
     assert after.samples == rejudged.ok
+
+
+# -- a degradation's kept set vanishes: its old training shard must not be trained on ---------
+
+
+def test_shards_of_an_earlier_build_are_removed_and_never_trained_on(tmp_path: Path) -> None:
+    """Before: the vanished degradation's old tar stayed in the store, and the trainer,
+    which listed folders, trained on it."""
+    import shutil
+    from dataclasses import replace
+
+    from cotir_pipeline.annotation.clip_filter import ConsistencyFilter
+    from cotir_pipeline.annotation.template_backend import TemplateBackend
+    from cotir_pipeline.annotation_stage import (
+        annotate_source,
+        filter_source,
+        write_training_shards,
+    )
+    from cotir_pipeline.pair_stage import plan_demo_pairs, recipe_refs, write_pair_shards
+    from models.data import discover_shards, resolve_shard_source
+
+    plan = plan_demo_pairs(
+        recipes=recipe_refs("demo"), patch_size=128, stride=128, recipes_per_patch=2, seed=0
+    )
+    train = [pair for pair in plan if pair.status == "ok" and pair.split == "train"][:24]
+    store = LocalObjectStore(tmp_path / "store")
+    write_pair_shards(store, train, size=48, shard_size=8)
+    annotate_source(store, "demo", TemplateBackend())
+    filter_source(store, "demo", ConsistencyFilter())
+    first = write_training_shards(store, ["demo"], shard_size=10)
+    vanishing = sorted(first.by_degradation)[0]
+    folder = f"training_shards/{vanishing}/"
+    old_tars = [info.key for info in store.list(folder) if info.key.endswith(".tar")]
+    assert old_tars
+
+    # A stricter judgement drops every sample of that degradation.
+    class DropAll:
+        def run(self, items):  # type: ignore[no-untyped-def]
+            return [
+                replace(d, status="dropped", reason="stricter threshold")
+                for d in ConsistencyFilter().run(items)
+            ]
+
+    for info in store.list(f"filtered_annotations/demo/{vanishing}/"):
+        store.delete(info.key)
+    filter_source(store, "demo", DropAll())  # only the deleted shard is judged again
+    second = write_training_shards(store, ["demo"], shard_size=10)
+    assert vanishing not in second.by_degradation
+    assert set(old_tars) <= set(second.stale_removed)
+    assert not list(store.list(f"training_shards/{vanishing}/"))
+
+    # A reader's copy that still holds the old tar (e.g. a download cache) ignores it.
+    shards = resolve_shard_source(store.uri("training_shards"), tmp_path / "cache")
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    (copy / vanishing).mkdir()
+    stale = copy / vanishing / old_tars[0].rsplit("/", 1)[-1]
+    stale.write_bytes(b"an old shard")
+    lines: list[str] = []
+    found = discover_shards(copy, log=lines.append)
+    assert vanishing not in found
+    assert sum(len(paths) for paths in found.values()) == second.shards_total
+    assert len(lines) == 1
+    assert f"{vanishing}/{stale.name}" in lines[0]
+
+    # A listed shard that is gone is an error naming it, not a silently smaller set.
+    listed = next(iter(found.values()))[0]
+    Path(listed).unlink()
+    with pytest.raises(FileNotFoundError, match="lists 1 shard"):
+        discover_shards(copy)
