@@ -22,7 +22,7 @@ from cotir_pipeline.annotation_stage import (
     pair_shard_keys,
     write_training_shards,
 )
-from cotir_pipeline.settings import CotirSettings, Profile
+from cotir_pipeline.settings import CotirSettings, Profile, env_name
 from cotir_pipeline.sources.spec import SourceCatalog
 from cotir_pipeline.store import ObjectStore
 
@@ -34,7 +34,12 @@ class AnnotationResource(dg.ConfigurableResource):
     vllm_urls: list[str] = Field(default_factory=list, description="vLLM server base URLs.")
     vllm_model: str = Field(default="", description="Served model name.")
     max_in_flight: int = Field(default=64, description="Requests in flight over all servers.")
-    api_key: str | None = Field(default=None, description="Bearer token (COTIR_VLLM_API_KEY).")
+    api_key: str | None = Field(
+        default=None,
+        description="Bearer token of the vLLM servers: set it as dg.EnvVar('COTIR_VLLM_API_KEY') "
+        "(from_settings does), so Dagster stores the variable's name, never the token, in "
+        "run configs and the UI.",
+    )
     guided_decoding: str = Field(default="response_format", description="Schema field to send.")
     cache_path: str = Field(description="SQLite request cache: a crashed run re-asks nothing.")
     clip_model: str = Field(default="", description="open_clip architecture, or empty.")
@@ -53,7 +58,9 @@ class AnnotationResource(dg.ConfigurableResource):
             vllm_urls=list(settings.vllm_url_list),
             vllm_model=settings.vllm_model,
             max_in_flight=settings.vllm_max_in_flight,
-            api_key=settings.vllm_api_key,
+            # The variable's name goes into the run config; Dagster reads the value when
+            # the step runs (a literal would sit in runs.db and show in the UI).
+            api_key=dg.EnvVar(env_name("vllm_api_key")) if settings.vllm_api_key else None,
             guided_decoding=settings.vllm_guided_decoding,
             cache_path=str(
                 (settings.cache_dir or settings.home) / "annotation" / "vllm-cache.sqlite"

@@ -67,6 +67,11 @@ def cli() -> None:
     """
 
 
+#: Settings that hold secrets: `cotir settings` prints them masked.
+SECRET_SETTINGS = ("vllm_api_key",)
+MASK = "***** (set)"
+
+
 @cli.command("settings")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of NAME=value lines.")
 def show_settings(as_json: bool) -> None:
@@ -78,6 +83,9 @@ def show_settings(as_json: bool) -> None:
     """
     settings = _settings_or_exit()
     values = settings.model_dump(mode="json")
+    for name in SECRET_SETTINGS:  # say whether a secret is set, never what it is
+        if values.get(name) is not None:
+            values[name] = MASK
     if as_json:
         click.echo(json.dumps(values, indent=2, sort_keys=True))
         return

@@ -7,6 +7,7 @@ the trainer) and checks the outcome docs/RELIABILITY.md promises. Run them alone
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -259,3 +260,68 @@ def test_shards_of_an_earlier_build_are_removed_and_never_trained_on(tmp_path: P
     Path(listed).unlink()
     with pytest.raises(FileNotFoundError, match="lists 1 shard"):
         discover_shards(copy)
+
+
+# -- the vLLM bearer token ---------------------------------------------------------------------
+
+
+def test_the_vllm_token_is_stored_nowhere_and_printed_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the token was a literal resource value, kept in runs.db, shown in the UI
+    and printed by `cotir settings`."""
+    from click.testing import CliRunner
+    from dagster._serdes import serialize_value
+    from vllm_protocol_double import ProtocolDouble
+
+    from assets.definitions import build_definitions
+    from cotir_pipeline.cli import cli
+    from cotir_pipeline.settings import load_settings
+
+    token = "sk-test-4f1c2b9e7d"
+    with ProtocolDouble(model="test-vlm", api_key=token) as url:
+        home = tmp_path / "dagster_home"
+        home.mkdir()
+        for name, value in {
+            "COTIR_HOME": str(tmp_path / "cotir"),
+            "COTIR_PROFILE": "demo",
+            "COTIR_ANNOTATION_BACKEND": "vllm",
+            "COTIR_VLLM_URLS": url,
+            "COTIR_VLLM_MODEL": "test-vlm",
+            "COTIR_VLLM_API_KEY": token,
+        }.items():
+            monkeypatch.setenv(name, value)
+        settings = load_settings()
+        definitions = build_definitions(settings)
+        stages = ("raw_pairs", "pair_shards", "cot_annotations")
+        job = definitions.resolve_implicit_global_asset_job_def().get_subset(
+            asset_selection={dg.AssetKey(name) for name in stages}
+        )
+        with dg.DagsterInstance.local_temp(str(home)) as instance:
+            result = job.execute_in_process(instance=instance, partition_key="demo")
+            # runs.db keeps each run's config and job snapshot (compressed, so read back):
+            # the snapshot holds every resource's configured values, which the UI shows.
+            stored = [
+                serialize_value(instance.get_job_snapshot(run.job_snapshot_id))
+                + json.dumps(run.run_config)
+                for run in instance.get_runs()
+            ]
+        assert result.success
+        assert stored
+        assert all(token not in text for text in stored)
+        assert any("COTIR_VLLM_API_KEY" in text for text in stored)  # the name, not the value
+        annotated = result.asset_materializations_for_node("cot_annotations")[0].metadata
+        assert annotated["annotated"].value > 0  # the server accepted the token
+
+        printed = CliRunner().invoke(cli, ["settings"]).output
+        assert token not in printed
+        assert "COTIR_VLLM_API_KEY=***** (set)" in printed
+        assert token not in CliRunner().invoke(cli, ["settings", "--json"]).output
+
+    leaks = [
+        str(path)
+        for root in (home, tmp_path / "cotir")
+        for path in root.rglob("*")
+        if path.is_file() and token.encode() in path.read_bytes()
+    ]
+    assert leaks == []
