@@ -19,6 +19,11 @@ class ObjectStoreResource(dg.ConfigurableResource):
     s3_region: str | None = Field(default=None, description="S3 region (COTIR_S3_REGION).")
     s3_addressing_style: str = Field(default="path", description="path, virtual or auto.")
     max_attempts: int = Field(default=6, description="Attempts per request on transient errors.")
+    connect_timeout_s: float = Field(default=10.0, description="COTIR_STORE_CONNECT_TIMEOUT_S.")
+    read_timeout_s: float = Field(default=120.0, description="COTIR_STORE_READ_TIMEOUT_S.")
+    retry_budget_s: float = Field(
+        default=30.0, description="COTIR_STORE_RETRY_BUDGET_S: how long an outage is ridden out."
+    )
     multipart_threshold_mib: int = Field(default=64, description="Upload in parts from here.")
     multipart_part_mib: int = Field(default=16, description="Part size of multipart uploads.")
 
@@ -31,6 +36,9 @@ class ObjectStoreResource(dg.ConfigurableResource):
             s3_region=settings.s3_region,
             s3_addressing_style=settings.s3_addressing_style,
             max_attempts=settings.store_max_attempts,
+            connect_timeout_s=settings.store_connect_timeout_s,
+            read_timeout_s=settings.store_read_timeout_s,
+            retry_budget_s=settings.store_retry_budget_s,
             multipart_threshold_mib=settings.store_multipart_threshold_mib,
             multipart_part_mib=settings.store_multipart_part_mib,
         )
@@ -43,6 +51,9 @@ class ObjectStoreResource(dg.ConfigurableResource):
             s3_region=self.s3_region,
             s3_addressing_style=self.s3_addressing_style,  # type: ignore[arg-type]
             store_max_attempts=self.max_attempts,
+            store_connect_timeout_s=self.connect_timeout_s,
+            store_read_timeout_s=self.read_timeout_s,
+            store_retry_budget_s=self.retry_budget_s,
             store_multipart_threshold_mib=self.multipart_threshold_mib,
             store_multipart_part_mib=self.multipart_part_mib,
         )

@@ -93,6 +93,43 @@ def show_settings(as_json: bool) -> None:
         click.echo(f"COTIR_{name.upper()}={'' if value is None else value}")
 
 
+@cli.group("store")
+def store_group() -> None:
+    """Maintenance of the object store (COTIR_STORE)."""
+
+
+@store_group.command("cleanup")
+@click.option(
+    "--older-than-hours",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    help="Only what was left longer ago than this (younger ones may belong to a running "
+    "writer).",
+)
+@click.option("--prefix", default="", help="Only under this key prefix, e.g. pair_shards/.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+def store_cleanup(older_than_hours: float, prefix: str, dry_run: bool) -> None:
+    """Remove what killed writers left in the store: unfinished S3 multipart uploads
+    (their parts stay on the server until aborted), a local store's partial files and
+    staging folders. Finished objects are never touched.
+
+    \b
+    Example:
+      COTIR_STORE=s3://cotir/runs cotir store cleanup --older-than-hours 6 --dry-run
+    """
+    settings = _settings_or_exit()
+    store = open_store(settings)
+    try:
+        removed = store.cleanup(prefix, older_than_s=older_than_hours * 3600, dry_run=dry_run)
+    except (StoreError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    verb = "would remove" if dry_run else "removed"
+    for item in removed:
+        click.echo(f"{verb}: {item}")
+    click.echo(f"{verb} {len(removed)} leftover(s) under {store.url}/{prefix}")
+
+
 @cli.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def doctor(as_json: bool) -> None:

@@ -146,6 +146,13 @@ class CotirSettings(BaseSettings):
     )
     store_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
     store_read_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    store_retry_budget_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="How long a store operation keeps retrying transient errors (a restarting "
+        "S3 gateway, throttling) before the step fails; 0 = only the request's own attempts.",
+    )
     store_multipart_threshold_mib: int = Field(
         default=64, ge=5, le=5 * 1024, description="Objects at least this big upload in parts."
     )

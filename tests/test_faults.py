@@ -325,3 +325,197 @@ def test_the_vllm_token_is_stored_nowhere_and_printed_masked(
         if path.is_file() and token.encode() in path.read_bytes()
     ]
     assert leaks == []
+
+
+# -- S3 outages: a restarting gateway, a hung endpoint, a killed multipart upload --------------
+
+
+class SwitchableGateway:
+    """A TCP forwarder on 127.0.0.1 in front of a real S3 server that can be taken down:
+    while down, each new connection is reset at once, as a restarting gateway's port does.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        import socket
+        import threading
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+        self._target = (target.hostname, target.port)
+        self.down = False
+        self.refused = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._open: list[socket.socket] = []
+        self._closing = False
+        accept = threading.Thread(target=self._accept, daemon=True)
+        accept.start()
+
+    def _accept(self) -> None:
+        import socket
+        import struct
+        import threading
+
+        while not self._closing:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.down:
+                self.refused += 1
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()  # RST: the connection dies before any answer
+                continue
+            upstream = socket.create_connection(self._target)
+            self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: object, sink: object) -> None:
+        import contextlib
+
+        try:
+            while data := source.recv(65536):  # type: ignore[attr-defined]
+                sink.sendall(data)  # type: ignore[attr-defined]
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.close()  # type: ignore[attr-defined]
+
+    def take_down(self) -> None:
+        """Refuse new connections and cut the open ones (a client's pooled connections
+        die with the gateway too)."""
+        import contextlib
+        import socket
+
+        self.down = True
+        for end in self._open:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+        self._open.clear()
+
+    def close(self) -> None:
+        self.take_down()
+        self._closing = True
+        self._listener.close()
+
+
+@pytest.mark.s3
+def test_a_store_rides_through_a_short_gateway_outage(
+    s3_credentials: object, make_s3_store: object, tmp_path: Path
+) -> None:
+    """Before: 6 attempts fitted in about 1 s, so a 3-second restart failed the step."""
+    import threading
+    import time
+
+    from cotir_pipeline.store import S3ObjectStore, StoreError
+
+    seeded = make_s3_store()  # type: ignore[operator]
+    gateway = SwitchableGateway(s3_credentials.endpoint_url)  # type: ignore[attr-defined]
+    try:
+        store = S3ObjectStore(
+            seeded.bucket, "runs/t1", endpoint_url=gateway.url, region="us-east-1"
+        )
+        store.put_bytes("before.txt", b"up")
+        gateway.take_down()
+        threading.Timer(3.0, lambda: setattr(gateway, "down", False)).start()
+        started = time.monotonic()
+        store.put_bytes("during.txt", b"rode it out")
+        assert time.monotonic() - started >= 2.5
+        assert gateway.refused >= 2
+        assert store.get_bytes("during.txt") == b"rode it out"
+
+        # A budget shorter than the outage fails, saying so.
+        impatient = S3ObjectStore(
+            seeded.bucket, "runs/t1", endpoint_url=gateway.url, retry_budget_s=1.0
+        )
+        gateway.take_down()
+        with pytest.raises(StoreError, match="COTIR_STORE_RETRY_BUDGET_S=1"):
+            impatient.get_bytes("before.txt")
+    finally:
+        gateway.down = False
+        gateway.close()
+
+
+@pytest.mark.s3
+def test_a_hung_endpoint_fails_in_one_line_within_the_read_timeout(
+    s3_credentials: object,
+) -> None:
+    """Before: a raw botocore ReadTimeoutError traceback after 240 s."""
+    import socket
+    import time
+
+    from cotir_pipeline.store import S3ObjectStore, StoreUnavailableError
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    silent.listen(16)
+    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        store = S3ObjectStore("bucket", endpoint_url=endpoint, read_timeout_s=2.0)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError) as caught:
+            store.get_bytes("any.txt")
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert endpoint in message
+    assert "did not answer within 2 s (COTIR_STORE_READ_TIMEOUT_S)" in message
+    assert elapsed < 4.0
+
+
+@pytest.mark.s3
+def test_store_cleanup_aborts_the_parts_of_a_killed_multipart_upload(
+    make_s3_store: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: SIGKILL during a multipart upload left its parts on the server for good."""
+    from click.testing import CliRunner
+
+    from cotir_pipeline.cli import cli
+
+    store = make_s3_store()  # type: ignore[operator]
+    key = "runs/t1/pair_shards/demo/big.tar"
+    upload = store.client.create_multipart_upload(Bucket=store.bucket, Key=key)
+    store.client.upload_part(
+        Bucket=store.bucket,
+        Key=key,
+        UploadId=upload["UploadId"],
+        PartNumber=1,
+        Body=b"x" * (5 * 1024 * 1024),
+    )  # ... and the writer is killed here
+
+    assert store.cleanup(older_than_s=3600) == []  # it may still be running
+    listed = store.cleanup("pair_shards/", older_than_s=0, dry_run=True)
+    assert len(listed) == 1
+    assert listed[0].startswith("pair_shards/demo/big.tar (upload ")
+    assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
+
+    monkeypatch.setenv("COTIR_STORE", store.url)
+    monkeypatch.setenv("COTIR_S3_ENDPOINT_URL", store.endpoint_url)
+    result = CliRunner().invoke(cli, ["store", "cleanup", "--older-than-hours", "0"])
+    assert result.exit_code == 0, result.output
+    assert "removed 1 leftover(s)" in result.output
+    assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
+    assert store.cleanup(older_than_s=0) == []
+
+
+def test_store_cleanup_removes_a_local_stores_partial_files(tmp_path: Path) -> None:
+    import os
+    import time
+
+    store = LocalObjectStore(tmp_path / "store")
+    store.put_text("pair_shards/demo/manifest.parquet", "finished")
+    debris = tmp_path / "store" / "pair_shards" / "demo" / ".cotir-partial-1234-shard.tar"
+    debris.write_bytes(b"half a shard")
+    fresh = tmp_path / "store" / "pair_shards" / "demo" / ".cotir-partial-5678-shard.tar"
+    fresh.write_bytes(b"being written")
+    old = time.time() - 7200
+    os.utime(debris, (old, old))
+    assert store.cleanup(older_than_s=3600) == ["pair_shards/demo/.cotir-partial-1234-shard.tar"]
+    assert not debris.exists()
+    assert fresh.exists()
+    assert store.get_text("pair_shards/demo/manifest.parquet") == "finished"

@@ -93,7 +93,9 @@ def test_retries_give_up_after_max_attempts(
 ) -> None:
     seeded = make_s3_store()
     with FaultInjectingProxy(s3_credentials.endpoint_url, failures=100) as proxy:
-        store = S3ObjectStore(seeded.bucket, "runs/t1", endpoint_url=proxy.url, max_attempts=2)
+        store = S3ObjectStore(
+            seeded.bucket, "runs/t1", endpoint_url=proxy.url, max_attempts=2, retry_budget_s=0
+        )
         with pytest.raises(StoreError, match="SlowDown"):
             store.put_bytes("never.txt", b"x")
         assert proxy.failed == 2

@@ -55,6 +55,7 @@ def open_store(settings: CotirSettings) -> ObjectStore:
         max_attempts=settings.store_max_attempts,
         connect_timeout_s=settings.store_connect_timeout_s,
         read_timeout_s=settings.store_read_timeout_s,
+        retry_budget_s=settings.store_retry_budget_s,
         multipart_threshold=settings.store_multipart_threshold_mib * _MIB,
         multipart_part_size=settings.store_multipart_part_mib * _MIB,
     )

@@ -98,6 +98,14 @@ class ObjectStore(abc.ABC):
         file system (see :meth:`staging_dir`).
         """
 
+    def cleanup(self, prefix: str = "", *, older_than_s: float, dry_run: bool = False) -> list[str]:
+        """Remove what killed writers left under ``prefix`` that is older than
+        ``older_than_s`` seconds, and return what was (or, with ``dry_run``, would be)
+        removed: a local store's partial files and staging folders, an S3 store's
+        unfinished multipart uploads (whose parts the server keeps, and bills, until they
+        are aborted). Finished objects are never touched."""
+        return []
+
     @contextlib.contextmanager
     def staging_dir(self) -> Iterator[Path]:
         """A scratch folder for files about to be stored with ``put_file(move=True)``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,6 +58,24 @@ class LocalObjectStore(ObjectStore):
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
+
+    def cleanup(self, prefix: str = "", *, older_than_s: float, dry_run: bool = False) -> list[str]:
+        validate_prefix(prefix)
+        base = self.root.joinpath(*[part for part in prefix.split("/") if part])
+        if not base.exists():
+            return []
+        cutoff = time.time() - older_than_s
+        removed = []
+        for path in sorted(base.rglob(f"{TEMP_MARKER}*")):
+            if not path.exists() or path.stat().st_mtime > cutoff:
+                continue  # gone with a removed staging folder, or possibly still in use
+            removed.append(path.relative_to(self.root).as_posix())
+            if not dry_run:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        return removed
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         write_atomically(self._path(key), lambda handle: handle.write(data))

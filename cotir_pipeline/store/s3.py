@@ -2,10 +2,17 @@
 
 Atomicity is S3's own: a PUT or a completed multipart upload makes the whole
 object visible at once, and boto3's transfer manager aborts a failed multipart
-upload, so a partial object is never listed. Transient errors (throttling,
-5xx, dropped connections) are retried by botocore's "standard" retry mode with
-exponential backoff and jitter; reads of a response body, which botocore does
-not retry, are retried here with the same policy.
+upload, so a partial object is never listed. Transient errors (throttling, 5xx,
+refused or dropped connections, truncated bodies) are retried by botocore's
+"standard" mode within one request, then here, whole operation by whole operation,
+with jittered exponential backoff until ``retry_budget_s`` (COTIR_STORE_RETRY_BUDGET_S,
+30 s by default) has passed since the operation began, so a store rides through a
+short outage (a restarting gateway) instead of failing the step. A read timeout is not
+retried: an endpoint that accepts connections and never answers is reported once, in
+one line naming it and the timeout. A process killed during a multipart upload leaves
+its parts on the server; :meth:`S3ObjectStore.cleanup` (``cotir store cleanup``) aborts
+such uploads, and docs/RELIABILITY.md gives the bucket lifecycle rule that does it
+server-side.
 """
 
 from __future__ import annotations
@@ -38,6 +45,62 @@ _MIB = 1024 * 1024
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
 _DELETE_BATCH = 1000
+#: Error codes (or HTTP statuses) of a server that is busy or briefly failing.
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "500",
+    "502",
+    "503",
+    "504",
+}
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The botocore error behind boto3's transfer wrappers (upload/download failures)."""
+    seen = error
+    while not _is_botocore(seen) and (seen.__cause__ or seen.__context__) is not None:
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    last = getattr(seen, "last_exception", None)  # boto3's RetriesExceededError
+    return last if isinstance(last, BaseException) else seen
+
+
+def _is_botocore(error: BaseException) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(error, (BotoCoreError, ClientError))
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether retrying the operation later may succeed (not for read timeouts: a hung
+    endpoint is reported, not waited on again)."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        IncompleteReadError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    cause = _root_cause(error)
+    if isinstance(cause, ReadTimeoutError):
+        return False
+    if isinstance(
+        cause,
+        (BotoConnectionError, ConnectionClosedError, IncompleteReadError, ResponseStreamingError),
+    ):
+        return True
+    if isinstance(cause, ClientError):
+        status = str(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        return _error_code(cause) in _TRANSIENT_CODES or status in _TRANSIENT_CODES
+    return False
 
 
 def _error_code(error: Exception) -> str:
@@ -59,11 +122,15 @@ class S3ObjectStore(ObjectStore):
         max_attempts: int = 6,
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 120.0,
+        retry_budget_s: float = 30.0,
         multipart_threshold: int = 64 * _MIB,
         multipart_part_size: int = 16 * _MIB,
     ) -> None:
         if multipart_part_size < 5 * _MIB:
             raise ValueError("S3 multipart parts must be at least 5 MiB")
+        if retry_budget_s < 0:
+            raise ValueError(f"retry_budget_s must be >= 0, got {retry_budget_s}")
+        self.retry_budget_s = retry_budget_s
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
@@ -79,7 +146,7 @@ class S3ObjectStore(ObjectStore):
 
     # -- plumbing -----------------------------------------------------------------
 
-    def _make_client(self, max_attempts: int, connect_timeout_s: float) -> BaseClient:
+    def _make_client(self, connect_timeout_s: float) -> BaseClient:
         import boto3
         from botocore.config import Config
 
@@ -87,7 +154,9 @@ class S3ObjectStore(ObjectStore):
             region_name=self.region,
             signature_version="s3v4",
             s3={"addressing_style": self.addressing_style},
-            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            # One attempt per request: the retries happen in _call, where a time budget
+            # bounds them and a read timeout is not multiplied by the attempts.
+            retries={"mode": "standard", "total_max_attempts": 1},
             connect_timeout=connect_timeout_s,
             read_timeout=self.read_timeout_s,
             # Newer botocore adds CRC checksums with aws-chunked bodies by default;
@@ -101,7 +170,7 @@ class S3ObjectStore(ObjectStore):
     def client(self) -> BaseClient:
         """The boto3 client, created on first use (no network at construction)."""
         if self._client_instance is None:
-            self._client_instance = self._make_client(self.max_attempts, self.connect_timeout_s)
+            self._client_instance = self._make_client(self.connect_timeout_s)
         return self._client_instance
 
     def _transfer_config(self) -> Any:
@@ -127,20 +196,37 @@ class S3ObjectStore(ObjectStore):
     def _translate(self, error: Exception, key: str | None = None) -> Exception:
         """Map botocore errors to the store's errors, naming the setting to fix."""
         from botocore.exceptions import (
+            BotoCoreError,
             ClientError,
+            ConnectionClosedError,
+            ConnectTimeoutError,
             EndpointConnectionError,
             NoCredentialsError,
             PartialCredentialsError,
+            ReadTimeoutError,
         )
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
             return StoreUnavailableError(
                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: no usable S3 credentials for "
                 f"{self.url} ({error})"
             )
+        error = _root_cause(error)  # type: ignore[assignment]
+        setting = "COTIR_S3_ENDPOINT_URL" if self.endpoint_url else "COTIR_STORE"
         if isinstance(error, EndpointConnectionError):
-            setting = "COTIR_S3_ENDPOINT_URL" if self.endpoint_url else "COTIR_STORE"
             return StoreUnavailableError(f"{setting}: cannot reach {self._where()} ({error})")
+        if isinstance(error, ReadTimeoutError):
+            return StoreUnavailableError(
+                f"{setting}: {self._where()} accepted the connection but did not answer "
+                f"within {self.read_timeout_s:g} s (COTIR_STORE_READ_TIMEOUT_S) for "
+                f"{key or self.url!r}"
+            )
+        if isinstance(error, ConnectTimeoutError):
+            return StoreUnavailableError(
+                f"{setting}: no connection to {self._where()} within "
+                f"{self.connect_timeout_s:g} s (COTIR_STORE_CONNECT_TIMEOUT_S)"
+            )
         if isinstance(error, ClientError):
             code = _error_code(error)
             if code == "NoSuchBucket" or (code in _NOT_FOUND_CODES and key is None):
@@ -155,40 +241,53 @@ class S3ObjectStore(ObjectStore):
                     f"credentials for {self.url} ({code})"
                 )
             return StoreError(f"S3 request for {key or self.url!r} failed: {code or error}")
+        if isinstance(error, BotoConnectionError | ConnectionClosedError):
+            return StoreUnavailableError(
+                f"{setting}: the connection to {self._where()} failed or was cut ({error})"
+            )
+        if isinstance(error, BotoCoreError):
+            return StoreError(
+                f"S3 request for {key or self.url!r} to {self._where()} failed: {error}"
+            )
         return error
 
-    def _call(self, operation: Callable[[], _T], key: str | None = None) -> _T:
+    def _call(
+        self, operation: Callable[[], _T], key: str | None = None, *, patient: bool = True
+    ) -> _T:
+        """Run one store operation; retry it while its errors are transient, for at least
+        ``max_attempts`` attempts and as long as the retry budget lasts (``patient=False``:
+        two attempts, no budget, for checks that must answer fast); raise the store's own
+        error, naming what to fix, otherwise."""
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            return operation()
-        except (BotoCoreError, ClientError) as error:
-            raise self._translate(error, key) from error
+        attempts, budget = (self.max_attempts, self.retry_budget_s) if patient else (2, 0.0)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return operation()
+            except (BotoCoreError, ClientError, Boto3Error) as error:
+                elapsed = time.monotonic() - started
+                # Jittered exponential backoff (0.25 s doubling, at most 5 s); past the
+                # attempts, only while the next attempt still starts within the budget.
+                pause = random.uniform(0.5, 1.0) * min(5.0, 0.25 * 2 ** (attempt - 1))
+                more = attempt < attempts or elapsed + pause <= budget
+                if not is_transient(error) or not more:
+                    translated = self._translate(error, key)
+                    if is_transient(error) and isinstance(translated, StoreError):
+                        translated = type(translated)(
+                            f"{translated} (still failing after {attempt} attempts in "
+                            f"{elapsed:.1f} s; COTIR_STORE_RETRY_BUDGET_S="
+                            f"{self.retry_budget_s:g})"
+                        )
+                    raise translated from error
+                time.sleep(pause)
 
     def _read_with_retries(self, key: str, read: Callable[[], _T]) -> _T:
-        """Run a body-reading operation, retrying dropped or truncated responses."""
-        from botocore.exceptions import (
-            ConnectionClosedError,
-            IncompleteReadError,
-            ReadTimeoutError,
-            ResponseStreamingError,
-        )
-
-        transient = (
-            ConnectionClosedError,
-            IncompleteReadError,
-            ReadTimeoutError,
-            ResponseStreamingError,
-        )
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return self._call(read, key)
-            except StoreError as error:
-                if attempt == self.max_attempts or not isinstance(error.__cause__, transient):
-                    raise
-            # Full-jitter exponential backoff, as botocore's standard mode does.
-            time.sleep(random.uniform(0, min(20.0, 0.5 * 2**attempt)))
-        raise AssertionError("unreachable")
+        """Run a body-reading operation (dropped or truncated bodies are transient too)."""
+        return self._call(read, key)
 
     # -- the ObjectStore contract -------------------------------------------------
 
@@ -275,12 +374,20 @@ class S3ObjectStore(ObjectStore):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
         full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=full_prefix))
-        # Page by page, so a listing of millions of keys never sits in memory at once.
-        while (page := self._call(lambda: next(pages, None))) is not None:
+        # Page by page, so a listing of millions of keys never sits in memory at once; each
+        # page is its own request (with its continuation token), so a retried page never
+        # restarts or truncates the listing.
+        token: str | None = None
+        while True:
+            request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+            if token is not None:
+                request["ContinuationToken"] = token
+            page = self._call(lambda request=request: self.client.list_objects_v2(**request))
             for item in page.get("Contents", []):
                 yield ObjectInfo(key=self._relative_key(item["Key"]), size=int(item["Size"]))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or token is None:
+                return
 
     def delete(self, key: str) -> None:
         full_key = self._full_key(key)
@@ -305,13 +412,51 @@ class S3ObjectStore(ObjectStore):
                 )
         return len(keys)
 
+    def cleanup(self, prefix: str = "", *, older_than_s: float, dry_run: bool = False) -> list[str]:
+        """Abort the unfinished multipart uploads under ``prefix`` started more than
+        ``older_than_s`` seconds ago (a writer killed mid-upload leaves its parts behind);
+        return ``<key> (upload <id>, started <time>)`` for each."""
+        import datetime
+
+        validate_prefix(prefix)
+        full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than_s)
+        found: list[tuple[str, str, datetime.datetime]] = []
+        markers: dict[str, str] = {}
+        while True:
+            request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix, **markers}
+            page = self._call(
+                lambda request=request: self.client.list_multipart_uploads(**request)
+            )
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] <= cutoff:
+                    found.append((upload["Key"], upload["UploadId"], upload["Initiated"]))
+            if not page.get("IsTruncated"):
+                break
+            markers = {
+                "KeyMarker": page.get("NextKeyMarker", ""),
+                "UploadIdMarker": page.get("NextUploadIdMarker", ""),
+            }
+        removed = []
+        for full_key, upload_id, initiated in found:
+            if not dry_run:
+                abort = {"Bucket": self.bucket, "Key": full_key, "UploadId": upload_id}
+                self._call(lambda abort=abort: self.client.abort_multipart_upload(**abort))
+            removed.append(
+                f"{self._relative_key(full_key)} (upload {upload_id}, started "
+                f"{initiated.isoformat(timespec='seconds')})"
+            )
+        return removed
+
     def check(self) -> None:
         # Few attempts and a short timeout: a wrong endpoint should fail in seconds.
-        quick = self._make_client(max_attempts=2, connect_timeout_s=min(self.connect_timeout_s, 5))
-        self._call(lambda: quick.head_bucket(Bucket=self.bucket))
+        quick = self._make_client(connect_timeout_s=min(self.connect_timeout_s, 5))
+        self._call(lambda: quick.head_bucket(Bucket=self.bucket), patient=False)
         probe = self._full_key(f"_cotir_check-{uuid.uuid4().hex}")
-        self._call(lambda: quick.put_object(Bucket=self.bucket, Key=probe, Body=b"ok"))
-        self._call(lambda: quick.delete_object(Bucket=self.bucket, Key=probe))
+        self._call(
+            lambda: quick.put_object(Bucket=self.bucket, Key=probe, Body=b"ok"), patient=False
+        )
+        self._call(lambda: quick.delete_object(Bucket=self.bucket, Key=probe), patient=False)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (local servers, tests, first setup)."""
