@@ -56,6 +56,11 @@ class DataStageResource(dg.ConfigurableResource):
     recipes_per_item: int = Field(default=2, description="Recipes applied to each clean item.")
     cache_dir: str = Field(description="COTIR_CACHE_DIR: downloads and extracted archives.")
     mirror_dir: str | None = Field(default=None, description="COTIR_MIRROR_DIR: local mirror.")
+    verify_all_shards: bool = Field(
+        default=False,
+        description="Check every stored shard's member digests after a run (default: 64 "
+        "shards spread over the source, a sample).",
+    )
     pair_count_tolerance: float = Field(
         default=DEFAULT_PAIR_COUNT_TOLERANCE,
         ge=0.0,
@@ -270,8 +275,16 @@ def build_data_stage_assets(
             f"{source.name}: {report.shards_written} shards written, "
             f"{report.shards_skipped} already finished"
         )
+        if report.shards_damaged:
+            context.log.warning(
+                f"{source.name}: rebuilt {len(report.shards_damaged)} stored shard(s) whose "
+                f"size differed from the recorded one (truncated or damaged): "
+                f"{', '.join(report.shards_damaged[:5])}"
+            )
         prefix = f"{PAIR_SHARDS_PREFIX}/{source.name}"
-        verification = verify_source_shards(object_store, prefix)
+        verification = verify_source_shards(
+            object_store, prefix, max_shards=None if data_stage.verify_all_shards else 64
+        )
         metadata: dict[str, dg.RawMetadataValue] = {
             "manifest_preview": _manifest_preview(
                 object_store.get_bytes(f"{prefix}/manifest.parquet")
@@ -307,6 +320,8 @@ def build_data_stage_assets(
                 "shards": report.shards_total,
                 "shards_written": report.shards_written,
                 "shards_skipped": report.shards_skipped,
+                "shards_rebuilt_damaged": dg.MetadataValue.json(report.shards_damaged[:50]),
+                "shards_verified": f"{verification.shards_checked} of {verification.shards_total}",
                 "by_degradation": dg.MetadataValue.md(
                     _counts_table("degradation", Counter(report.by_degradation))
                 ),
@@ -343,8 +358,11 @@ def _manifest_preview(manifest: bytes, rows: int = 8) -> dg.TableMetadataValue:
 
 
 SHARD_CHECKS = {
-    "manifest_matches_shards": "Every ok manifest row is a sample in the shard it names, and "
-    "every shard sample has its row (shards read back from the store).",
+    "manifest_matches_shards": "Every ok manifest row is a sample in the shard it names, "
+    "every shard sample has its row, and its PNGs have the sha256 digests the row recorded "
+    "(shards read back from the store: 64 spread over the source, or all with "
+    "data_stage.verify_all_shards). A truncated or altered shard is named and loses its "
+    "completion marker, so the next run rebuilds it.",
     "unique_sample_ids": "No sample id appears twice in the source's manifest.",
     "failures_have_reasons": "Every dropped or failed sample records why.",
 }
@@ -359,6 +377,8 @@ def _shard_check_results(verification: ShardVerification) -> list[dg.AssetCheckR
                 "shards_checked": verification.shards_checked,
                 "shards_total": verification.shards_total,
                 "problems": dg.MetadataValue.json(verification.mismatches[:20]),
+                # Their completion markers are gone: the next run rebuilds them.
+                "marked_for_rebuild": dg.MetadataValue.json(verification.damaged_shards[:20]),
             },
         ),
         dg.AssetCheckResult(

@@ -17,6 +17,7 @@ its marker, and shards that recorded failures are redone on the next run.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tempfile
@@ -40,6 +41,7 @@ from cotir_pipeline.pair_stage import PAIR_SHARDS_PREFIX
 from cotir_pipeline.shards import (
     STATUS_FAILED,
     STATUS_OK,
+    CorruptShardError,
     ShardSample,
     parquet_bytes,
     read_manifest,
@@ -270,6 +272,9 @@ class TrainingItem:
     vague_question: str
     precise_question: str
     cot_answers: str
+    #: The pair manifest's sha256 of the HQ and LQ PNGs: checked when the bytes are copied.
+    hq_sha256: str | None = None
+    lq_sha256: str | None = None
 
 
 def plan_training_items(
@@ -284,10 +289,16 @@ def plan_training_items(
     grouped: dict[str, list[TrainingItem]] = defaultdict(list)
     for source in sorted(sources):
         manifest = read_manifest(store.get_bytes(f"{PAIR_SHARDS_PREFIX}/{source}/manifest.parquet"))
-        split_of = dict(
+        ids = manifest.column("sample_id").to_pylist()
+        split_of = dict(zip(ids, manifest.column("split").to_pylist(), strict=True))
+        digests_of = dict(
             zip(
-                manifest.column("sample_id").to_pylist(),
-                manifest.column("split").to_pylist(),
+                ids,
+                zip(
+                    manifest.column("hq_sha256").to_pylist(),
+                    manifest.column("lq_sha256").to_pylist(),
+                    strict=True,
+                ),
                 strict=True,
             )
         )
@@ -311,6 +322,8 @@ def plan_training_items(
                         vague_question=row["vague_question"],
                         precise_question=row["precise_question"],
                         cot_answers=row["cot_answers"],
+                        hq_sha256=digests_of.get(sample, (None, None))[0],
+                        lq_sha256=digests_of.get(sample, (None, None))[1],
                     )
                 )
     for items in grouped.values():
@@ -399,6 +412,7 @@ def write_training_shards(
                 source_sample = cache[1].get(item.sample_id)
                 if source_sample is None:
                     raise ValueError(f"{item.pair_tar_key} lacks sample {item.sample_id}")
+                _check_copied_bytes(store, item, source_sample)
                 samples.append(
                     ShardSample(
                         key=item.sample_id,
@@ -443,6 +457,23 @@ def write_training_shards(
     report.by_source = dict(Counter(row["source"] for row in manifest_rows))
     store.put_text(f"{TRAINING_SHARDS_PREFIX}/report.json", json.dumps(asdict(report), indent=1))
     return report
+
+
+def _check_copied_bytes(store: ObjectStore, item: TrainingItem, sample: ShardSample) -> None:
+    """Refuse to copy a pair whose PNGs differ from the pair manifest's digests (a
+    damaged pair shard): its completion marker is removed, so re-running pair_shards
+    rebuilds it, and the error names it."""
+    for name, data, recorded in (
+        ("hq.png", sample.hq_png, item.hq_sha256),
+        ("lq.png", sample.lq_png, item.lq_sha256),
+    ):
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+            store.delete(item.pair_tar_key.removesuffix(".tar") + ".parquet")
+            raise CorruptShardError(
+                f"{store.uri(item.pair_tar_key)}: {item.sample_id}.{name} differs from the "
+                "sha256 its manifest recorded; the shard is marked for rebuilding: "
+                f"materialize pair_shards for '{item.source}' again, then training_shards"
+            )
 
 
 def _remove_stale_training_shards(

@@ -44,6 +44,7 @@ from cotir_pipeline.shards import (
     manifest_bytes,
     parquet_bytes,
     read_manifest,
+    recorded_shard_bytes,
     sample_id,
     write_shard,
 )
@@ -137,6 +138,9 @@ class ShardStageReport:
     drop_reasons: dict[str, int] = field(default_factory=dict)
     #: The PNG encoder of the shards written in this run (provenance).
     png_encoder: str = ""
+    #: Stored tars found truncated or damaged on resume (their size differs from the
+    #: recorded one): rebuilt in this run.
+    shards_damaged: list[str] = field(default_factory=list)
 
 
 # -- planning ---------------------------------------------------------------------------
@@ -669,9 +673,9 @@ def build_shard(job: ShardJob, work_dir: str, shard_uri: str) -> tuple[str, str,
             )
         )
     tar_path = os.path.join(work_dir, f"{job.name}.tar")
-    write_shard(samples, Path(tar_path))
+    written = write_shard(samples, Path(tar_path))
     manifest_path = os.path.join(work_dir, f"{job.name}.parquet")
-    Path(manifest_path).write_bytes(manifest_bytes(rows))
+    Path(manifest_path).write_bytes(manifest_bytes(rows, shard_bytes=written.size_bytes))
     return tar_path, manifest_path, rows
 
 
@@ -681,16 +685,26 @@ def _store_shard(store: ObjectStore, job: ShardJob, tar_path: str, manifest_path
     store.put_file(job.key(".parquet"), Path(manifest_path), move=True)
 
 
-def _finished_rows(store: ObjectStore, job: ShardJob) -> list[dict[str, Any]] | None:
-    """Rows of a finished shard, or None when it must be (re)built."""
+def _finished_rows(
+    store: ObjectStore, job: ShardJob, damaged: list[str] | None = None
+) -> list[dict[str, Any]] | None:
+    """Rows of a finished shard, or None when it must be (re)built. A tar whose size
+    differs from the one its manifest recorded (truncated by a killed copy, damaged) is
+    rebuilt, and its key appended to ``damaged``."""
     manifest_key = job.key(".parquet")
     if not store.exists(manifest_key) or not store.exists(job.key(".tar")):
         return None
-    rows = read_manifest(store.get_bytes(manifest_key)).to_pylist()
+    manifest = read_manifest(store.get_bytes(manifest_key))
+    rows = manifest.to_pylist()
     if any(row["status"] == STATUS_FAILED for row in rows):
         return None
     if len(rows) != len(job.pairs):
         return None  # the plan changed under this shard name: rebuild it
+    expected = recorded_shard_bytes(manifest)
+    if expected is not None and store.head(job.key(".tar")).size != expected:
+        if damaged is not None:
+            damaged.append(job.key(".tar"))
+        return None
     return rows
 
 
@@ -720,7 +734,7 @@ def write_pair_shards(
     sizes: dict[str, dict[str, int]] = defaultdict(dict)
     pending: list[ShardJob] = []
     for job in jobs:
-        rows = _finished_rows(store, job)
+        rows = _finished_rows(store, job, report.shards_damaged)
         if rows is None:
             pending.append(job)
             continue

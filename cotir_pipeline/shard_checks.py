@@ -2,11 +2,14 @@
 
 The checks re-read what was written instead of trusting the writer: every ``ok``
 manifest row must be a sample in the shard it names and every shard sample must
-have its row, sample ids are unique, and every sample that is not ``ok`` says why.
+have its row, each sample's PNGs must have the sha256 digests its row recorded, sample
+ids are unique, and every sample that is not ``ok`` says why. A shard that fails (a
+truncated tar, a flipped bit) loses its completion marker, so the next run rebuilds it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tempfile
 from collections import Counter, defaultdict
@@ -16,7 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cotir_pipeline.shards import STATUS_OK, decode_png, read_manifest, read_shard
+from cotir_pipeline.shards import (
+    STATUS_OK,
+    CorruptShardError,
+    decode_png,
+    read_manifest,
+    read_shard,
+)
 from cotir_pipeline.store import ObjectStore
 
 
@@ -32,6 +41,8 @@ class ShardVerification:
     rows_without_reason: list[str] = field(default_factory=list)
     by_task: dict[str, int] = field(default_factory=dict)
     preview_samples: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    #: Tar keys that are truncated or whose samples differ from their recorded digests.
+    damaged_shards: list[str] = field(default_factory=list)
 
     @property
     def manifest_matches_shards(self) -> bool:
@@ -40,13 +51,20 @@ class ShardVerification:
 
 
 def verify_source_shards(
-    store: ObjectStore, prefix: str, *, max_shards: int = 64, preview_count: int = 8
+    store: ObjectStore,
+    prefix: str,
+    *,
+    max_shards: int | None = 64,
+    preview_count: int = 8,
+    mark_damaged_for_rebuild: bool = True,
 ) -> ShardVerification:
     """Check the shards under ``prefix`` (``pair_shards/<source>``) against its manifest.
 
-    At most ``max_shards`` shards are downloaded and compared (spread evenly over
-    the sorted list, so a large source is sampled, not skipped); the id and reason
-    checks always cover the whole manifest.
+    At most ``max_shards`` shards (None: all) are downloaded and compared, keys and
+    member digests (spread evenly over the sorted list, so a large source is sampled,
+    not skipped); the id and reason checks always cover the whole manifest. With
+    ``mark_damaged_for_rebuild`` a damaged shard's per-shard manifest (its completion
+    marker) is removed, so the next run of the stage rebuilds that shard.
     """
     rows = read_manifest(store.get_bytes(f"{prefix}/manifest.parquet")).to_pylist()
     result = ShardVerification(manifest_rows=len(rows))
@@ -60,15 +78,17 @@ def verify_source_shards(
     )
     expected: dict[str, set[str]] = defaultdict(set)
     degradation_of: dict[str, str] = {}
+    digests: dict[str, tuple[str | None, str | None]] = {}
     for row in rows:
         if row["status"] == STATUS_OK:
             expected[row["shard_uri"]].add(row["shard_key"])
             degradation_of[row["shard_key"]] = row["degradation"]
+            digests[row["shard_key"]] = (row.get("hq_sha256"), row.get("lq_sha256"))
     tar_keys = sorted(info.key for info in store.list(f"{prefix}/") if info.key.endswith(".tar"))
     result.shards_total = len(tar_keys)
     unknown = set(expected) - {store.uri(key) for key in tar_keys}
     result.mismatches += [f"manifest names a missing shard {uri}" for uri in sorted(unknown)]
-    if len(tar_keys) > max_shards:
+    if max_shards is not None and len(tar_keys) > max_shards:
         step = len(tar_keys) / max_shards
         tar_keys = [tar_keys[int(index * step)] for index in range(max_shards)]
     shown_degradations: set[str] = set()
@@ -77,7 +97,29 @@ def verify_source_shards(
         for key in tar_keys:
             store.download_file(key, local)
             keys = []
-            for sample in read_shard(local):
+            try:
+                samples = list(read_shard(local))
+            except CorruptShardError as error:
+                result.mismatches.append(f"{key}: {str(error).split(' is ', 1)[-1]}")
+                result.damaged_shards.append(key)
+                result.shards_checked += 1
+                continue
+            changed = [
+                f"{sample.key}.{name}"
+                for sample in samples
+                for name, data, recorded in (
+                    ("hq.png", sample.hq_png, digests.get(sample.key, (None, None))[0]),
+                    ("lq.png", sample.lq_png, digests.get(sample.key, (None, None))[1]),
+                )
+                if recorded is not None and hashlib.sha256(data).hexdigest() != recorded
+            ]
+            if changed:
+                result.mismatches.append(
+                    f"{key}: {len(changed)} member(s) differ from their manifest sha256, "
+                    f"e.g. {changed[0]}"
+                )
+                result.damaged_shards.append(key)
+            for sample in samples:
                 keys.append(sample.key)
                 label = degradation_of.get(sample.key, "?")
                 if len(result.preview_samples) < preview_count and label not in shown_degradations:
@@ -93,6 +135,10 @@ def verify_source_shards(
                     f"{extra} samples without a row"
                 )
             result.shards_checked += 1
+    if mark_damaged_for_rebuild:
+        for key in result.damaged_shards:
+            store.delete(key.removesuffix(".tar") + ".parquet")
+            store.delete(f"{prefix}/_SUCCESS.json")
     return result
 
 

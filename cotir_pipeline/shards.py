@@ -136,22 +136,33 @@ def write_shard(samples: Iterable[ShardSample], destination: Path) -> ShardInfo:
     return ShardInfo(samples=count, size_bytes=size)
 
 
+class CorruptShardError(ValueError):
+    """A stored shard cannot be read whole (truncated, damaged); the message names it."""
+
+
 def read_shard(path: Path) -> Iterator[ShardSample]:
-    """Samples of a shard written by :func:`write_shard`, in order."""
+    """Samples of a shard written by :func:`write_shard`, in order.
+
+    Raises :class:`CorruptShardError` naming ``path`` when the tar is truncated or
+    damaged (instead of tarfile's bare error, which names no file).
+    """
     parts: dict[str, dict[str, bytes]] = {}
     order: list[str] = []
-    with tarfile.open(path, "r") as archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            key, _, suffix = member.name.partition(".")
-            handle = archive.extractfile(member)
-            if handle is None:
-                continue
-            if key not in parts:
-                parts[key] = {}
-                order.append(key)
-            parts[key][suffix] = handle.read()
+    try:
+        with tarfile.open(path, "r") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, _, suffix = member.name.partition(".")
+                handle = archive.extractfile(member)
+                if handle is None:
+                    continue
+                if key not in parts:
+                    parts[key] = {}
+                    order.append(key)
+                parts[key][suffix] = handle.read()
+    except (tarfile.TarError, EOFError) as error:
+        raise CorruptShardError(f"shard {path} is truncated or damaged ({error})") from None
     for key in order:
         fields = parts[key]
         missing = {"hq.png", "lq.png", "meta.json"} - set(fields)
@@ -186,9 +197,26 @@ def parquet_bytes(table: pa.Table, *, row_group_size: int | None = None) -> byte
     return buffer.getvalue()
 
 
-def manifest_bytes(rows: list[dict[str, Any]]) -> bytes:
-    """The manifest rows as Parquet bytes (zstd), sorted by sample id for point look-ups."""
-    return parquet_bytes(manifest_table(rows).sort_by("sample_id"))
+#: Parquet metadata key of a per-shard manifest: the byte size of its tar, so a resumed
+#: run spots a truncated shard with one HEAD request instead of re-reading it.
+SHARD_BYTES_KEY = b"cotir.shard_bytes"
+
+
+def manifest_bytes(rows: list[dict[str, Any]], *, shard_bytes: int | None = None) -> bytes:
+    """The manifest rows as Parquet bytes (zstd), sorted by sample id for point look-ups;
+    ``shard_bytes`` (a per-shard manifest) records its tar's size."""
+    table = manifest_table(rows).sort_by("sample_id")
+    if shard_bytes is not None:
+        metadata = dict(table.schema.metadata or {})
+        metadata[SHARD_BYTES_KEY] = str(shard_bytes).encode()
+        table = table.replace_schema_metadata(metadata)
+    return parquet_bytes(table)
+
+
+def recorded_shard_bytes(manifest: pa.Table) -> int | None:
+    """The tar size a per-shard manifest recorded (None for manifests that predate it)."""
+    value = (manifest.schema.metadata or {}).get(SHARD_BYTES_KEY)
+    return int(value) if value is not None else None
 
 
 def read_manifest(data: bytes) -> pa.Table:

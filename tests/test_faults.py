@@ -519,3 +519,107 @@ def test_store_cleanup_removes_a_local_stores_partial_files(tmp_path: Path) -> N
     assert not debris.exists()
     assert fresh.exists()
     assert store.get_text("pair_shards/demo/manifest.parquet") == "finished"
+
+
+# -- corrupt stored shards: truncated tars, flipped bits ---------------------------------------
+
+
+def _demo_pair_shards(store: LocalObjectStore, count: int = 24) -> list[object]:
+    from cotir_pipeline.pair_stage import plan_demo_pairs, recipe_refs, write_pair_shards
+
+    plan = plan_demo_pairs(
+        recipes=recipe_refs("demo"), patch_size=128, stride=128, recipes_per_patch=2, seed=0
+    )
+    train = [pair for pair in plan if pair.status == "ok" and pair.split == "train"][:count]
+    write_pair_shards(store, train, size=48, shard_size=8)
+    return train
+
+
+def _flip_a_bit_in_a_png(tar: Path) -> str:
+    """Flip one bit in the middle of the first HQ PNG's bytes; return the member name."""
+    import tarfile
+
+    with tarfile.open(tar) as archive:
+        member = next(m for m in archive.getmembers() if m.name.endswith(".hq.png"))
+    data = bytearray(tar.read_bytes())
+    data[member.offset_data + member.size // 2] ^= 0x10
+    tar.write_bytes(bytes(data))
+    return member.name
+
+
+def test_a_truncated_shard_is_rebuilt_on_resume_and_named(tmp_path: Path) -> None:
+    """Before: resume took any existing tar as finished, and every re-run then crashed
+    with a bare tarfile.ReadError naming no file."""
+    from cotir_pipeline.pair_stage import write_pair_shards
+    from cotir_pipeline.shard_checks import verify_source_shards
+    from cotir_pipeline.shards import CorruptShardError, read_shard
+
+    store = LocalObjectStore(tmp_path / "store")
+    pairs = _demo_pair_shards(store)
+    tars = sorted(p for p in (tmp_path / "store" / "pair_shards").rglob("*.tar"))
+    victim = tars[0]
+    original = victim.read_bytes()
+    victim.write_bytes(original[: len(original) // 3])  # a copy killed a third of the way
+
+    with pytest.raises(CorruptShardError, match=str(victim)):
+        list(read_shard(victim))
+    checked = verify_source_shards(store, "pair_shards/demo", mark_damaged_for_rebuild=False)
+    key = victim.relative_to(tmp_path / "store").as_posix()
+    assert checked.damaged_shards == [key]
+    assert any(problem.startswith(f"{key}: truncated") for problem in checked.mismatches)
+
+    again = write_pair_shards(store, pairs, size=48, shard_size=8)  # type: ignore[arg-type]
+    assert again.shards_damaged == [key]
+    assert again.shards_written == 1
+    assert victim.read_bytes() == original  # deterministic: the same bytes again
+    assert verify_source_shards(store, "pair_shards/demo").manifest_matches_shards
+
+
+def test_a_flipped_bit_fails_the_check_names_the_shard_and_is_rebuilt(tmp_path: Path) -> None:
+    """Before: the checks compared keys only, so a flipped bit passed every check."""
+    from cotir_pipeline.pair_stage import write_pair_shards
+    from cotir_pipeline.shard_checks import verify_source_shards
+
+    store = LocalObjectStore(tmp_path / "store")
+    pairs = _demo_pair_shards(store)
+    victim = sorted((tmp_path / "store" / "pair_shards").rglob("*.tar"))[1]
+    original = victim.read_bytes()
+    member = _flip_a_bit_in_a_png(victim)
+    key = victim.relative_to(tmp_path / "store").as_posix()
+
+    checked = verify_source_shards(store, "pair_shards/demo", max_shards=None)
+    assert not checked.manifest_matches_shards
+    assert checked.damaged_shards == [key]
+    assert f"{key}: 1 member(s) differ from their manifest sha256, e.g. {member}" in (
+        checked.mismatches
+    )
+    assert not store.exists(key.removesuffix(".tar") + ".parquet")  # marked for rebuilding
+
+    again = write_pair_shards(store, pairs, size=48, shard_size=8)  # type: ignore[arg-type]
+    assert again.shards_written == 1
+    assert victim.read_bytes() == original
+    assert verify_source_shards(store, "pair_shards/demo", max_shards=None).manifest_matches_shards
+
+
+def test_a_damaged_pair_is_never_copied_into_the_training_shards(tmp_path: Path) -> None:
+    """Before: a bit-flipped PNG was copied into the training shards unnoticed."""
+    from cotir_pipeline.annotation.clip_filter import ConsistencyFilter
+    from cotir_pipeline.annotation.template_backend import TemplateBackend
+    from cotir_pipeline.annotation_stage import (
+        annotate_source,
+        filter_source,
+        write_training_shards,
+    )
+    from cotir_pipeline.shards import CorruptShardError
+
+    store = LocalObjectStore(tmp_path / "store")
+    _demo_pair_shards(store)
+    annotate_source(store, "demo", TemplateBackend())
+    filter_source(store, "demo", ConsistencyFilter())
+    victim = sorted((tmp_path / "store" / "pair_shards").rglob("*.tar"))[0]
+    _flip_a_bit_in_a_png(victim)
+    key = victim.relative_to(tmp_path / "store").as_posix()
+    with pytest.raises(CorruptShardError, match="differs from the sha256 its manifest recorded"):
+        write_training_shards(store, ["demo"], shard_size=10)
+    assert not store.exists(key.removesuffix(".tar") + ".parquet")
+    assert not list(store.list("training_shards/"))  # nothing half-written was kept
