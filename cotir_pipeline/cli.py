@@ -423,6 +423,7 @@ def catalog_list(task: str | None, as_json: bool) -> None:
       cotir catalog list --task DR
       cotir catalog list --task dh --json
     """
+    _settings_or_exit()
     from cotir_pipeline.sources.catalog import CatalogError, catalog_table, load_catalog
     from cotir_pipeline.tasks import TaskCode
 
@@ -456,9 +457,6 @@ def main() -> None:
     """Console-script entry point."""
     cli()
 
-
-if __name__ == "__main__":
-    main()
 
 
 # -- bench ---------------------------------------------------------------------------------
@@ -543,6 +541,7 @@ def bench(
     from cotir_pipeline.evaluation.scoring import evaluate_outputs, write_rows
     from cotir_pipeline.weights import MissingWeightsError
 
+    _settings_or_exit()  # the restorers read COTIR_WEIGHTS_DIR and the metrics' caches
     try:
         bench_set = read_bench_set(bench_dir)
     except (BenchFormatError, FileNotFoundError) as error:
@@ -589,3 +588,7 @@ def bench(
     for kind, values in averages.items():
         click.echo(f"  {kind:8} " + "  ".join(f"{name}={value}" for name, value in values.items()))
     click.echo(f"scores: {out / 'scores.parquet'}")
+
+
+if __name__ == "__main__":  # at the end: every command is defined by then
+    main()

@@ -1304,8 +1304,16 @@ def _materialization_metadata(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
+    """Command-line entry point: the settings are validated first, as every command does
+    (a bad COTIR_* value stops it with one line naming the variable, exit code 2)."""
+    from cotir_pipeline.settings import SettingsError, load_settings
+
     options = parse_options(argv)
+    try:
+        load_settings()
+    except SettingsError as error:
+        print(f"models.train: bad setting: {error}", file=sys.stderr)
+        return 2
     train(options)
     return 0
 

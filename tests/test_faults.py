@@ -62,7 +62,7 @@ def _lsrw_like(expected_pairs: int) -> SourceCatalog:
                     "splits": splits,
                     "expected_pairs": expected_pairs,
                 }
-            ]
+            ],
         }
     )
 
@@ -623,3 +623,47 @@ def test_a_damaged_pair_is_never_copied_into_the_training_shards(tmp_path: Path)
         write_training_shards(store, ["demo"], shard_size=10)
     assert not store.exists(key.removesuffix(".tar") + ".parquet")
     assert not list(store.list("training_shards/"))  # nothing half-written was kept
+
+
+# -- a bad setting, whatever the command ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "first_words"),
+    [
+        (
+            ["-m", "cotir_pipeline.cli", "bench", "{bench}", "--method", "identity", "--out", "o"],
+            "cotir: bad setting: COTIR_PROFILE:",
+        ),
+        (["-m", "cotir_pipeline.cli", "catalog", "list"], "cotir: bad setting: COTIR_PROFILE:"),
+        (
+            ["-m", "models.train", "--variant", "tiny", "--shards", "s", "--out", "o"],
+            "models.train: bad setting: COTIR_PROFILE:",
+        ),
+    ],
+    ids=["cotir bench", "cotir catalog list", "models.train"],
+)
+def test_every_command_stops_on_a_bad_setting_in_one_line(
+    command: list[str], first_words: str, tmp_path: Path
+) -> None:
+    """Before: `cotir bench` and `models.train` ran with a bad COTIR_* value."""
+    import os
+    import subprocess
+    import sys
+
+    from cotir_pipeline.evaluation.bench_sets import build_demo_bench
+
+    bench = build_demo_bench(tmp_path / "bench", patch_size=32, per_recipe=1)
+    arguments = [part.replace("{bench}", str(bench.root)) for part in command]
+    result = subprocess.run(
+        [sys.executable, *arguments],
+        env={**os.environ, "COTIR_PROFILE": "staging"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith(first_words), result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # nothing was run
