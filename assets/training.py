@@ -315,6 +315,10 @@ def _shards_digest(store: ObjectStore) -> str:
     return hashlib.sha256(store.get_bytes(key)).hexdigest()
 
 
+#: Retries of a failed training step: each continues from the last checkpoint.
+TRAINING_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
 #: base_model's check: the demo prior's held-out copy PSNR against the project's target.
 COPY_FIDELITY_CHECK = "prior_copy_fidelity"
 COPY_TARGET_DB = 30.0
@@ -481,7 +485,12 @@ def _checkpoint_asset(
         description=f"A trained CoTIR checkpoint (adapter + LoRA) with {objective}: flow "
         "matching under Lagrangian CoT constraints with the paper's curriculum and "
         "progressive stages, trained by an external process (models.train) launched "
-        "through Dagster Pipes.",
+        "through Dagster Pipes. The run folder is named by what determines the weights, "
+        "not by the Dagster run, so a retried step or a later run continues from the last "
+        "checkpoint.",
+        # A crashed training process (out of memory, a lost node) is retried; the retry
+        # resumes from the last checkpoint of the same run folder (--resume auto).
+        retry_policy=TRAINING_RETRY_POLICY,
         check_specs=[
             dg.AssetCheckSpec(
                 "losses_are_finite",

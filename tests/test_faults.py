@@ -667,3 +667,134 @@ def test_every_command_stops_on_a_bad_setting_in_one_line(
     assert result.stderr.startswith(first_words), result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()  # nothing was run
+
+
+# -- a training process killed mid-run ---------------------------------------------------------
+
+
+def _training_shard_store(root: Path) -> LocalObjectStore:
+    from cotir_pipeline.annotation.clip_filter import ConsistencyFilter
+    from cotir_pipeline.annotation.template_backend import TemplateBackend
+    from cotir_pipeline.annotation_stage import (
+        annotate_source,
+        filter_source,
+        write_training_shards,
+    )
+
+    store = LocalObjectStore(root)
+    _demo_pair_shards(store, count=16)
+    annotate_source(store, "demo", TemplateBackend())
+    filter_source(store, "demo", ConsistencyFilter())
+    write_training_shards(store, ["demo"], shard_size=4)
+    return store
+
+
+def _kill_training_after(folder: Path, checkpoint: str) -> None:
+    """SIGKILL the models.train process writing into ``folder`` once ``checkpoint``
+    (e.g. ``step-0000004``) is there: a lost node, an out-of-memory kill."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if list(folder.glob(f"*/*/checkpoints/{checkpoint}/checkpoint.json")):
+            break
+        time.sleep(0.02)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"models.train" in command and str(folder).encode() in b" ".join(command):
+            os.kill(int(entry.name), signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_killed_training_step_resumes_in_the_next_dagster_run(tmp_path: Path) -> None:
+    """Before: no retry policy, so a crashed step stayed failed until someone re-ran it."""
+    import threading
+
+    from assets.training import TRAINING_RETRY_POLICY, TrainingResource, build_training_assets
+
+    store = _training_shard_store(tmp_path / "store")
+    output = tmp_path / "training"
+    training = TrainingResource(
+        variant="tiny", steps=40, output_dir=str(output), extra_args=["--checkpoint-every", "2"]
+    )
+    assets = build_training_assets()
+    checkpoint_asset = next(a for a in assets if a.key.path[-1] == "cotir_checkpoint")
+    assert checkpoint_asset.op.retry_policy == TRAINING_RETRY_POLICY
+    resources = {
+        "store": ObjectStoreResource(url=store.url),
+        "training": training,
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+    killer = threading.Thread(target=_kill_training_after, args=(output, "step-0000004"))
+    killer.start()
+    # The training process is killed after its step-4 checkpoint: the step fails, and its
+    # retry continues from the last checkpoint of the same run folder.
+    first = dg.materialize(assets[:2], resources=resources, raise_on_error=False)
+    killer.join()
+    assert first.success
+    retried = [e for e in first.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert len(retried) == 1
+    metadata = first.asset_materializations_for_node("cotir_checkpoint")[0].metadata
+    assert metadata["resumed_from_step"].value >= 4
+    assert metadata["steps"].value == 40
+    # The run folder is named by what determines the weights, not by the Dagster run: a
+    # later run finds the finished checkpoint and trains nothing.
+    second = dg.materialize(assets[:2], resources=resources)
+    again = second.asset_materializations_for_node("cotir_checkpoint")[0].metadata
+    assert again["run_folder"].value == metadata["run_folder"].value
+    assert again["resumed_from_step"].value == 40
+    assert again["checkpoint_sha256"].value == metadata["checkpoint_sha256"].value
+
+
+def test_the_training_process_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """Before: the Pipes subprocess outlived its killed run, training on alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shards = tmp_path / "shards"
+    from training_shards_support import write_shards
+
+    write_shards(shards)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-m', 'models.train', '--variant', "
+            f"'tiny', '--steps', '100000', '--shards', {str(shards)!r}, '--out', "
+            f"{str(tmp_path / 'run')!r}, '--no-plots'])\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (tmp_path / "run" / "metrics.jsonl").exists():
+        time.sleep(0.2)  # training has started
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
+    os.kill(parent.pid, signal.SIGKILL)  # the Dagster step process, killed
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+        if (Path(f"/proc/{child}") / "stat").read_text().split()[2] == "Z":
+            break  # exited, waiting to be reaped by init
+        time.sleep(0.2)
+    alive = Path(f"/proc/{child}").exists() and (
+        (Path(f"/proc/{child}") / "stat").read_text().split()[2] != "Z"
+    )
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "models.train outlived the process that started it"
