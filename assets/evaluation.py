@@ -53,6 +53,7 @@ from cotir_pipeline.evaluation.bench_sets import (
     bench_lineage_rows,
     bench_lineage_schema,
     read_bench_set,
+    unknown_labels,
     write_bench_lineage,
 )
 from cotir_pipeline.evaluation.scoring import RuntimeRow, ScoreRow
@@ -1265,6 +1266,8 @@ def _restore_partition(
     metadata: dict[str, Any] = {
         "restorer_version": run.version,
         "samples": len(bench),
+        # Labels of foreign sets that no known spelling matches: once per label, counted.
+        "unknown_degradation_labels": dg.MetadataValue.json(unknown_labels(bench.records)),
         "objects_uploaded": report.uploaded,
         "failures": dg.MetadataValue.md(
             _md_table(("prompt", "sample", "reason"), failures[:20]) if failures else "none"

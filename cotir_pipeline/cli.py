@@ -536,7 +536,11 @@ def bench(
     """
     from tqdm import tqdm
 
-    from cotir_pipeline.evaluation.bench_sets import BenchFormatError, read_bench_set
+    from cotir_pipeline.evaluation.bench_sets import (
+        BenchFormatError,
+        read_bench_set,
+        unknown_labels,
+    )
     from cotir_pipeline.evaluation.restorers import run_restorer
     from cotir_pipeline.evaluation.scoring import evaluate_outputs, write_rows
     from cotir_pipeline.weights import MissingWeightsError
@@ -547,6 +551,14 @@ def bench(
     except (BenchFormatError, FileNotFoundError) as error:
         click.echo(f"cotir bench: {error}", err=True)
         sys.exit(EXIT_BAD_SETTING)
+    unknown = unknown_labels(bench_set.records)
+    if unknown:  # once per label, with its count, not once per image
+        listed = ", ".join(f"{label!r} ({count})" for label, count in unknown.items())
+        click.echo(
+            f"cotir bench: degradation labels not recognised in any known spelling (their "
+            f"task is 'unknown'; the classical chain passes those parts through): {listed}",
+            err=True,
+        )
     names = [name.strip() for name in metrics.split(",") if name.strip()]
     rows = []
     with tqdm(total=len(prompt_kinds) * 2, desc="bench", unit="step", file=sys.stderr) as bar:
@@ -575,14 +587,25 @@ def bench(
         for name in names:
             values = [r.value for r in rows if r.prompt_kind == kind and r.metric == name]
             present = [v for v in values if v is not None]
-            reasons = {r.reason for r in rows if r.metric == name and r.reason}
+            reasons = {
+                r.reason for r in rows if r.prompt_kind == kind and r.metric == name and r.reason
+            }
             averages.setdefault(kind, {})[name] = (
                 round(sum(present) / len(present), 4)
                 if present and len(present) == len(values)
                 else f"n/a ({'; '.join(sorted(reasons))[:200] or 'no value'})"
             )
     if as_json:
-        click.echo(json.dumps({"bench": str(bench_dir), "method": method, "mean": averages}))
+        click.echo(
+            json.dumps(
+                {
+                    "bench": str(bench_dir),
+                    "method": method,
+                    "mean": averages,
+                    "unknown_labels": unknown,
+                }
+            )
+        )
         return
     click.echo(f"{method} on {bench_dir} ({len(bench_set.records)} samples):")
     for kind, values in averages.items():

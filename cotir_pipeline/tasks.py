@@ -9,6 +9,7 @@ A composite degradation is the ordered tuple of its atomic parts, written
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
@@ -107,6 +108,70 @@ TASK_OF_DEGRADATION: dict[Degradation, TaskCode] = {
 }
 
 COMPOSITE_SEPARATOR = "+"
+
+
+#: Spellings other bench sets and datasets use for this project's degradation names
+#: (after lower-casing and turning '-' and spaces into '_'). Only unambiguous ones: a
+#: plain "blur" is motion blur, as in the deblurring sets (GoPro, RealBlur) it names.
+DEGRADATION_ALIASES: dict[str, Degradation] = {
+    **{
+        spelling: Degradation.LOW_LIGHT
+        for spelling in ("lowlight", "low_light_enhancement", "dark", "lle", "low_illumination")
+    },
+    **{spelling: Degradation.OVER_EXPOSURE for spelling in ("overexposure", "over_exposed")},
+    **{spelling: Degradation.HAZE for spelling in ("hazy", "fog", "foggy", "dehaze", "dehazing")},
+    **{spelling: Degradation.NONHOMOGENEOUS_HAZE for spelling in ("non_homogeneous_haze",)},
+    **{
+        spelling: Degradation.RAIN
+        for spelling in ("rainy", "rain_streak", "rain_streaks", "derain", "deraining")
+    },
+    **{spelling: Degradation.RAINDROP for spelling in ("rain_drop", "raindrops", "rain_drops")},
+    **{spelling: Degradation.SNOW for spelling in ("snowy", "desnow", "desnowing")},
+    **{spelling: Degradation.MOTION_BLUR for spelling in ("blur", "blurry", "motion", "deblur")},
+    **{spelling: Degradation.DEFOCUS_BLUR for spelling in ("defocus", "out_of_focus")},
+    **{
+        spelling: Degradation.LOW_RESOLUTION
+        for spelling in (
+            "lowres", "low_res", "lr", "sr", "super_resolution", "downsample", "bicubic"
+        )
+    },
+    **{
+        spelling: Degradation.NOISE
+        for spelling in ("noisy", "gaussian_noise", "gauss_noise", "denoise", "denoising")
+    },
+    **{
+        spelling: Degradation.JPEG
+        for spelling in (
+            "jpg", "jpeg_artifact", "jpeg_artifacts", "compression", "jpeg_compression"
+        )
+    },
+    **{spelling: Degradation.FLARE for spelling in ("lens_flare",)},
+    **{spelling: Degradation.LOST_COLOR for spelling in ("grayscale", "gray", "colorization")},
+}
+
+#: Ways other sets join the parts of a composite label.
+_COMPOSITE_SPLIT = re.compile(r"\+|_and_|,|&")
+
+
+def _normalized(text: str) -> str:
+    return re.sub(r"[\s\-]+", "_", text.strip().lower()).strip("_")
+
+
+def normalize_degradation(text: str) -> Degradation | None:
+    """This project's degradation for one label part in any common spelling
+    (``Low-Light``, ``gaussian noise``, ``blur``), or None when it is not one."""
+    name = _normalized(text)
+    try:
+        return Degradation(name)
+    except ValueError:
+        return DEGRADATION_ALIASES.get(name)
+
+
+def split_degradation_label(label: str) -> list[tuple[str, Degradation | None]]:
+    """The parts of a label as other sets write them (``+``, ``_and_``, ``,`` or ``&``
+    between parts), each with the degradation it names or None when unknown."""
+    pieces = [piece for piece in _COMPOSITE_SPLIT.split(_normalized(label)) if piece]
+    return [(piece, normalize_degradation(piece)) for piece in pieces]
 
 
 def composite_name(parts: Sequence[Degradation | str]) -> str:

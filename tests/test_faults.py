@@ -798,3 +798,66 @@ def test_the_training_process_dies_with_the_process_that_started_it(tmp_path: Pa
     if alive:
         os.kill(child, signal.SIGKILL)
     assert not alive, "models.train outlived the process that started it"
+
+
+# -- bench folders from elsewhere --------------------------------------------------------------
+
+
+def test_foreign_degradation_labels_are_read_in_their_spellings_and_unknown_ones_reported(
+    tmp_path: Path,
+) -> None:
+    """Before: unknown spellings were silently task 'unknown', the classical chain passed
+    the image through, and a composite with one unknown part was passed through whole."""
+    import json as json_module
+
+    from click.testing import CliRunner
+
+    from cotir_pipeline.cli import cli
+    from cotir_pipeline.evaluation.bench_sets import (
+        BenchRecord,
+        BenchSample,
+        record_task,
+        unknown_labels,
+        write_bench_set,
+    )
+    from cotir_pipeline.evaluation.restorers import SequentialToolChain
+
+    rng = np.random.default_rng(1)
+    labels = ["low-light", "Gaussian Noise", "haze_and_rain", "blur", "sepia+noise", "sepia"]
+    samples = []
+    for index, label in enumerate(labels):
+        pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        record = BenchRecord(f"s{index}", f"lq/s{index}.png", label, "Fix it.", "Fix it.", "x")
+        samples.append(BenchSample(record, pixels, pixels))
+    bench = write_bench_set(tmp_path / "bench", "foreign", samples)
+    tasks = [record_task(record) for record in bench.records]
+    assert tasks == ["LLE", "DN", "MDR", "DB", "MDR", "unknown"]
+    assert unknown_labels(bench.records) == {"sepia": 1, "sepia+noise": 1}
+
+    chain = SequentialToolChain()
+    assert [part for part, _ in chain.plan("low-light")] == ["low_light"]
+    plan = chain.plan("sepia+noise")
+    assert [(part, tool is not None) for part, tool in plan] == [("sepia", False), ("noise", True)]
+    _, trace = chain.restore_with_trace(samples[4].lq, "", "sepia+noise")
+    assert trace[0].note == "not a known degradation label: passed through"
+    assert trace[1].tool != "none"  # the known part is still restored
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            str(bench.root),
+            "--method",
+            "classical_chain",
+            "--out",
+            str(tmp_path / "out"),
+            "--metrics",
+            "psnr,lpips",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("not recognised in any known spelling") == 1
+    assert "'sepia' (1), 'sepia+noise' (1)" in result.stderr
+    report = json_module.loads(result.stdout.strip().splitlines()[-1])
+    assert report["unknown_labels"] == {"sepia": 1, "sepia+noise": 1}

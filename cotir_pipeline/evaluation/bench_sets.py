@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -61,7 +61,7 @@ from cotir_pipeline.tasks import (
     COMPOSITE_SEPARATOR,
     Degradation,
     TaskCode,
-    parse_degradation_label,
+    split_degradation_label,
     task_of,
 )
 
@@ -125,16 +125,29 @@ class BenchRecord:
 def record_task(record: BenchRecord) -> str:
     """CoTIR-Bench task code of a record: from its degradation label, else its subset.
 
-    Public sets may use their own ``deg_type`` spellings; then a ``subset`` that
-    is a task code is used, and "unknown" otherwise.
+    Public sets use their own ``deg_type`` spellings (``low-light``, ``gaussian_noise``,
+    ``haze_and_rain``); they are read through :func:`~cotir_pipeline.tasks.
+    split_degradation_label`. A label of two or more parts is MDR even when a part is
+    unknown; otherwise a ``subset`` that is a task code is used, and "unknown" last.
     """
-    try:
-        return task_of(parse_degradation_label(record.deg_type)).value
-    except ValueError:
-        pass
+    parts = split_degradation_label(record.deg_type)
+    if len(parts) > 1:
+        return TaskCode.MDR.value
+    if parts and parts[0][1] is not None:
+        return task_of([parts[0][1]]).value
     if record.subset in {code.value for code in TaskCode}:
         return record.subset
     return "unknown"
+
+
+def unknown_labels(records: Iterable[BenchRecord]) -> dict[str, int]:
+    """Degradation labels with a part no spelling of this project's names matches, and
+    how many records carry each (reported once per label, not once per image)."""
+    counts: Counter[str] = Counter()
+    for record in records:
+        if any(degradation is None for _, degradation in split_degradation_label(record.deg_type)):
+            counts[record.deg_type] += 1
+    return dict(sorted(counts.items()))
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from cotir_pipeline.evaluation.bench_sets import (
     PromptKind,
     read_bench_set,
 )
-from cotir_pipeline.tasks import Degradation, parse_degradation_label
+from cotir_pipeline.tasks import Degradation, split_degradation_label
 
 #: Bump when a classical tool's method or parameters change (recorded with every output).
 CLASSICAL_VERSION = "1"
@@ -427,11 +427,13 @@ class SequentialToolChain:
         _warm_up_tools(list({id(tool): tool for tool in self.tools.values()}.values()))
 
     def plan(self, degradation: str) -> list[tuple[str, Tool | None]]:
-        """(degradation, tool or None) in the order they will run."""
-        try:
-            parts = [part.value for part in parse_degradation_label(degradation)]
-        except ValueError:
-            return [(degradation, None)]
+        """(degradation, tool or None) in the order they will run. Labels in other sets'
+        spellings are read through :func:`~cotir_pipeline.tasks.split_degradation_label`;
+        an unknown part is passed through alone, the known parts still get their tools."""
+        parts = [
+            known.value if known is not None else piece
+            for piece, known in split_degradation_label(degradation)
+        ] or [degradation]
         if self.order == "reverse":
             parts.reverse()
         return [(part, self.tools.get(part)) for part in parts]
@@ -450,7 +452,11 @@ class SequentialToolChain:
         for part, tool in self.plan(degradation):
             size = _size(current)
             if tool is None:
-                note = "no classical tool for this degradation: passed through"
+                note = (
+                    "no classical tool for this degradation: passed through"
+                    if part in {item.value for item in Degradation}
+                    else "not a known degradation label: passed through"
+                )
                 trace.append(StepRecord(part, "none", 0.0, size, size, note))
                 continue
             started = time.perf_counter()
