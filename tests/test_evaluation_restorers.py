@@ -135,8 +135,12 @@ def test_tool_chain_follows_the_label_and_times_each_step() -> None:
     assert chain.last_trace[0].tool == "none"
     assert "passed through" in chain.last_trace[0].note
     assert out is not lq
-    chain.restore(lq, "", "Haze And Rain")  # not one of this project's labels
+    calls.clear()
+    chain.restore(lq, "", "Haze And Rain")  # another set's spelling of haze+rain
+    assert calls == ["haze", "rain"]
+    chain.restore(lq, "", "sepia")  # not a degradation in any spelling
     assert chain.last_trace[0].tool == "none"
+    assert chain.last_trace[0].note == "not a known degradation label: passed through"
     with pytest.raises(ValueError, match="order must be"):
         SequentialToolChain(order="random")  # type: ignore[arg-type]
 
