@@ -9,9 +9,10 @@ import dagster as dg
 from pydantic import Field
 
 from assets.metadata import parquet_output_metadata
-from assets.resources import ObjectStoreResource
+from assets.resources import ObjectStoreResource, clear_leftovers
 from cotir_pipeline.annotation_stage import (
     ANNOTATION_SCHEMA,
+    ANNOTATIONS_PREFIX,
     DECISION_SCHEMA,
     FILTERED_PREFIX,
     TRAINING_MANIFEST_SCHEMA,
@@ -155,8 +156,10 @@ def build_annotation_assets(
     ) -> dg.MaterializeResult:
         """Annotate every pair of one source; answered samples are never asked again."""
         source = context.partition_key
+        object_store = store.open()
+        clear_leftovers(object_store, f"{ANNOTATIONS_PREFIX}/{source}/", context)
         report = annotate_source(
-            store.open(),
+            object_store,
             source,
             annotation.make_backend(),
             batch_size=annotation.batch_size,
@@ -214,6 +217,7 @@ def build_annotation_assets(
         """Judge one source's annotations."""
         source = context.partition_key
         object_store = store.open()
+        clear_leftovers(object_store, f"{FILTERED_PREFIX}/{source}/", context)
         report = filter_source(object_store, source, annotation.make_filter())
         total = report.ok + report.not_ok
         keep_rate = report.ok / total if total else 0.0
@@ -266,6 +270,7 @@ def build_annotation_assets(
     ) -> dg.MaterializeResult:
         """Copy the kept training pairs of every filtered source into the final shards."""
         object_store = store.open()
+        clear_leftovers(object_store, f"{TRAINING_SHARDS_PREFIX}/", context)
         ready = [
             source.name
             for source in catalog.sources

@@ -16,7 +16,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.metadata import parquet_output_metadata
-from assets.resources import ObjectStoreResource
+from assets.resources import ObjectStoreResource, clear_leftovers
 from cotir_pipeline.pair_stage import (
     DEFAULT_PAIR_COUNT_TOLERANCE,
     PAIR_SHARDS_PREFIX,
@@ -260,6 +260,7 @@ def build_data_stage_assets(
         """Build the shards of one source; finished shards are skipped on a re-run."""
         source = catalog.get(context.partition_key)
         object_store = store.open()
+        clear_leftovers(object_store, f"{PAIR_SHARDS_PREFIX}/{source.name}/", context)
         pairs = load_plan(object_store, source.name)
         fetched_root = _fetched_root(source, catalog, data_stage, context)
         report = write_pair_shards(

@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from cotir_pipeline.settings import CotirSettings, Profile
-from cotir_pipeline.store import ObjectStore, StoreError, open_store
+from cotir_pipeline.store import ObjectStore, StoreError, open_store, remove_leftovers
 
 
 class ObjectStoreResource(dg.ConfigurableResource):
@@ -82,3 +82,17 @@ class ProfileResource(dg.ConfigurableResource):
     def is_demo(self) -> bool:
         """Whether the embedded demo profile is active."""
         return self.profile == Profile.DEMO.value
+
+
+def clear_leftovers(
+    object_store: ObjectStore, prefix: str, context: dg.AssetExecutionContext
+) -> list[str]:
+    """Before a partition runs again: remove what killed runs left for it (partial files,
+    unfinished uploads, scratch folders of ended processes) and log what went."""
+    removed = remove_leftovers(object_store, prefix)
+    if removed:
+        context.log.info(
+            f"removed {len(removed)} leftover(s) of killed runs: {', '.join(removed[:5])}"
+            + (" ..." if len(removed) > 5 else "")
+        )
+    return removed

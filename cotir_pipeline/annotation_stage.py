@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ from cotir_pipeline.annotation.base import (
     annotation_table,
 )
 from cotir_pipeline.pair_stage import PAIR_SHARDS_PREFIX
+from cotir_pipeline.scratch import scratch_dir
 from cotir_pipeline.shards import (
     STATUS_FAILED,
     STATUS_OK,
@@ -88,7 +88,7 @@ def _stage_key(prefix: str, pair_tar_key: str) -> str:
 
 def _shard_samples(store: ObjectStore, tar_key: str) -> list[ShardSample]:
     """All samples of a stored shard (downloaded to a temporary file)."""
-    with tempfile.TemporaryDirectory(prefix="cotir-annotate-") as work:
+    with scratch_dir("annotate") as work:
         local = Path(work) / "shard.tar"
         store.download_file(tar_key, local)
         return list(read_shard(local))

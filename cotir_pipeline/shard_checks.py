@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cotir_pipeline.scratch import scratch_dir
 from cotir_pipeline.shards import (
     STATUS_OK,
     CorruptShardError,
@@ -92,7 +92,7 @@ def verify_source_shards(
         step = len(tar_keys) / max_shards
         tar_keys = [tar_keys[int(index * step)] for index in range(max_shards)]
     shown_degradations: set[str] = set()
-    with tempfile.TemporaryDirectory(prefix="cotir-verify-") as work_dir:
+    with scratch_dir("verify") as work_dir:
         local = Path(work_dir) / "shard.tar"
         for key in tar_keys:
             store.download_file(key, local)

@@ -861,3 +861,91 @@ def test_foreign_degradation_labels_are_read_in_their_spellings_and_unknown_ones
     assert "'sepia' (1), 'sepia+noise' (1)" in result.stderr
     report = json_module.loads(result.stdout.strip().splitlines()[-1])
     assert report["unknown_labels"] == {"sepia": 1, "sepia+noise": 1}
+
+
+# -- debris of a killed run --------------------------------------------------------------------
+
+
+def test_the_next_run_of_a_partition_removes_what_a_killed_run_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: partial files in the store and scratch folders in TMPDIR survived every
+    successful re-run."""
+    import subprocess
+    import sys
+    import tempfile
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch_root))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    store = LocalObjectStore(tmp_path / "store")
+    shard_folder = tmp_path / "store" / "pair_shards" / "demo" / "haze"
+    shard_folder.mkdir(parents=True)
+    # A writer that dies mid-write (SIGKILL: no clean-up code runs).
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys\n"
+            "from pathlib import Path\n"
+            "from cotir_pipeline.scratch import scratch_dir\n"
+            "from cotir_pipeline.store import LocalObjectStore\n"
+            "from cotir_pipeline.store.local import write_atomically\n"
+            "store = LocalObjectStore(Path(sys.argv[1]))\n"
+            "held = [scratch_dir('verify'), None]\n"
+            "scratch = held[0].__enter__()\n"
+            "(scratch / 'shard.tar').write_bytes(b'half')\n"
+            "held[1] = store.staging_dir()\n"
+            "staging = held[1].__enter__()\n"
+            "(staging / 'x.tar').write_bytes(b'half')\n"
+            "def die(handle):\n"
+            "    handle.write(b'half a shard')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "write_atomically(Path(sys.argv[2]) / 'haze-000000.tar', die)\n",
+            str(tmp_path / "store"),
+            str(shard_folder),
+        ],
+        env={**__import__("os").environ, "TMPDIR": str(scratch_root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr
+    partial = list(shard_folder.glob(".cotir-partial-*"))
+    staging = list((tmp_path / "store").glob(".cotir-partial-staging-*"))
+    scratch = list(scratch_root.glob("cotir-verify-*"))
+    assert partial
+    assert staging
+    assert scratch
+    # A live writer's partial file (this process) is left alone.
+    from cotir_pipeline.scratch import owner_tag
+
+    live = shard_folder / f".cotir-partial-{owner_tag()}-abc-haze-000001.tar"
+    live.write_bytes(b"being written")
+
+    result, _ = _materialize_demo_pair_shards(tmp_path)
+    assert result.success
+    assert not any(path.exists() for path in [*partial, *staging, *scratch])
+    assert live.exists()
+    assert list(store.list("pair_shards/demo/"))  # and the run itself did its work
+
+
+def _materialize_demo_pair_shards(tmp_path: Path) -> tuple[dg.ExecuteInProcessResult, None]:
+    from cotir_pipeline.sources.catalog import load_catalog
+
+    catalog = load_catalog()
+    assets = build_data_stage_assets(catalog, only=["demo"])
+    resources = {
+        "store": ObjectStoreResource(url=LocalObjectStore(tmp_path / "store").url),
+        "data_stage": DataStageResource(
+            stored_size=32,
+            shard_size=64,
+            demo_patch_size=128,
+            demo_stride=256,
+            recipes_per_item=1,
+            cache_dir=str(tmp_path / "cache"),
+        ),
+    }
+    result = dg.materialize(assets[1:3], resources=resources, partition_key="demo")
+    return result, None

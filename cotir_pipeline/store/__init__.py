@@ -23,6 +23,20 @@ if TYPE_CHECKING:
     from cotir_pipeline.settings import CotirSettings
 
 _MIB = 1024 * 1024
+#: What the stages clear at the start of a run: a killed process's partial files at any
+#: age (their owner tag says the process has ended), anything else left this long.
+LEFTOVER_AGE_S = 24 * 3600
+
+
+def remove_leftovers(store: ObjectStore, prefix: str) -> list[str]:
+    """Clear what killed runs left for a partition before it runs again: the store's
+    partial files and unfinished uploads under ``prefix`` (:meth:`ObjectStore.cleanup`)
+    and the scratch folders of ended processes in TMPDIR; return what was removed."""
+    from cotir_pipeline.scratch import remove_abandoned_scratch
+
+    removed = store.cleanup(prefix, older_than_s=LEFTOVER_AGE_S)
+    return removed + [str(path) for path in remove_abandoned_scratch()]
+
 
 __all__ = [
     "LocalObjectStore",
@@ -35,6 +49,7 @@ __all__ = [
     "StoreUnavailableError",
     "open_store",
     "parse_store_url",
+    "remove_leftovers",
     "validate_key",
 ]
 

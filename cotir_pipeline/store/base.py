@@ -12,10 +12,11 @@ from __future__ import annotations
 import abc
 import contextlib
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from cotir_pipeline.scratch import scratch_dir
 
 # Local writes go to a hidden temporary name first; keys may never use it.
 TEMP_MARKER = ".cotir-partial-"
@@ -99,11 +100,12 @@ class ObjectStore(abc.ABC):
         """
 
     def cleanup(self, prefix: str = "", *, older_than_s: float, dry_run: bool = False) -> list[str]:
-        """Remove what killed writers left under ``prefix`` that is older than
-        ``older_than_s`` seconds, and return what was (or, with ``dry_run``, would be)
-        removed: a local store's partial files and staging folders, an S3 store's
-        unfinished multipart uploads (whose parts the server keeps, and bills, until they
-        are aborted). Finished objects are never touched."""
+        """Remove what killed writers left under ``prefix`` and return what was (or, with
+        ``dry_run``, would be) removed: a local store's partial files and staging folders
+        older than ``older_than_s`` seconds or written by a process of this machine that
+        has ended, an S3 store's unfinished multipart uploads older than ``older_than_s``
+        (the server keeps, and bills, their parts until they are aborted). Finished
+        objects are never touched."""
         return []
 
     @contextlib.contextmanager
@@ -113,8 +115,8 @@ class ObjectStore(abc.ABC):
         The folder and whatever is left in it are removed on exit. A local store puts
         it on its own file system, so that a move is a rename and not a second copy.
         """
-        with tempfile.TemporaryDirectory(prefix="cotir-staging-") as folder:
-            yield Path(folder)
+        with scratch_dir("staging") as folder:
+            yield folder
 
     @abc.abstractmethod
     def get_bytes(self, key: str) -> bytes:

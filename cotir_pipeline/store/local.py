@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from cotir_pipeline.scratch import owner_is_gone, owner_tag
 from cotir_pipeline.store.base import (
     TEMP_MARKER,
     ObjectInfo,
@@ -37,7 +38,10 @@ def write_atomically(destination: Path, write: Callable[[BinaryIO], object]) -> 
     file is removed and the previous content of ``destination`` (if any) is kept.
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f"{TEMP_MARKER}{uuid.uuid4().hex}-{destination.name}")
+    # The owner tag lets a later run tell a killed writer's leftover from a live write.
+    temporary = destination.with_name(
+        f"{TEMP_MARKER}{owner_tag()}-{uuid.uuid4().hex}-{destination.name}"
+    )
     try:
         with open(temporary, "xb") as handle:
             write(handle)
@@ -66,9 +70,13 @@ class LocalObjectStore(ObjectStore):
             return []
         cutoff = time.time() - older_than_s
         removed = []
-        for path in sorted(base.rglob(f"{TEMP_MARKER}*")):
-            if not path.exists() or path.stat().st_mtime > cutoff:
-                continue  # gone with a removed staging folder, or possibly still in use
+        # Staging folders sit at the root whatever the prefix: a cheap listing of one level.
+        staging = sorted(self.root.glob(f"{TEMP_MARKER}staging-*")) if prefix else []
+        for path in [*staging, *sorted(base.rglob(f"{TEMP_MARKER}*"))]:
+            if not path.exists():
+                continue  # gone with a removed staging folder
+            if path.stat().st_mtime > cutoff and not owner_is_gone(path.name):
+                continue  # possibly still being written
             removed.append(path.relative_to(self.root).as_posix())
             if not dry_run:
                 if path.is_dir():
@@ -108,7 +116,7 @@ class LocalObjectStore(ObjectStore):
     @contextlib.contextmanager
     def staging_dir(self) -> Iterator[Path]:
         """A hidden folder under the store root (never listed), removed on exit."""
-        folder = self.root / f"{TEMP_MARKER}staging-{uuid.uuid4().hex}"
+        folder = self.root / f"{TEMP_MARKER}staging-{owner_tag()}-{uuid.uuid4().hex}"
         folder.mkdir(parents=True)
         try:
             yield folder
