@@ -20,6 +20,7 @@ from assets.data_stage import DEMO_SOURCE, DataStageResource, build_data_stage_a
 from assets.evaluation import build_evaluation_definitions, evaluation_run_selection
 from assets.execution import build_executor, queue_tags
 from assets.lineage import build_lineage_assets, lineage_lookup
+from assets.monitoring import build_dead_run_worker_sensor
 from assets.resources import ObjectStoreResource, ProfileResource
 from assets.training import (
     TABLE_VII_JOB,
@@ -121,7 +122,7 @@ def build_definitions(
         asset_checks=dg.load_asset_checks_from_modules([environment]),
         jobs=[demo_job, *evaluation.jobs, lineage_job, lineage_lookup, table_vii_job],
         schedules=evaluation.schedules,
-        sensors=evaluation.sensors,
+        sensors=[*evaluation.sensors, build_dead_run_worker_sensor()],
         executor=build_executor(settings),
         resources={
             "store": ObjectStoreResource.from_settings(settings),

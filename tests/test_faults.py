@@ -949,3 +949,42 @@ def _materialize_demo_pair_shards(tmp_path: Path) -> tuple[dg.ExecuteInProcessRe
     }
     result = dg.materialize(assets[1:3], resources=resources, partition_key="demo")
     return result, None
+
+
+# -- a run worker killed while STARTED -----------------------------------------------------------
+
+
+def test_a_run_whose_worker_was_killed_is_marked_failed(tmp_path: Path) -> None:
+    """Before: with the default run launcher a killed run stayed STARTED for ever."""
+    import os
+    import subprocess
+    import sys
+
+    from dagster._core.events import EngineEventData
+    from dagster._core.test_utils import create_run_for_test
+
+    from assets.monitoring import build_dead_run_worker_sensor
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no process has any more
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        runs = {}
+        for name, pid in (("killed", gone.pid), ("alive", os.getpid())):
+            run = create_run_for_test(
+                instance, job_name=f"job_{name}", status=dg.DagsterRunStatus.STARTED
+            )
+            instance.report_engine_event(
+                f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid)
+            )
+            runs[name] = run.run_id
+        sensor = build_dead_run_worker_sensor()
+        result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        assert result.skip_message == f"marked 1 run(s) failed: {runs['killed']}"
+        killed = instance.get_run_by_id(runs["killed"])
+        alive = instance.get_run_by_id(runs["alive"])
+        assert killed is not None
+        assert killed.status == dg.DagsterRunStatus.FAILURE
+        assert alive is not None
+        assert alive.status == dg.DagsterRunStatus.STARTED
+        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        assert again.skip_message == "every started run has a live worker"
