@@ -8,6 +8,7 @@ the trainer) and checks the outcome docs/RELIABILITY.md promises. Run them alone
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -298,7 +299,12 @@ def test_the_vllm_token_is_stored_nowhere_and_printed_masked(
             asset_selection={dg.AssetKey(name) for name in stages}
         )
         with dg.DagsterInstance.local_temp(str(home)) as instance:
-            result = job.execute_in_process(instance=instance, partition_key="demo")
+            # In a thread of its own: the browser tests' session-wide Playwright keeps an
+            # event loop running in this thread, where the sync vLLM client refuses to run.
+            with ThreadPoolExecutor(max_workers=1) as thread:
+                result = thread.submit(
+                    job.execute_in_process, instance=instance, partition_key="demo"
+                ).result()
             # runs.db keeps each run's config and job snapshot (compressed, so read back):
             # the snapshot holds every resource's configured values, which the UI shows.
             stored = [
