@@ -994,3 +994,36 @@ def test_a_run_whose_worker_was_killed_is_marked_failed(tmp_path: Path) -> None:
         assert alive.status == dg.DagsterRunStatus.STARTED
         again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
         assert again.skip_message == "every started run has a live worker"
+
+
+# -- training killed in the middle of writing a checkpoint --------------------------------------
+
+
+@pytest.mark.slow
+def test_a_checkpoint_half_written_by_a_killed_run_is_ignored_and_the_resume_is_exact(
+    tmp_path: Path,
+) -> None:
+    """A run killed while writing its step-8 checkpoint leaves a `.partial-step-0000008`
+    folder and no `latest` update: the resume starts from the last finished checkpoint
+    (step 4) and ends bit-identical to a run that was never interrupted."""
+    from models.train import parse_options, train
+    from training_shards_support import write_shards
+
+    shards = write_shards(tmp_path / "shards", samples_per_shard=3)
+
+    def run(out: Path, *extra: str) -> object:
+        argv = ["--variant", "tiny", "--shards", str(shards), "--out", str(out)]
+        return train(parse_options([*argv, "--steps", "8", "--no-plots", *extra]))
+
+    straight = run(tmp_path / "straight")
+    split = tmp_path / "split"
+    run(split, "--stop-at", "4")
+    half = split / "checkpoints" / ".partial-step-0000008"
+    (half / "model").mkdir(parents=True)
+    (half / "trainable.safetensors").write_bytes(b"\x00" * 100)  # cut off mid-write
+    (half / "model" / "cotir.json").write_text("{")
+    resumed = run(split, "--resume", "auto")
+    assert resumed.start_step == 4  # type: ignore[attr-defined]
+    assert resumed.final_step == 8  # type: ignore[attr-defined]
+    assert resumed.checkpoint_sha256 == straight.checkpoint_sha256  # type: ignore[attr-defined]
+    assert not half.exists()
