@@ -141,7 +141,8 @@ class TrainingResource(dg.ConfigurableResource):
                     "several processes or an accelerate config need launcher=accelerate"
                 )
             return [sys.executable, "-m", TRAIN_MODULE]
-        prefix = [sys.executable, "-m", "accelerate.commands.launch"]
+        # Through models.launch: the launcher ends with the step, as its processes do.
+        prefix = [sys.executable, "-m", LAUNCH_MODULE, "accelerate.commands.launch"]
         if self.accelerate_config:
             prefix += ["--config_file", self.accelerate_config]
         elif self.num_processes > 1:
@@ -315,6 +316,8 @@ def _shards_digest(store: ObjectStore) -> str:
     return hashlib.sha256(store.get_bytes(key)).hexdigest()
 
 
+#: Runs an entry point in a process that ends with the step that started it.
+LAUNCH_MODULE = "models.launch"
 #: Retries of a failed training step: each continues from the last checkpoint.
 TRAINING_RETRY_POLICY = dg.RetryPolicy(
     max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS

@@ -1307,6 +1307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: the settings are validated first, as every command does
     (a bad COTIR_* value stops it with one line naming the variable, exit code 2)."""
     from cotir_pipeline.settings import SettingsError, load_settings
+    from models.launch import die_with_parent
 
     options = parse_options(argv)
     try:
@@ -1317,25 +1318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     die_with_parent()
     train(options)
     return 0
-
-
-def die_with_parent() -> None:
-    """Ask Linux to end this process (SIGTERM) when the process that started it dies, so
-    a training run never outlives its killed Dagster step or launcher (it resumes from
-    its last checkpoint when the step runs again). A no-op on other systems."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import os
-    import signal
-
-    pr_set_pdeathsig = 1
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
-        return  # not allowed here (a sandbox): nothing to do but go on
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -1027,3 +1027,45 @@ def test_a_checkpoint_half_written_by_a_killed_run_is_ignored_and_the_resume_is_
     assert resumed.final_step == 8  # type: ignore[attr-defined]
     assert resumed.checkpoint_sha256 == straight.checkpoint_sha256  # type: ignore[attr-defined]
     assert not half.exists()
+
+
+def test_a_launcher_run_through_models_launch_dies_with_its_parent(tmp_path: Path) -> None:
+    """`accelerate launch` runs through `python -m models.launch`: the launcher ends with
+    the step that started it (its training processes end with the launcher)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cotir_test_support import REPO_ROOT
+
+    (tmp_path / "sleeper.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(600)\n")
+    environment = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO_ROOT}"}
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-m', 'models.launch', 'sleeper'],"
+            " stdout=subprocess.PIPE, text=True)\n"
+            "child.stdout.readline()\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    stat = Path(f"/proc/{child}/stat")
+    while time.monotonic() < deadline and stat.exists() and stat.read_text().split()[2] != "Z":
+        time.sleep(0.1)
+    alive = stat.exists() and stat.read_text().split()[2] != "Z"
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the launched module outlived the process that started it"

@@ -130,7 +130,8 @@ def test_commands_for_each_launcher(tmp_path: Path) -> None:
 
     ddp = TrainingResource(output_dir=str(tmp_path), launcher="accelerate", num_processes=8)
     command = ddp.command(shards="s3://b/ts", out=tmp_path / "run", store_url="s3://b/ck")
-    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    # The launcher runs through models.launch, so it ends with the step that started it.
+    assert command[1:4] == ["-m", "models.launch", "accelerate.commands.launch"]
     assert "--multi_gpu" in command
     assert command[command.index("--num_processes") + 1] == "8"
     assert command[command.index("--store-url") + 1] == "s3://b/ck"
