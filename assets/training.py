@@ -28,6 +28,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.evaluation import EvaluationResource, local_bench
+from assets.metadata import parquet_output_metadata
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.annotation_stage import TRAINING_SHARDS_PREFIX
 from cotir_pipeline.settings import CotirSettings, Profile
@@ -249,9 +250,12 @@ TRAINING_RUN_COLUMNS = ("sample_id", "run_id", "first_step", "last_step", "times
 TRAINING_RUN_ROW_GROUP = 16_384
 
 
-def record_training_run(store: ObjectStore, run_id: str, variant: str, run_folder: Path) -> int:
+def record_training_run(
+    store: ObjectStore, run_id: str, variant: str, run_folder: Path
+) -> dict[str, Any]:
     """Write which samples this run trained on, and at which steps
-    (``training_runs/<run>/manifest.parquet``); return how many samples.
+    (``training_runs/<run>/manifest.parquet``); return the UI's column schema and row
+    count of that file (one row per sample).
 
     The rows come from the trainer's consumption files (:mod:`models.consumption`): only
     the samples its batches held, with their first and last step and how many times, so
@@ -280,7 +284,7 @@ def record_training_run(store: ObjectStore, run_id: str, variant: str, run_folde
         stage_file_key("training_runs", run_id),
         parquet_bytes(table, row_group_size=TRAINING_RUN_ROW_GROUP),
     )
-    return consumed.num_rows
+    return parquet_output_metadata(table.schema, table.num_rows)
 
 
 def run_key(
@@ -557,8 +561,9 @@ def _checkpoint_asset(
         metadata["flow_start"] = flow_start or training.flow_start
         metadata["base_model"] = dg.MetadataValue.json(base)
         metadata["run_folder"] = dg.MetadataValue.path(str(run_folder))
-        consumed = record_training_run(object_store, run_id, training.variant, run_folder)
-        metadata["samples_trained_on"] = consumed
+        recorded = record_training_run(object_store, run_id, training.variant, run_folder)
+        metadata.update(recorded)
+        metadata["samples_trained_on"] = recorded["dagster/row_count"]
         finals = {key: _value(metadata, key) for key in metadata if key.startswith("final_loss")}
         finite = bool(finals) and all(
             isinstance(v, int | float) and math.isfinite(v) for v in finals.values()

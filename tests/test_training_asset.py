@@ -78,6 +78,10 @@ def test_the_asset_trains_through_pipes_and_reports_metrics_and_plots(
     checkpoint = Path(metadata["checkpoint"].value)
     assert (checkpoint / "cotir.json").is_file()
     assert len(metadata["checkpoint_sha256"].value) == 64
+    # The UI's columns and rows of training_runs/<run>/manifest.parquet.
+    columns = [column.name for column in metadata["dagster/column_schema"].schema.columns]
+    assert columns == ["sample_id", "run_id", "first_step", "last_step", "times"]
+    assert metadata["dagster/row_count"].value == metadata["samples_trained_on"].value > 0
     # The checkpoint was uploaded to the store under checkpoints/tiny/<run id>/, the run id
     # derived from what determines the weights (command, shards, base).
     run_id = metadata["run_id"].value
