@@ -134,7 +134,7 @@ def chromium_executable() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _default_stop_signals() -> None:
+def default_stop_signals() -> None:
     """In the child: undo an inherited "ignore SIGINT/SIGTERM" (background jobs of a
     non-interactive shell start that way), so the server can be stopped."""
     import signal
@@ -188,7 +188,7 @@ class DagsterDevServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_default_stop_signals,
+            preexec_fn=default_stop_signals,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

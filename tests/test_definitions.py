@@ -30,7 +30,7 @@ from cotir_pipeline.cli import cli
 from cotir_pipeline.lineage.details import checkpoint_summary
 from cotir_pipeline.settings import CotirSettings, Profile
 from cotir_pipeline.store import LocalObjectStore
-from cotir_test_support import REPO_ROOT, DagsterDevServer, free_port
+from cotir_test_support import REPO_ROOT, DagsterDevServer, default_stop_signals, free_port
 
 
 @pytest.fixture
@@ -106,6 +106,9 @@ def test_plain_dagster_dev_serves_the_code_location_with_no_environment() -> Non
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # SIGTERM as the default action even when this test runs as a background job
+        # (which inherits it ignored): the test stops the server with it.
+        preexec_fn=default_stop_signals,
     )
     query = {"query": "{ workspaceOrError { ... on Workspace { locationEntries { name "
              "locationOrLoadError { __typename } } } } }"}
