@@ -11,9 +11,9 @@ of the asset then resumes (training continues from its last checkpoint).
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
+
+from cotir_pipeline.scratch import process_is_gone
 
 DEAD_RUN_WORKERS_SENSOR = "dead_run_workers"
 #: The run worker's first engine event names its pid (dagster's ``execute_run`` command).
@@ -34,21 +34,6 @@ def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
         if pid is not None and str(pid.value).isdigit():
             return int(str(pid.value))
     return None
-
-
-def process_is_gone(pid: int) -> bool:
-    """Whether no process ``pid`` runs on this machine (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
 
 
 def build_dead_run_worker_sensor() -> dg.SensorDefinition:

@@ -46,15 +46,23 @@ def owner_is_gone(name: str) -> bool:
     if found is None or found["host"] != _host():
         return False
     pid = int(found["pid"])
-    if pid == os.getpid():
-        return False
+    return pid != os.getpid() and process_is_gone(pid)
+
+
+def process_is_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this machine (a zombie counts as gone: it has
+    ended and only waits to be reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
         return False
-    return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -135,10 +135,10 @@ def verify_source_shards(
                     f"{extra} samples without a row"
                 )
             result.shards_checked += 1
-    if mark_damaged_for_rebuild:
+    if mark_damaged_for_rebuild and result.damaged_shards:
         for key in result.damaged_shards:
             store.delete(key.removesuffix(".tar") + ".parquet")
-            store.delete(f"{prefix}/_SUCCESS.json")
+        store.delete(f"{prefix}/_SUCCESS.json")
     return result
 
 

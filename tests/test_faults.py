@@ -930,14 +930,14 @@ def test_the_next_run_of_a_partition_removes_what_a_killed_run_left(
     live = shard_folder / f".cotir-partial-{owner_tag()}-abc-haze-000001.tar"
     live.write_bytes(b"being written")
 
-    result, _ = _materialize_demo_pair_shards(tmp_path)
+    result = _materialize_demo_pair_shards(tmp_path)
     assert result.success
     assert not any(path.exists() for path in [*partial, *staging, *scratch])
     assert live.exists()
     assert list(store.list("pair_shards/demo/"))  # and the run itself did its work
 
 
-def _materialize_demo_pair_shards(tmp_path: Path) -> tuple[dg.ExecuteInProcessResult, None]:
+def _materialize_demo_pair_shards(tmp_path: Path) -> dg.ExecuteInProcessResult:
     from cotir_pipeline.sources.catalog import load_catalog
 
     catalog = load_catalog()
@@ -953,8 +953,7 @@ def _materialize_demo_pair_shards(tmp_path: Path) -> tuple[dg.ExecuteInProcessRe
             cache_dir=str(tmp_path / "cache"),
         ),
     }
-    result = dg.materialize(assets[1:3], resources=resources, partition_key="demo")
-    return result, None
+    return dg.materialize(assets[1:3], resources=resources, partition_key="demo")
 
 
 # -- a run worker killed while STARTED -----------------------------------------------------------

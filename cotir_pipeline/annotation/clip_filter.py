@@ -31,7 +31,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cotir_pipeline.annotation.base import AnnotationRequest, AnnotationResult
-from cotir_pipeline.annotation.rules import RuleConfig, RuleFailure, check_answer
+from cotir_pipeline.annotation.rules import RuleConfig, check_answer
 from cotir_pipeline.annotation.schema import CotAnswer
 from cotir_pipeline.shards import STATUS_DROPPED, STATUS_FAILED, STATUS_OK
 
@@ -299,7 +299,6 @@ class ConsistencyFilter:
         scores = self._scores(items)
         decisions = []
         for item in items:
-            failures: list[RuleFailure]
             if item.answer is None:
                 # Not a judgement: the sample has no annotation yet. It stays 'failed' (not
                 # 'dropped'), so the shard is judged again once cot_annotations succeeds.
@@ -319,8 +318,7 @@ class ConsistencyFilter:
                     )
                 )
                 continue
-            else:
-                failures = check_answer(item.answer, item.degradation_label, self.rules)
+            failures = check_answer(item.answer, item.degradation_label, self.rules)
             reasons = [str(failure) for failure in failures]
             score = lq_cos = hq_cos = None
             threshold = None

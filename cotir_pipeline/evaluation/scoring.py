@@ -314,18 +314,28 @@ def restoration_rows(
     return sorted(rows, key=lambda item: (item["sample_id"], item["prompt_kind"]))
 
 
+def _per_sample_key_fields() -> list[Any]:
+    """The leading columns of the restoration and score per-sample files: which sample
+    (lineage id and public id), which bench, method, checkpoint and prompt kind."""
+    import pyarrow as pa
+
+    return [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("bench", pa.string()),
+        pa.field("method", pa.string()),
+        pa.field("checkpoint", pa.string()),
+        pa.field("prompt_kind", pa.string()),
+    ]
+
+
 def restoration_row_schema() -> Any:
     """The Arrow schema of :func:`restoration_rows` as stored (and shown in the UI)."""
     import pyarrow as pa
 
     return pa.schema(
         [
-            pa.field("sample_id", pa.string(), nullable=False),
-            pa.field("record_id", pa.string(), nullable=False),
-            pa.field("bench", pa.string()),
-            pa.field("method", pa.string()),
-            pa.field("checkpoint", pa.string()),
-            pa.field("prompt_kind", pa.string()),
+            *_per_sample_key_fields(),
             pa.field("status", pa.string()),
             pa.field("reason", pa.string()),
             pa.field("output_file", pa.string()),
@@ -365,12 +375,7 @@ def write_sample_rows(
         {name for item in items for name in item if name.startswith(SCORE_COLUMN_PREFIX)}
     )
     fixed = [
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("record_id", pa.string(), nullable=False),
-        pa.field("bench", pa.string()),
-        pa.field("method", pa.string()),
-        pa.field("checkpoint", pa.string()),
-        pa.field("prompt_kind", pa.string()),
+        *_per_sample_key_fields(),
         pa.field("evaluation_row", pa.string()),
         pa.field("output_sha256", pa.string()),
     ]

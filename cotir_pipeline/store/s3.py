@@ -285,10 +285,6 @@ class S3ObjectStore(ObjectStore):
                     raise translated from error
                 time.sleep(pause)
 
-    def _read_with_retries(self, key: str, read: Callable[[], _T]) -> _T:
-        """Run a body-reading operation (dropped or truncated bodies are transient too)."""
-        return self._call(read, key)
-
     # -- the ObjectStore contract -------------------------------------------------
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
@@ -324,9 +320,8 @@ class S3ObjectStore(ObjectStore):
 
     def get_bytes(self, key: str) -> bytes:
         full_key = self._full_key(key)
-        return self._read_with_retries(
-            key,
-            lambda: self.client.get_object(Bucket=self.bucket, Key=full_key)["Body"].read(),
+        return self._call(
+            lambda: self.client.get_object(Bucket=self.bucket, Key=full_key)["Body"].read(), key
         )
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
@@ -343,7 +338,7 @@ class S3ObjectStore(ObjectStore):
             return response["Body"].read()
 
         try:
-            return self._read_with_retries(key, read)
+            return self._call(read, key)
         except StoreError as error:
             if _error_code(error.__cause__) == "InvalidRange":  # start past the end
                 return b""
@@ -361,7 +356,7 @@ class S3ObjectStore(ObjectStore):
                 ),
             )
 
-        self._read_with_retries(key, fetch)
+        self._call(fetch, key)
         return info
 
     def head(self, key: str) -> ObjectInfo:
