@@ -56,6 +56,12 @@ from cotir_pipeline.evaluation.bench_sets import (
     unknown_labels,
     write_bench_lineage,
 )
+from cotir_pipeline.evaluation.method_names import (
+    COTIR_METHOD_PREFIX,
+    METHOD_HASH_LENGTH,
+    METHOD_NAME,
+    checkpoint_method,
+)
 from cotir_pipeline.evaluation.scoring import RuntimeRow, ScoreRow
 from cotir_pipeline.lineage.schema import STAGE_LOCATIONS, stage_file_key
 from cotir_pipeline.settings import CotirSettings, Profile
@@ -72,10 +78,7 @@ BENCH_DIMENSION = "bench"
 IDENTITY = "identity"
 CLASSICAL_CHAIN = "classical_chain"
 BUILTIN_METHODS: tuple[str, ...] = (IDENTITY, CLASSICAL_CHAIN)
-COTIR_METHOD_PREFIX = "cotir-"
 FOLDER_METHOD_PREFIX = "folder-"
-#: Length of the checkpoint hash in a ``cotir-<hash>`` method name.
-METHOD_HASH_LENGTH = 12
 
 BENCH_SETS_PREFIX = "bench_sets"
 RESTORATIONS_PREFIX = "restorations"
@@ -114,7 +117,6 @@ REPORTING_SENSOR = "reporting_after_evaluation"
 DEFAULT_NIGHTLY_CRON = "0 3 * * *"
 
 _KEY_SEGMENT = re.compile(r"[^A-Za-z0-9._=+,@~:%-]")
-_METHOD_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,38 +215,10 @@ def split_evaluation_partition(key: str) -> tuple[str, str]:
     return dimensions[METHOD_DIMENSION], dimensions[BENCH_DIMENSION]
 
 
-def cotir_method(checkpoint_hash: str) -> str:
-    """The method name of a CoTIR checkpoint: ``cotir-<first 12 hex digits>``."""
-    if not re.fullmatch(r"[0-9a-f]{12,}", checkpoint_hash):
-        raise ValueError(f"checkpoint hash must be lower-case hex (12+), got {checkpoint_hash!r}")
-    return COTIR_METHOD_PREFIX + checkpoint_hash[:METHOD_HASH_LENGTH]
-
-
-def checkpoint_method(marker: Mapping[str, Any], checkpoint_hash: str) -> str:
-    """A checkpoint's method name: ``cotir-<variant>-<recipe>-<run>-s<step>`` from its marker.
-
-    The recipe says how it was trained (``paper``: the flow from noise; ``lqflow``: the
-    flow from the LQ; a constraint mode other than the paper's is appended). Markers that
-    do not name run and step (checkpoints copied in by hand, the release's) fall back to
-    ``cotir-<hash12>``.
-    """
-    run, step, variant = marker.get("run"), marker.get("step"), marker.get("variant")
-    if not (isinstance(run, str) and isinstance(step, int) and isinstance(variant, str)):
-        return cotir_method(checkpoint_hash)
-    recipe = "lqflow" if marker.get("flow_start") == "reference" else "paper"
-    mode = marker.get("constraint_mode")
-    if isinstance(mode, str) and mode not in ("", "lagrangian"):
-        recipe += f"-{mode}"
-    name = variant.removeprefix(COTIR_METHOD_PREFIX)
-    method = f"{COTIR_METHOD_PREFIX}{name}-{recipe}-{run}-s{step}".lower()
-    method = re.sub(r"[^a-z0-9._-]", "-", method)
-    return method if _METHOD_NAME.match(method) else cotir_method(checkpoint_hash)
-
-
 def folder_method(name: str) -> str:
     """The method name of a configured output folder: ``folder-<name>``."""
     method = FOLDER_METHOD_PREFIX + name
-    if not _METHOD_NAME.match(method):
+    if not METHOD_NAME.match(method):
         raise ValueError(
             f"output folder name {name!r} must be lower-case letters, digits, '.', '_' or '-'"
         )
@@ -1280,9 +1254,7 @@ def _restore_partition(
         metadata[f"failed/{kind}"] = len(summary.failed)
     if run.checkpoint_hash:
         metadata["checkpoint_hash"] = run.checkpoint_hash
-    metadata["sample_rows"] = dg.MetadataValue.url(
-        object_store.uri(f"{prefix}/{RESTORATION_ROWS}")
-    )
+    metadata["sample_rows"] = dg.MetadataValue.url(object_store.uri(f"{prefix}/{RESTORATION_ROWS}"))
     metadata.update(parquet_output_metadata(restoration_row_schema(), len(rows)))
     with tempfile.TemporaryDirectory(dir=evaluation.cache, prefix=".grid-") as work:
         grid = image_grid(

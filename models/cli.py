@@ -116,6 +116,20 @@ def _turn_path(output: Path, turn: int, turns: int) -> Path:
     "the device in the latents' dtype, latents kept in that dtype, sizes floored to "
     "multiples of 16). Default: on for the release's checkpoint files, off otherwise.",
 )
+@click.option(
+    "--tile-size",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Restore in overlapping tiles of this many pixels a side, blended at every step: "
+    "bounded memory for any image size. Needed above the untiled limit (512x512 px for the "
+    "demo model, which is sharpest with 128, its training size).",
+)
+@click.option(
+    "--tile-overlap",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Pixels neighbouring tiles share (default: a quarter of --tile-size).",
+)
 def restore(
     image: Path,
     prompts: tuple[str, ...],
@@ -127,6 +141,8 @@ def restore(
     device: str,
     dtype: str | None,
     release_compat: bool | None,
+    tile_size: int | None,
+    tile_overlap: int | None,
 ) -> None:
     """Restore IMAGE following an instruction and write the result as PNG.
 
@@ -180,12 +196,23 @@ def restore(
     except (MissingWeightsError, ValueError) as error:
         raise click.ClickException(str(error)) from None
 
+    from models.tiling import default_overlap
+
     n_steps = steps or restorer.variant.steps
     output.parent.mkdir(parents=True, exist_ok=True)
     with tqdm(total=n_steps * len(prompts), desc="restoring", unit="step", file=sys.stderr) as bar:
-        results = restorer.restore_turns(
-            source, list(prompts), n_steps, seed, on_step=lambda _i, _n: bar.update(1)
-        )
+        try:
+            results = restorer.restore_turns(
+                source,
+                list(prompts),
+                n_steps,
+                seed,
+                on_step=lambda _i, _n: bar.update(1),
+                tile_size=tile_size,
+                tile_overlap=default_overlap(tile_size) if tile_overlap is None else tile_overlap,
+            )
+        except ValueError as error:  # too large without tiles, a bad tile size
+            raise click.ClickException(str(error)) from None
     for turn, result in enumerate(results, start=1):
         path = _turn_path(output, turn, len(results))
         result.save(path, format="PNG")

@@ -14,6 +14,9 @@ directions the model cannot reach (docs/TRAINING.md, "The demo model").
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F  # noqa: N812 - the torch convention
 from torch import nn
@@ -48,6 +51,23 @@ class LatentCodec(nn.Module):
     def decode(self, grid: torch.Tensor) -> torch.Tensor:
         """(B, token_channels, h, w) -> (B, 3, stride*h, stride*w), roughly in [-1, 1]."""
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def tiling(self) -> Iterator[bool]:
+        """Encode and decode in overlapping tiles meanwhile, where the autoencoder can;
+        yields whether it does. A codec that maps each token to its own pixels (the
+        demo's) is local already and needs no tiles."""
+        vae = getattr(self, "vae", None)
+        if vae is None or not hasattr(vae, "enable_tiling"):
+            yield False
+            return
+        was_tiling = bool(getattr(vae, "use_tiling", False))
+        vae.enable_tiling()
+        try:
+            yield True
+        finally:
+            if not was_tiling:
+                vae.disable_tiling()
 
 
 class PixelUnshuffleCodec(LatentCodec):

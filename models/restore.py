@@ -54,6 +54,7 @@ from models.text_encoders import (
     TextEncoder,
     TextEncoding,
 )
+from models.tiling import DEFAULT_TILE_OVERLAP, Window, blended_velocity, plan_windows
 from models.variants import CodecKind, TextEncoderKind, Variant, get_variant
 
 if TYPE_CHECKING:
@@ -74,6 +75,14 @@ _BASE_SUBFOLDERS: dict[TextEncoderKind, tuple[str, ...]] = {
     TextEncoderKind.MINILM: ("transformer",),
 }
 StepCallback = Callable[[int, int], None]
+#: Most image tokens sampled in one transformer call without tiling: the demo models run
+#: on a CPU (4096 tokens is 512 x 512 px there); FLUX's 16 px tokens allow 2048 x 2048 px.
+MAX_UNTILED_TOKENS_DEMO = 4096
+MAX_UNTILED_TOKENS_FULL = 16384
+
+
+class ImageTooLargeError(ValueError):
+    """An image above the untiled limit was given without a tile size."""
 
 
 def _settings(settings: CotirSettings | None) -> CotirSettings:
@@ -291,6 +300,10 @@ class CoTIRRestorer:
         #: multiples of 16). On for the
         #: release's checkpoint files (the weights were trained that way), off otherwise.
         self.release_compat = False
+        #: Images of more tokens than this are refused unless restored in tiles (None: any).
+        self.max_untiled_tokens: int | None = (
+            MAX_UNTILED_TOKENS_DEMO if variant.is_demo else MAX_UNTILED_TOKENS_FULL
+        )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.codec = codec.to(self.device).eval()
@@ -441,37 +454,24 @@ class CoTIRRestorer:
         encoding = self.text_encoder.encode([prompt], self.variant.max_text_tokens)
         return encoding.to(self.device, self.dtype)
 
-    @torch.no_grad()
-    def restore(
-        self,
-        image: Image.Image,
-        prompt: str,
-        steps: int | None = None,
-        seed: int = DEFAULT_SEED,
-        *,
-        on_step: StepCallback | None = None,
-    ) -> Image.Image:
-        """Restore ``image`` following ``prompt``; the output has the input's size."""
-        if not isinstance(image, Image.Image):
-            raise TypeError(f"expected a PIL image, got {type(image).__name__}")
-        if not prompt or not prompt.strip():
-            raise ValueError("the instruction is empty")
-        steps = self.variant.steps if steps is None else steps
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        source = image.convert("RGB")
-        width, height = source.size
-        compat = self.release_compat
-        work_w, work_h = round_size(width, height, down=compat)
-        if (work_w, work_h) != (width, height):
-            source = source.resize((work_w, work_h), Image.Resampling.BICUBIC)
+    def _tile_tokens(self, tile_size: int, tile_overlap: int) -> tuple[int, int]:
+        """A tile and its overlap in pixels -> whole tokens (checked)."""
+        stride = self.codec.stride
+        if tile_size < 2 * stride:
+            raise ValueError(f"tile size must be at least {2 * stride} px, got {tile_size}")
+        if not 0 <= tile_overlap < tile_size:
+            raise ValueError(
+                f"tile overlap must be in [0, tile size), got {tile_overlap} for {tile_size}"
+            )
+        return tile_size // stride, tile_overlap // stride
 
-        pixels = pil_to_tensor(source).to(self.device, self.dtype)
-        reference = grid_to_tokens(self.codec.encode(pixels)).to(self.dtype)
-        grid_h, grid_w = work_h // self.codec.stride, work_w // self.codec.stride
-        n_tokens = grid_h * grid_w
-        text = self.encode_prompt(prompt)
+    def _velocity_fn(
+        self, text: TextEncoding, grid_h: int, grid_w: int
+    ) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
+        """v(x, reference, t) for a ``grid_h`` x ``grid_w`` token grid: one transformer call
+        on the noisy tokens followed by the reference tokens."""
         kind = self.variant.backbone
+        n_tokens = grid_h * grid_w
         ids = torch.cat(
             [
                 image_ids(kind, grid_h, grid_w, reference=False, device=self.device),
@@ -485,24 +485,7 @@ class CoTIRRestorer:
             guidance = torch.full((1,), value, device=self.device, dtype=torch.float32)
         pooled = text.pooled if kind is BackboneKind.FLUX1_KONTEXT else None
 
-        noise = initial_noise(
-            (1, n_tokens, reference.shape[-1]),
-            seed,
-            device=self.device if compat else torch.device("cpu"),
-            dtype=reference.dtype if compat else torch.float32,
-        )
-        if self.variant.schedule == "flux1":
-            sigmas = schedule_for(
-                "flux1",
-                n_tokens,
-                steps,
-                base_shift=self.variant.base_shift,
-                max_shift=self.variant.max_shift,
-            )
-        else:
-            sigmas = schedule_for("flux2", n_tokens, steps)
-
-        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+        def velocity(x: torch.Tensor, reference: torch.Tensor, t: float) -> torch.Tensor:
             hidden = torch.cat([x.to(self.device, self.dtype), reference], dim=1)
             timestep = torch.full((1,), t, device=self.device, dtype=self.dtype)
             output = self.model(
@@ -516,7 +499,86 @@ class CoTIRRestorer:
             )
             return output.sample[:, :n_tokens]
 
+        return velocity
+
+    def _sigmas(self, n_tokens: int, steps: int) -> torch.Tensor:
+        """The variant's Euler times for a sequence of ``n_tokens`` image tokens."""
+        if self.variant.schedule == "flux1":
+            return schedule_for(
+                "flux1",
+                n_tokens,
+                steps,
+                base_shift=self.variant.base_shift,
+                max_shift=self.variant.max_shift,
+            )
+        return schedule_for("flux2", n_tokens, steps)
+
+    @torch.no_grad()
+    def restore(
+        self,
+        image: Image.Image,
+        prompt: str,
+        steps: int | None = None,
+        seed: int = DEFAULT_SEED,
+        *,
+        on_step: StepCallback | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
+    ) -> Image.Image:
+        """Restore ``image`` following ``prompt``; the output has the input's size.
+
+        With ``tile_size`` (pixels), the transformer sees overlapping windows of that
+        size whose velocities are blended at every Euler step (:mod:`models.tiling`), and
+        the autoencoder encodes and decodes in tiles where it can: memory stays bounded
+        for any image size. Without it, an image of more than
+        :attr:`max_untiled_tokens` tokens is refused (:class:`ImageTooLargeError`).
+        """
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"expected a PIL image, got {type(image).__name__}")
+        if not prompt or not prompt.strip():
+            raise ValueError("the instruction is empty")
+        steps = self.variant.steps if steps is None else steps
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        tiles = None if tile_size is None else self._tile_tokens(tile_size, tile_overlap)
+        source = image.convert("RGB")
+        width, height = source.size
+        compat = self.release_compat
+        work_w, work_h = round_size(width, height, down=compat)
+        grid_h, grid_w = work_h // self.codec.stride, work_w // self.codec.stride
+        n_tokens = grid_h * grid_w
+        if tiles is None and self.max_untiled_tokens and n_tokens > self.max_untiled_tokens:
+            raise ImageTooLargeError(
+                f"{width}x{height} px is {n_tokens} tokens, more than the "
+                f"{self.max_untiled_tokens} this model samples in one piece; restore it in "
+                f"tiles (tile_size, `--tile-size`) or make it smaller"
+            )
+        if (work_w, work_h) != (width, height):
+            source = source.resize((work_w, work_h), Image.Resampling.BICUBIC)
+
+        pixels = pil_to_tensor(source).to(self.device, self.dtype)
+        codec_tiling = self.codec.tiling if tiles else contextlib.nullcontext
+        with codec_tiling():
+            reference_grid = self.codec.encode(pixels).to(self.dtype)
+        reference = grid_to_tokens(reference_grid)
+        text = self.encode_prompt(prompt)
+        noise = initial_noise(
+            (1, n_tokens, reference.shape[-1]),
+            seed,
+            device=self.device if compat else torch.device("cpu"),
+            dtype=reference.dtype if compat else torch.float32,
+        )
         start = reference if self.flow_start == "reference" else noise.to(self.device)
+        if tiles is None:
+            model_velocity = self._velocity_fn(text, grid_h, grid_w)
+
+            def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+                return model_velocity(x, reference, t)
+
+            sigmas = self._sigmas(n_tokens, steps)
+        else:
+            velocity, window_tokens = self._tiled_velocity(text, reference_grid, *tiles)
+            sigmas = self._sigmas(window_tokens, steps)
         rope = release_rope(self.model.transformer) if compat else contextlib.nullcontext()
         with rope:
             latents = euler_sample(
@@ -527,10 +589,35 @@ class CoTIRRestorer:
                 state_dtype=reference.dtype if compat else torch.float32,
             )
         grid = tokens_to_grid(latents.to(self.dtype), grid_h, grid_w)
-        result = tensor_to_pil(self.codec.decode(grid))
+        with codec_tiling():
+            result = tensor_to_pil(self.codec.decode(grid))
         if result.size != (width, height):
             result = result.resize((width, height), Image.Resampling.BICUBIC)
         return result
+
+    def _tiled_velocity(
+        self, text: TextEncoding, reference_grid: torch.Tensor, tile: int, overlap: int
+    ) -> tuple[Callable[[torch.Tensor, float], torch.Tensor], int]:
+        """v(x, t) over the whole token sequence, sampled in blended windows, and the
+        largest window's token count (the schedule's sequence length)."""
+        _, _, grid_h, grid_w = reference_grid.shape
+        windows = plan_windows(grid_h, grid_w, tile, overlap)
+        by_size: dict[tuple[int, int], Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]]
+        by_size = {}
+
+        def window_velocity(window: Window, state: torch.Tensor, t: float) -> torch.Tensor:
+            size = (window.height, window.width)
+            if size not in by_size:
+                by_size[size] = self._velocity_fn(text, *size)
+            reference = grid_to_tokens(window.crop(reference_grid))
+            tokens = by_size[size](grid_to_tokens(state), reference, t)
+            return tokens_to_grid(tokens, *size)
+
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            state = tokens_to_grid(x, grid_h, grid_w)
+            return grid_to_tokens(blended_velocity(window_velocity, state, t, windows, overlap))
+
+        return velocity, max(window.height * window.width for window in windows)
 
     def restore_turns(
         self,
@@ -540,6 +627,8 @@ class CoTIRRestorer:
         seed: int = DEFAULT_SEED,
         *,
         on_step: StepCallback | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
     ) -> list[Image.Image]:
         """Multi-turn restoration: turn k restores turn k-1's output with ``prompts[k]``."""
         if isinstance(prompts, str) or not prompts:
@@ -547,7 +636,15 @@ class CoTIRRestorer:
         outputs: list[Image.Image] = []
         current = image
         for prompt in prompts:
-            current = self.restore(current, prompt, steps, seed, on_step=on_step)
+            current = self.restore(
+                current,
+                prompt,
+                steps,
+                seed,
+                on_step=on_step,
+                tile_size=tile_size,
+                tile_overlap=tile_overlap,
+            )
             outputs.append(current)
         return outputs
 

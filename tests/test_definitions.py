@@ -110,8 +110,10 @@ def test_plain_dagster_dev_serves_the_code_location_with_no_environment() -> Non
         # (which inherits it ignored): the test stops the server with it.
         preexec_fn=default_stop_signals,
     )
-    query = {"query": "{ workspaceOrError { ... on Workspace { locationEntries { name "
-             "locationOrLoadError { __typename } } } } }"}
+    query = {
+        "query": "{ workspaceOrError { ... on Workspace { locationEntries { name "
+        "locationOrLoadError { __typename } } } } }"
+    }
     entries: list[dict] = []
     try:
         deadline = time.monotonic() + 240
@@ -144,7 +146,7 @@ def test_every_asset_has_an_owner_and_a_code_reference() -> None:
 
 
 def test_the_demo_profile_offers_only_the_partitions_it_can_build(tmp_path: Path) -> None:
-    """"Materialize all" in the demo profile must not backfill sources that need downloads."""
+    """ "Materialize all" in the demo profile must not backfill sources that need downloads."""
     demo = build_definitions(CotirSettings(home=tmp_path, store=(tmp_path / "s").as_uri()))
     full = build_definitions(
         CotirSettings(
@@ -280,8 +282,7 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         # Every check passes but the prior's copy fidelity, which warns while the shipped
         # prior is below the project's target (docs/TRAINING.md).
         assert all(
-            check.passed or check.check_name == "prior_copy_fidelity"
-            for check in by_name.values()
+            check.passed or check.check_name == "prior_copy_fidelity" for check in by_name.values()
         )
         assert by_name["prior_copy_fidelity"].severity == dg.AssetCheckSeverity.WARN
 
@@ -305,8 +306,10 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         # The same on the plan and the annotation stages, against the files they wrote.
         plan = first.asset_materializations_for_node("raw_pairs")[0].metadata
         plan_rows = pq.read_table(store.root / "raw_pairs" / "demo" / "pairs.parquet")  # type: ignore[attr-defined]
-        assert plan["dagster/row_count"].value == plan_rows.num_rows == (
-            plan["pairs_ok"].value + plan["pairs_dropped"].value
+        assert (
+            plan["dagster/row_count"].value
+            == plan_rows.num_rows
+            == (plan["pairs_ok"].value + plan["pairs_dropped"].value)
         )
         assert [c.name for c in plan["dagster/column_schema"].schema.columns] == (
             plan_rows.schema.names
@@ -376,7 +379,8 @@ def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSett
         )
         assert {row["source"] for row in summary["by_source_and_degradation"]} == {"demo"}
         printed = CliRunner().invoke(
-            cli, ["lineage", "--checkpoint", f"cotir-tiny-paper-{run}-s1"],
+            cli,
+            ["lineage", "--checkpoint", f"cotir-tiny-paper-{run}-s1"],
             env={"COTIR_STORE": str(store.root)},
         )
         assert printed.exit_code == 0, printed.output

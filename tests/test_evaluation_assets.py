@@ -37,7 +37,6 @@ from assets.evaluation import (
     _write_tables,
     bench_specs,
     build_evaluation_definitions,
-    cotir_method,
     ensure_builtin_methods,
     evaluation_partition,
     find_checkpoints,
@@ -45,6 +44,7 @@ from assets.evaluation import (
     split_evaluation_partition,
 )
 from assets.resources import ObjectStoreResource
+from cotir_pipeline.evaluation.method_names import cotir_method
 from cotir_pipeline.evaluation.scoring import ScoreRow
 from cotir_pipeline.settings import CotirSettings, Profile
 from cotir_pipeline.store import LocalObjectStore
@@ -606,7 +606,7 @@ def _marker(step: int, final: bool, run: str = "r0123456789") -> str:
 
 
 def test_checkpoint_methods_say_variant_recipe_run_and_step(tmp_path: Path) -> None:
-    from assets.evaluation import checkpoint_method
+    from cotir_pipeline.evaluation.method_names import checkpoint_method
 
     marker = json.loads(_marker(10, True))
     assert checkpoint_method(marker, "ab" * 32) == "cotir-demo-lqflow-r0123456789-s10"

@@ -164,8 +164,7 @@ def test_the_run_records_which_samples_each_step_consumed(
     bounds = [0, *saved]
     assert len(saved) >= 2
     assert files == [
-        f"rank-00000-{start:07d}-{end:07d}.parquet"
-        for start, end in itertools.pairwise(bounds)
+        f"rank-00000-{start:07d}-{end:07d}.parquet" for start, end in itertools.pairwise(bounds)
     ]
     consumed = read_consumption(out)
     batches = [record["batch_size"] for record in read_jsonl(finished_run.metrics_path)]

@@ -109,9 +109,7 @@ def test_launch_the_demo_partition_from_the_ui_and_inspect_it(
         page.get_by_text("paste-a-sample-id-here").first.wait_for(timeout=30_000)
         editor.click()
         page.keyboard.press("Control+A")
-        page.keyboard.type(
-            f"ops:\n  look_up_sample:\n    config:\n      sample_id: {sample_id}\n"
-        )
+        page.keyboard.type(f"ops:\n  look_up_sample:\n    config:\n      sample_id: {sample_id}\n")
         shot("6-lookup-launchpad")
         page.get_by_role("button", name="Launch Run").click(timeout=30_000)
         page.wait_for_url("**/runs/**", timeout=60_000)

@@ -1,0 +1,1 @@
+"""``cotir app``: an interactive restoration web app (Gradio) over the project's restorers."""

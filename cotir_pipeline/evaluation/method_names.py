@@ -1,0 +1,46 @@
+"""Method names of CoTIR checkpoints in tables, partitions and the app.
+
+A checkpoint trained by this project is named after its run and step
+(``cotir-<variant>-<recipe>-<run>-s<step>``), so a table row says what it is; one
+without that record (copied in by hand, the release's files) after its content hash.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+COTIR_METHOD_PREFIX = "cotir-"
+#: Length of the checkpoint hash in a ``cotir-<hash>`` method name.
+METHOD_HASH_LENGTH = 12
+#: What every method name looks like (a partition key and a folder name).
+METHOD_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def cotir_method(checkpoint_hash: str) -> str:
+    """The method name of a CoTIR checkpoint: ``cotir-<first 12 hex digits>``."""
+    if not re.fullmatch(r"[0-9a-f]{12,}", checkpoint_hash):
+        raise ValueError(f"checkpoint hash must be lower-case hex (12+), got {checkpoint_hash!r}")
+    return COTIR_METHOD_PREFIX + checkpoint_hash[:METHOD_HASH_LENGTH]
+
+
+def checkpoint_method(marker: Mapping[str, Any], checkpoint_hash: str) -> str:
+    """A checkpoint's method name: ``cotir-<variant>-<recipe>-<run>-s<step>`` from its marker.
+
+    The recipe says how it was trained (``paper``: the flow from noise; ``lqflow``: the
+    flow from the LQ; a constraint mode other than the paper's is appended). Markers that
+    do not name run and step (checkpoints copied in by hand, the release's) fall back to
+    ``cotir-<hash12>``.
+    """
+    run, step, variant = marker.get("run"), marker.get("step"), marker.get("variant")
+    if not (isinstance(run, str) and isinstance(step, int) and isinstance(variant, str)):
+        return cotir_method(checkpoint_hash)
+    recipe = "lqflow" if marker.get("flow_start") == "reference" else "paper"
+    mode = marker.get("constraint_mode")
+    if isinstance(mode, str) and mode not in ("", "lagrangian"):
+        recipe += f"-{mode}"
+    name = variant.removeprefix(COTIR_METHOD_PREFIX)
+    method = f"{COTIR_METHOD_PREFIX}{name}-{recipe}-{run}-s{step}".lower()
+    method = re.sub(r"[^a-z0-9._-]", "-", method)
+    return method if METHOD_NAME.match(method) else cotir_method(checkpoint_hash)
