@@ -1,7 +1,9 @@
 """A demo-variant checkpoint laid out as a training run writes it, for the app's tests.
 
-It is the shipped editing prior with a random LoRA and adapter gates (not trained: the
-tests check that the app finds, loads and runs a checkpoint, not what it learned).
+It is the shipped editing prior with a small random LoRA and slightly open adapter gates
+(not trained: the tests check that the app finds, loads and runs a checkpoint, not what
+it learned). The LoRA is scaled down so the output stays the prior's near-copy of the
+input, a picture rather than noise in the screenshot the browser test takes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ def save_demo_run(training_root: Path, run: str = RUN, step: int = STEP) -> Path
     restorer = CoTIRRestorer.from_variant("demo")
     torch.manual_seed(0)
     apply_lora(restorer.model, 4, init_b="random")
-    randomize_gates(restorer.model, 0.2)
+    with torch.no_grad():
+        for name, parameter in restorer.model.named_parameters():
+            if "lora_B" in name:
+                parameter.mul_(1e-3)
+    randomize_gates(restorer.model, 0.02)
     step_folder = training_root / "demo" / run / "checkpoints" / f"step-{step:07d}"
     save_checkpoint(restorer.model, step_folder / "model", variant="demo")
     marker = {
