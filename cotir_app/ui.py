@@ -181,6 +181,15 @@ def build_app(training_root: Path, output_dir: Path, *, default_device: str = "c
             text = found.pick("precise" if kind == "precise" else "vague")
             return gr.update(value=text or ""), gr.update(value=found.degradation or "")
 
+        def on_degradation(name: str, current: str) -> Any:
+            """Naming the degradation fills an empty instruction with its suggestion."""
+            if not name or current.strip():
+                return gr.update()
+            try:
+                return suggest_prompt(name)
+            except AppError:
+                return gr.update()
+
         def on_suggest(name: str) -> str:
             if not name:
                 raise gr.Error("Pick the degradation first.")
@@ -302,6 +311,8 @@ def build_app(training_root: Path, output_dir: Path, *, default_device: str = "c
         ]
         shown = [result, info, download, history, turn_number, session_state]
         lq_path.blur(on_path, [lq_path, prompt_kind], [prompt, degradation])
+        prompt_kind.change(on_path, [lq_path, prompt_kind], [prompt, degradation])
+        degradation.input(on_degradation, [degradation, prompt], prompt)
         suggest_button.click(on_suggest, degradation, prompt)
         refresh_button.click(lambda: gr.update(choices=refresh()), None, method)
         load_button.click(on_load, [method, folder, variant, device], load_log)

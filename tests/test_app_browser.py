@@ -16,6 +16,7 @@ import pytest
 from app_test_support import RUN, STEP, save_demo_run
 
 from cotir_app.ui import CUSTOM_LABEL
+from cotir_pipeline.annotation.prompts import spe_prompts
 from cotir_test_support import default_stop_signals, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -107,9 +108,13 @@ def test_restore_compare_refine_and_go_back_in_the_browser(
 
     # The classical chain, with the precise instruction suggested for the degradation.
     _choose(page, "method", "classical chain (a classical tool per named degradation)")
-    _choose(page, "degradation", "haze")
+    _choose(page, "degradation", "haze")  # naming it fills the empty instruction
+    filled = "document.querySelector('#prompt textarea').value.length > 0"
+    page.wait_for_function(filled)
+    assert page.locator("#prompt textarea").input_value() == spe_prompts("haze")[0]
+    page.locator("#prompt textarea").fill("")
     page.locator("#suggest").click()
-    page.wait_for_function("document.querySelector('#prompt textarea').value.length > 0")
+    page.wait_for_function(filled)
     page.locator("#restore").click()
     classical = _result_text(page, "classical chain")
     assert "turn 1" in classical
