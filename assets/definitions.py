@@ -17,7 +17,7 @@ from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 from assets import environment
 from assets.annotation_stage import AnnotationResource, build_annotation_assets
 from assets.data_stage import DEMO_SOURCE, DataStageResource, build_data_stage_assets
-from assets.evaluation import build_evaluation_definitions, evaluation_run_selection
+from assets.evaluation.automation import build_evaluation_definitions, evaluation_run_selection
 from assets.execution import build_executor, queue_tags
 from assets.lineage import build_lineage_assets, lineage_lookup
 from assets.monitoring import build_dead_run_worker_sensor

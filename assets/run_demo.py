@@ -17,20 +17,21 @@ import dagster as dg
 
 from assets.data_stage import DEMO_SOURCE
 from assets.definitions import LINEAGE_JOB_NAME, build_definitions, code_location_run_tags
-from assets.evaluation import (
-    BENCHMARK_TABLES_PREFIX,
-    BUILTIN_METHODS,
+from assets.evaluation.automation import (
     EVALUATION_JOB,
     REPORTING_JOB,
-    EvaluationResource,
-    bench_specs,
     checkpoints_to_evaluate,
-    ensure_builtin_methods,
     evaluated_partitions,
+)
+from assets.evaluation.resource import (
+    EvaluationResource,
+    ensure_builtin_methods,
     evaluation_partition,
 )
 from assets.execution import entry_point_settings
 from assets.resources import ObjectStoreResource
+from cotir_pipeline.evaluation.method_names import BUILTIN_METHODS
+from cotir_pipeline.evaluation.stage import BENCHMARK_TABLES_PREFIX, bench_specs
 from cotir_pipeline.store import ObjectStore
 
 #: The asset whose materialized partitions say a method x bench pair is scored.

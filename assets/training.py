@@ -27,17 +27,17 @@ from typing import Any, Literal, Self
 import dagster as dg
 from pydantic import Field
 
-from assets.evaluation import EvaluationResource, local_bench
+from assets.evaluation.resource import EvaluationResource, failing_clearly
 from assets.metadata import parquet_output_metadata
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.annotation_stage import TRAINING_SHARDS_PREFIX
+from cotir_pipeline.checkpoint_layout import CHECKPOINTS_PREFIX
+from cotir_pipeline.evaluation.stage import local_bench
 from cotir_pipeline.settings import CotirSettings, Profile
 from cotir_pipeline.store import ObjectStore
 
 #: The training entry point, run as a module.
 TRAIN_MODULE = "models.train"
-#: Store prefix of uploaded checkpoints: ``checkpoints/<variant>/<run id>/step-NNNNNNN/``.
-CHECKPOINTS_PREFIX = "checkpoints"
 #: The demo runs: the ``demo`` variant on its shipped prior (the variant's own schedule).
 DEMO_VARIANT = "demo"
 #: The demo's second training asset: the same run with the flow started at the LQ.
@@ -199,15 +199,10 @@ def training_resources(settings: CotirSettings) -> dict[str, Any]:
 
 
 def _subprocess_env(store: ObjectStoreResource) -> dict[str, str]:
-    """PYTHONPATH with the repo, and the store settings the trainer's uploads need."""
+    """PYTHONPATH with the repo, and the whole store config the trainer's uploads need."""
     path = os.environ.get("PYTHONPATH", "")
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)}
-    if store.s3_endpoint_url:
-        env["COTIR_S3_ENDPOINT_URL"] = store.s3_endpoint_url
-    if store.s3_region:
-        env["COTIR_S3_REGION"] = store.s3_region
-    env["COTIR_S3_ADDRESSING_STYLE"] = store.s3_addressing_style
-    return env
+    return {**env, **store.config().environment()}
 
 
 def _image_md(path: Any, alt: str) -> dg.MetadataValue:
@@ -671,7 +666,8 @@ def build_table_vii_asset(
         object_store = store.open()
         out = Path(table_vii_config.output_dir)
         shards = resolve_shard_source(object_store.uri(TRAINING_SHARDS_PREFIX), out / "shards")
-        bench = local_bench(object_store, table_vii_config.bench, Path(evaluation.cache_dir))
+        with failing_clearly():
+            bench = local_bench(object_store, table_vii_config.bench, Path(evaluation.cache_dir))
         results = run_table_vii(
             shards=str(shards),
             bench=bench.root,

@@ -18,6 +18,12 @@ import numpy as np
 from PIL import Image
 
 from cotir_pipeline.annotation.prompts import spe_prompts
+from cotir_pipeline.checkpoint_layout import (
+    CHECKPOINT_MARKER,
+    CHECKPOINTS_DIR,
+    MODEL_DIR,
+    MODEL_HASH_FIELD,
+)
 from cotir_pipeline.evaluation.method_names import checkpoint_method
 from cotir_pipeline.images import BadImageError, load_rgb8
 from cotir_pipeline.postprocess import DEFAULT_GAMMA, DEFAULT_SIGMA, postprocess
@@ -34,8 +40,6 @@ CLASSICAL_LABEL = "classical chain (a classical tool per named degradation)"
 DEGRADATIONS: tuple[str, ...] = tuple(item.value for item in Degradation)
 #: The release app's default long-edge limit; larger inputs are scaled down first.
 DEFAULT_MAX_LONG_EDGE = 2560
-#: Training run layout: <home>/training/<variant>/<run>/checkpoints/step-N/{model/, marker}.
-CHECKPOINT_MARKER = "checkpoint.json"
 
 
 class AppError(Exception):
@@ -58,8 +62,8 @@ def _checkpoint_option(step_folder: Path) -> MethodOption | None:
         marker = json.loads((step_folder / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    model = step_folder / "model"
-    digest = marker.get("model_sha256")
+    model = step_folder / MODEL_DIR
+    digest = marker.get(MODEL_HASH_FIELD)
     if not model.is_dir() or not isinstance(digest, str):
         return None
     try:
@@ -75,7 +79,7 @@ def discover_checkpoints(training_root: Path) -> list[MethodOption]:
     from models.train import latest_checkpoint
 
     found: list[tuple[float, MethodOption]] = []
-    for checkpoints in training_root.glob("*/*/checkpoints"):
+    for checkpoints in training_root.glob(f"*/*/{CHECKPOINTS_DIR}"):
         latest = latest_checkpoint(checkpoints)
         option = None if latest is None else _checkpoint_option(latest)
         if option is not None and latest is not None:
@@ -100,8 +104,8 @@ def custom_checkpoint(path_text: str, variant: str | None) -> MethodOption:
     if not text:
         raise AppError("Type the checkpoint folder, or pick a method from the list.")
     folder = Path(text).expanduser()
-    if (folder / "model").is_dir() and (folder / CHECKPOINT_MARKER).is_file():
-        folder = folder / "model"  # a training checkpoint: its inference part
+    if (folder / MODEL_DIR).is_dir() and (folder / CHECKPOINT_MARKER).is_file():
+        folder = folder / MODEL_DIR  # a training checkpoint: its inference part
     return MethodOption(f"checkpoint {text}", "cotir", folder, variant or None)
 
 

@@ -15,7 +15,7 @@ import click
 
 from cotir_pipeline.provenance import package_versions
 from cotir_pipeline.settings import CotirSettings, Profile, SettingsError, load_settings
-from cotir_pipeline.store import ObjectStore, StoreError, open_store
+from cotir_pipeline.store import ObjectStore, StoreConfig, StoreError, open_store
 
 EXIT_BAD_SETTING = 2
 EXIT_CHECK_FAILED = 1
@@ -104,8 +104,7 @@ def store_group() -> None:
     type=click.FloatRange(min=0),
     default=24.0,
     show_default=True,
-    help="Only what was left longer ago than this (younger ones may belong to a running "
-    "writer).",
+    help="Only what was left longer ago than this (younger ones may belong to a running writer).",
 )
 @click.option("--prefix", default="", help="Only under this key prefix, e.g. pair_shards/.")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
@@ -119,7 +118,7 @@ def store_cleanup(older_than_hours: float, prefix: str, dry_run: bool) -> None:
       COTIR_STORE=s3://cotir/runs cotir store cleanup --older-than-hours 6 --dry-run
     """
     settings = _settings_or_exit()
-    store = open_store(settings)
+    store = open_store(StoreConfig.from_settings(settings))
     try:
         removed = store.cleanup(prefix, older_than_s=older_than_hours * 3600, dry_run=dry_run)
     except (StoreError, ValueError) as error:
@@ -147,7 +146,7 @@ def doctor(as_json: bool) -> None:
         {"check": "settings", "status": "ok", "detail": f"profile={settings.profile.value}"}
     ]
     try:
-        open_store(settings).check()
+        open_store(StoreConfig.from_settings(settings)).check()
         checks.append({"check": "store", "status": "ok", "detail": settings.store})
     except StoreError as error:
         checks.append({"check": "store", "status": "failed", "detail": str(error)})
@@ -191,9 +190,9 @@ EXIT_BAD_INPUT = 2
 def _store_for(settings: CotirSettings, location: str | None) -> ObjectStore:
     """The store holding the lineage index: ``location`` (a folder or URL) or COTIR_STORE."""
     if location is None:
-        return open_store(settings)
+        return open_store(StoreConfig.from_settings(settings))
     try:
-        return open_store(settings.model_copy(update={"store": location}))
+        return open_store(StoreConfig.from_settings(settings).at(location))
     except ValueError as error:
         click.echo(f"cotir: bad --index {location!r}: {error}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -387,8 +386,7 @@ def _checkpoint_summary(name: str, index_location: str | None, as_json: bool) ->
         return
     limit = f" up to step {summary['up_to_step']}" if summary["up_to_step"] else ""
     click.echo(
-        f"run {summary['run_label']}{limit}: {summary['samples']} samples, "
-        f"{summary['draws']} draws"
+        f"run {summary['run_label']}{limit}: {summary['samples']} samples, {summary['draws']} draws"
     )
     rows = summary["by_source_and_degradation"]
     for line in _format_rows(rows, ("source", "degradation", "samples", "draws")):
@@ -458,7 +456,6 @@ def main() -> None:
     cli()
 
 
-
 # -- bench ---------------------------------------------------------------------------------
 
 #: Entry-point group of restorer factories for `cotir bench --method NAME:ARG` (``models``
@@ -493,9 +490,7 @@ def _restorer_for(method: str, prompt_kind: str) -> object:
 
 
 @cli.command("bench")
-@click.argument(
-    "bench_dir", type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@click.argument("bench_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--method",
     default="classical_chain",
@@ -504,15 +499,24 @@ def _restorer_for(method: str, prompt_kind: str) -> object:
     "cotir:CHECKPOINT_DIR (a trained CoTIR checkpoint).",
 )
 @click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
     help="Where outputs go (<out>/vague/, <out>/precise/) and the scores (scores.parquet).",
 )
 @click.option(
-    "--prompt", "prompt_kinds", type=click.Choice(["vague", "precise"]), multiple=True,
-    default=("vague", "precise"), show_default=True, help="Which prompts to run.",
+    "--prompt",
+    "prompt_kinds",
+    type=click.Choice(["vague", "precise"]),
+    multiple=True,
+    default=("vague", "precise"),
+    show_default=True,
+    help="Which prompts to run.",
 )
 @click.option(
-    "--metrics", default="psnr,ssim", show_default=True,
+    "--metrics",
+    default="psnr,ssim",
+    show_default=True,
     help="Comma-separated pyiqa metrics; unavailable ones are reported n/a with the reason.",
 )
 @click.option("--device", default="cpu", show_default=True, help="Device for the metrics.")

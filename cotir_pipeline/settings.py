@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cotir_pipeline.store import config as store_defaults
+
 ENV_PREFIX = "COTIR_"
 
 
@@ -122,7 +124,7 @@ class CotirSettings(BaseSettings):
     )
     s3_region: str | None = Field(default=None, description="S3 region name.")
     s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
-        default="path",
+        default=store_defaults.DEFAULT_ADDRESSING_STYLE,
         description="path works with every S3-compatible server; virtual is AWS's default.",
     )
     executor: Literal["multiprocess", "in_process", "celery"] = Field(
@@ -142,22 +144,35 @@ class CotirSettings(BaseSettings):
         "(every other step goes to 'cpu').",
     )
     store_max_attempts: int = Field(
-        default=6, ge=1, le=20, description="Attempts per store request on transient errors."
+        default=store_defaults.DEFAULT_MAX_ATTEMPTS,
+        ge=1,
+        le=20,
+        description="Attempts per store request on transient errors.",
     )
-    store_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    store_read_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    store_connect_timeout_s: float = Field(
+        default=store_defaults.DEFAULT_CONNECT_TIMEOUT_S, gt=0, le=300
+    )
+    store_read_timeout_s: float = Field(
+        default=store_defaults.DEFAULT_READ_TIMEOUT_S, gt=0, le=3600
+    )
     store_retry_budget_s: float = Field(
-        default=30.0,
+        default=store_defaults.DEFAULT_RETRY_BUDGET_S,
         ge=0,
         le=3600,
         description="How long a store operation keeps retrying transient errors (a restarting "
         "S3 gateway, throttling) before the step fails; 0 = only the request's own attempts.",
     )
     store_multipart_threshold_mib: int = Field(
-        default=64, ge=5, le=5 * 1024, description="Objects at least this big upload in parts."
+        default=store_defaults.DEFAULT_MULTIPART_THRESHOLD_MIB,
+        ge=5,
+        le=5 * 1024,
+        description="Objects at least this big upload in parts.",
     )
     store_multipart_part_mib: int = Field(
-        default=16, ge=5, le=5 * 1024, description="Part size of multipart uploads (S3 minimum 5)."
+        default=store_defaults.DEFAULT_MULTIPART_PART_MIB,
+        ge=5,
+        le=5 * 1024,
+        description="Part size of multipart uploads (S3 minimum 5).",
     )
 
     @field_validator("home", mode="after")

@@ -49,15 +49,14 @@ from typing import Any
 
 import torch
 
+from cotir_pipeline.checkpoint_layout import META_FILE
 from cotir_pipeline.weights import MissingWeightsError
 from models.backbones import BackboneKind, CoTIRTransformer
 from models.lora import ADAPTER_NAME, apply_lora, has_lora
 
 ADAPTER_FILE = "cot_adapter.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"
-META_FILE = "cotir.json"
 BASE_DIR = "transformer"
-RELEASE_ADAPTER_FILE = "cot_adapter.pt"
 RELEASE_LORA_FILE = "lora.pt"
 FORMAT_NAME = "cotir-checkpoint"
 FORMAT_VERSION = 1

@@ -149,8 +149,7 @@ def resolve_shard_source(source: str | Path, cache_dir: Path) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"training shard folder {path} does not exist")
         return path
-    from cotir_pipeline.settings import CotirSettings
-    from cotir_pipeline.store import open_store, parse_store_url
+    from cotir_pipeline.store import inherited_store_config, open_store, parse_store_url
 
     location = parse_store_url(text)
     if location.kind == "file":
@@ -158,7 +157,7 @@ def resolve_shard_source(source: str | Path, cache_dir: Path) -> Path:
         if not location.path.is_dir():
             raise FileNotFoundError(f"training shard folder {location.path} does not exist")
         return location.path
-    store = open_store(CotirSettings(store=text))
+    store = open_store(inherited_store_config(text))
     cache_dir = Path(cache_dir)
     count = 0
     manifest_stored = False

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cotir_pipeline.checkpoint_layout import META_FILE, RELEASE_ADAPTER_FILE
 from cotir_pipeline.weights import MissingWeightsError, require_weights
 from models.backbones import (
     BackboneKind,
@@ -38,8 +39,6 @@ from models.backbones import (
 )
 from models.checkpoint_io import (
     BASE_DIR,
-    META_FILE,
-    RELEASE_ADAPTER_FILE,
     RELEASE_LORA_FILE,
     load_checkpoint,
     load_release_checkpoint,

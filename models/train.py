@@ -63,6 +63,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cotir_pipeline.checkpoint_layout import (
+    CHECKPOINT_MARKER,
+    CHECKPOINTS_DIR,
+    LATEST_FILE,
+    MODEL_DIR,
+    MODEL_HASH_FIELD,
+)
 from cotir_pipeline.digests import file_sha256
 from models.consumption import ConsumptionLog
 from models.data import DataPosition, derive_seed, discover_shards, make_loader
@@ -83,10 +90,6 @@ from models.metrics_plots import plot_training_curves, read_jsonl, write_csv
 from models.train_config import Stage, TrainConfig, config_for_variant
 from models.variants import Variant, get_variant
 
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_FILE = "latest"
-CHECKPOINT_MARKER = "checkpoint.json"
-MODEL_DIR = "model"
 TRAINABLE_FILE = "trainable.safetensors"
 STATE_FILE = "training_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -452,10 +455,10 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def _open_store(url: str) -> Any:
-    from cotir_pipeline.settings import CotirSettings
-    from cotir_pipeline.store import open_store
+    """The store at ``url`` with the client settings the launching process handed down."""
+    from cotir_pipeline.store import inherited_store_config, open_store
 
-    return open_store(CotirSettings(store=url))
+    return open_store(inherited_store_config(url))
 
 
 def finished_checkpoints(root: Path) -> list[Path]:
@@ -973,7 +976,7 @@ class _Checkpointer:
                 "variant": parts.variant.name,
                 "flow_start": parts.config.flow_start,
                 "constraint_mode": parts.config.constraints.mode.value,
-                "model_sha256": model_sha,
+                MODEL_HASH_FIELD: model_sha,
                 "files": {
                     p.relative_to(partial).as_posix(): file_sha256(p)
                     for p in sorted(partial.rglob("*"))
@@ -1219,7 +1222,7 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
     if checkpointer.last is None and resume_from is not None and accelerator.is_main_process:
         checkpointer.last = resume_from
         checkpointer.last_sha256 = json.loads((resume_from / CHECKPOINT_MARKER).read_text())[
-            "model_sha256"
+            MODEL_HASH_FIELD
         ]
     _write_rank_report(out, parts, position)
     result = TrainResult(

@@ -23,29 +23,28 @@ import pytest
 from PIL import Image
 
 from assets.definitions import build_definitions
-from assets.evaluation import (
-    BUILTIN_METHODS,
-    CHECKPOINT_MARKER,
+from assets.evaluation.automation import (
     CHECKPOINT_SENSOR,
     EVALUATION_JOB,
-    METHODS_PARTITIONS,
     NIGHTLY_SCHEDULE,
     REPORTING_JOB,
     REPORTING_SENSOR,
+    build_evaluation_definitions,
+)
+from assets.evaluation.resource import (
+    METHODS_PARTITIONS,
     TABLED_CHECK,
     EvaluationResource,
-    _write_tables,
-    bench_specs,
-    build_evaluation_definitions,
     ensure_builtin_methods,
     evaluation_partition,
-    find_checkpoints,
-    model_subfolder,
     split_evaluation_partition,
 )
 from assets.resources import ObjectStoreResource
-from cotir_pipeline.evaluation.method_names import cotir_method
+from cotir_pipeline.checkpoint_layout import CHECKPOINT_MARKER, find_checkpoints, model_subfolder
+from cotir_pipeline.evaluation.method_names import BUILTIN_METHODS, cotir_method
+from cotir_pipeline.evaluation.reporting import write_tables
 from cotir_pipeline.evaluation.scoring import ScoreRow
+from cotir_pipeline.evaluation.stage import bench_specs
 from cotir_pipeline.settings import CotirSettings, Profile
 from cotir_pipeline.store import LocalObjectStore
 
@@ -405,15 +404,15 @@ def test_the_tables_check_names_a_scored_method_a_table_left_out(
         shutil.copytree(scenario.store.root / prefix, copy.root / prefix)
     work = tmp_path / "work"
     work.mkdir()
-    _, check = _write_tables(
+    result = write_tables(
         copy,
         EvaluationResource.from_settings(scenario.settings),
         bench_specs(Profile.DEMO),
         work,
         lambda message: None,
     )
-    assert not check.passed
-    assert check.metadata["methods_missing_per_table"].value == {"III": ["identity"]}
+    assert not result.passed
+    assert result.missing_per_table == {"III": ["identity"]}
 
 
 def test_reporting_sensor_runs_once_after_new_scores(scenario: Scenario) -> None:

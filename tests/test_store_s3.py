@@ -12,7 +12,13 @@ import pytest
 
 from cotir_pipeline.devservices.radosgw import S3Endpoint
 from cotir_pipeline.settings import load_settings
-from cotir_pipeline.store import S3ObjectStore, StoreError, StoreUnavailableError, open_store
+from cotir_pipeline.store import (
+    S3ObjectStore,
+    StoreConfig,
+    StoreError,
+    StoreUnavailableError,
+    open_store,
+)
 from cotir_test_support import MIB, FaultInjectingProxy, free_port
 
 pytestmark = pytest.mark.s3
@@ -120,7 +126,7 @@ def test_open_store_from_settings(
     bucket = make_s3_store().bucket
     monkeypatch.setenv("COTIR_STORE", f"s3://{bucket}/from-settings/")
     monkeypatch.setenv("COTIR_S3_ENDPOINT_URL", s3_credentials.endpoint_url)
-    store = open_store(load_settings())
+    store = open_store(StoreConfig.from_settings(load_settings()))
     store.check()
     store.put_text("hello.txt", "hi")
     assert store.url == f"s3://{bucket}/from-settings"

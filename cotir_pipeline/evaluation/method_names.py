@@ -1,8 +1,10 @@
-"""Method names of CoTIR checkpoints in tables, partitions and the app.
+"""Method names in tables, evaluation partitions and the app.
 
-A checkpoint trained by this project is named after its run and step
-(``cotir-<variant>-<recipe>-<run>-s<step>``), so a table row says what it is; one
-without that record (copied in by hand, the release's files) after its content hash.
+The built-ins are ``identity`` and ``classical_chain``; a configured folder of another
+method's outputs is ``folder-<name>``. A checkpoint trained by this project is named
+after its run and step (``cotir-<variant>-<recipe>-<run>-s<step>``), so a table row says
+what it is; one without that record (copied in by hand, the release's files) after its
+content hash.
 """
 
 from __future__ import annotations
@@ -44,3 +46,28 @@ def checkpoint_method(marker: Mapping[str, Any], checkpoint_hash: str) -> str:
     method = f"{COTIR_METHOD_PREFIX}{name}-{recipe}-{run}-s{step}".lower()
     method = re.sub(r"[^a-z0-9._-]", "-", method)
     return method if METHOD_NAME.match(method) else cotir_method(checkpoint_hash)
+
+
+#: The input unchanged: every table's floor.
+IDENTITY = "identity"
+#: One classical tool per named degradation, in label order.
+CLASSICAL_CHAIN = "classical_chain"
+#: The methods every profile evaluates.
+BUILTIN_METHODS: tuple[str, ...] = (IDENTITY, CLASSICAL_CHAIN)
+#: Outputs of another method, precomputed into a configured folder: ``folder-<name>``.
+FOLDER_METHOD_PREFIX = "folder-"
+
+
+def folder_method(name: str) -> str:
+    """The method name of a configured output folder: ``folder-<name>``."""
+    method = FOLDER_METHOD_PREFIX + name
+    if not METHOD_NAME.match(method):
+        raise ValueError(
+            f"output folder name {name!r} must be lower-case letters, digits, '.', '_' or '-'"
+        )
+    return method
+
+
+def prompt_matters(method: str) -> bool:
+    """Whether a method reads the instruction (built-ins ignore it: identical outputs)."""
+    return method not in BUILTIN_METHODS

@@ -1,11 +1,10 @@
 """Object storage: one interface, a local-folder and an S3 implementation.
 
-Use :func:`open_store` to get the store the settings point at.
+Use :func:`open_store` with a :class:`StoreConfig` (``StoreConfig.from_settings``) to get
+the store the settings point at.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from cotir_pipeline.store.base import (
     ObjectInfo,
@@ -15,12 +14,10 @@ from cotir_pipeline.store.base import (
     StoreUnavailableError,
     validate_key,
 )
+from cotir_pipeline.store.config import StoreConfig, inherited_store_config
 from cotir_pipeline.store.local import LocalObjectStore
 from cotir_pipeline.store.location import StoreLocation, parse_store_url
 from cotir_pipeline.store.s3 import S3ObjectStore
-
-if TYPE_CHECKING:
-    from cotir_pipeline.settings import CotirSettings
 
 _MIB = 1024 * 1024
 #: What the stages clear at the start of a run: a killed process's partial files at any
@@ -44,9 +41,11 @@ __all__ = [
     "ObjectNotFoundError",
     "ObjectStore",
     "S3ObjectStore",
+    "StoreConfig",
     "StoreError",
     "StoreLocation",
     "StoreUnavailableError",
+    "inherited_store_config",
     "open_store",
     "parse_store_url",
     "remove_leftovers",
@@ -54,9 +53,9 @@ __all__ = [
 ]
 
 
-def open_store(settings: CotirSettings) -> ObjectStore:
-    """Build the store that ``settings.store`` names; no network happens here."""
-    location = parse_store_url(settings.store)
+def open_store(config: StoreConfig) -> ObjectStore:
+    """Build the store that ``config.url`` names; no network happens here."""
+    location = parse_store_url(config.url)
     if location.kind == "file":
         assert location.path is not None
         return LocalObjectStore(location.path)
@@ -64,13 +63,13 @@ def open_store(settings: CotirSettings) -> ObjectStore:
     return S3ObjectStore(
         location.bucket,
         location.prefix,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-        addressing_style=settings.s3_addressing_style,
-        max_attempts=settings.store_max_attempts,
-        connect_timeout_s=settings.store_connect_timeout_s,
-        read_timeout_s=settings.store_read_timeout_s,
-        retry_budget_s=settings.store_retry_budget_s,
-        multipart_threshold=settings.store_multipart_threshold_mib * _MIB,
-        multipart_part_size=settings.store_multipart_part_mib * _MIB,
+        endpoint_url=config.s3_endpoint_url,
+        region=config.s3_region,
+        addressing_style=config.s3_addressing_style,
+        max_attempts=config.max_attempts,
+        connect_timeout_s=config.connect_timeout_s,
+        read_timeout_s=config.read_timeout_s,
+        retry_budget_s=config.retry_budget_s,
+        multipart_threshold=config.multipart_threshold_mib * _MIB,
+        multipart_part_size=config.multipart_part_mib * _MIB,
     )
