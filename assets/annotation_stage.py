@@ -3,7 +3,7 @@
 import html
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -23,7 +23,6 @@ from cotir_pipeline.annotation_stage import (
     pair_shard_keys,
     write_training_shards,
 )
-from cotir_pipeline.settings import CotirSettings, Profile, env_name
 from cotir_pipeline.sources.spec import SourceCatalog
 from cotir_pipeline.store import ObjectStore
 
@@ -50,27 +49,6 @@ class AnnotationResource(dg.ConfigurableResource):
     training_shard_size: int = Field(description="Samples per training shard.")
     min_keep_rate: float = Field(default=0.5, description="Check: kept / annotated at least.")
     max_failure_rate: float = Field(default=0.1, description="Check: failed annotations at most.")
-
-    @classmethod
-    def from_settings(cls, settings: CotirSettings) -> Self:
-        """Template annotations on the demo profile; vLLM on the full one."""
-        return cls(
-            backend=settings.effective_annotation_backend,
-            vllm_urls=list(settings.vllm_url_list),
-            vllm_model=settings.vllm_model,
-            max_in_flight=settings.vllm_max_in_flight,
-            # The variable's name goes into the run config; Dagster reads the value when
-            # the step runs (a literal would sit in runs.db and show in the UI).
-            api_key=dg.EnvVar(env_name("vllm_api_key")) if settings.vllm_api_key else None,
-            guided_decoding=settings.vllm_guided_decoding,
-            cache_path=str(
-                (settings.cache_dir or settings.home) / "annotation" / "vllm-cache.sqlite"
-            ),
-            clip_model=settings.clip_model,
-            clip_checkpoint=str(settings.clip_checkpoint or ""),
-            clip_threshold=settings.clip_threshold,
-            training_shard_size=64 if settings.profile is Profile.DEMO else 1000,
-        )
 
     def make_backend(self) -> Any:
         """The annotation backend (imports the HTTP client only for vLLM)."""
@@ -317,7 +295,7 @@ def build_annotation_assets(
                     object_store.uri(f"{TRAINING_SHARDS_PREFIX}/manifest.parquet")
                 ),
                 **parquet_output_metadata(TRAINING_MANIFEST_SCHEMA, report.samples),
-            }
+            },
         )
 
     return [cot_annotations, filtered_annotations, training_shards]

@@ -10,7 +10,6 @@ import base64
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self
 
 import dagster as dg
 from pydantic import Field
@@ -31,7 +30,6 @@ from cotir_pipeline.pair_stage import (
     save_plan,
     write_pair_shards,
 )
-from cotir_pipeline.settings import CotirSettings, Profile
 from cotir_pipeline.shard_checks import (
     ShardVerification,
     preview_grid_png,
@@ -68,18 +66,6 @@ class DataStageResource(dg.ConfigurableResource):
         description="Share of a fetched source's expected_pairs that may be missing: fewer "
         "pairs than that fail raw_pairs; missing pairs within it are a warning.",
     )
-
-    @classmethod
-    def from_settings(cls, settings: CotirSettings) -> Self:
-        """Demo: 128 px pairs in small shards; full: 512 px pairs as in the release."""
-        demo = settings.profile is Profile.DEMO
-        return cls(
-            stored_size=128 if demo else 512,
-            shard_size=64 if demo else 1000,
-            workers=1 if demo else 8,
-            cache_dir=str(settings.cache_dir),
-            mirror_dir=str(settings.mirror_dir) if settings.mirror_dir else None,
-        )
 
 
 def _counts_table(title: str, counts: Counter[str]) -> str:
@@ -236,7 +222,7 @@ def build_data_stage_assets(
                     {"verdict": count.verdict, "found": count.found, "expected": count.expected}
                 ),
                 **parquet_output_metadata(PLAN_SCHEMA, len(pairs)),
-            }
+            },
         )
 
     @dg.asset(

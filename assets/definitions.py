@@ -15,20 +15,18 @@ import dagster as dg
 from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 
 from assets import environment
-from assets.annotation_stage import AnnotationResource, build_annotation_assets
-from assets.data_stage import DEMO_SOURCE, DataStageResource, build_data_stage_assets
+from assets.annotation_stage import build_annotation_assets
+from assets.data_stage import DEMO_SOURCE, build_data_stage_assets
 from assets.evaluation.automation import build_evaluation_definitions, evaluation_run_selection
 from assets.execution import build_executor, queue_tags
 from assets.lineage import build_lineage_assets, lineage_lookup
 from assets.monitoring import build_dead_run_worker_sensor
-from assets.resources import ObjectStoreResource, ProfileResource
+from assets.profiles import resources_for
 from assets.training import (
     TABLE_VII_JOB,
-    TableVIIResource,
     TrainingResource,
     build_table_vii_asset,
     build_training_assets,
-    training_resources,
 )
 from cotir_pipeline.settings import CotirSettings, Profile, load_settings
 from cotir_pipeline.sources.catalog import load_catalog
@@ -67,10 +65,13 @@ def build_definitions(
     buildable = [DEMO_SOURCE] if settings.profile is Profile.DEMO else None
     source_catalog, raw_pairs, pair_shards = build_data_stage_assets(catalog, tags, only=buildable)
     annotation_assets = build_annotation_assets(catalog, pair_shards, tags)
-    training_resource = training or training_resources(settings)["training"]
+    resources = resources_for(settings)
+    training_resource = training or resources["training"]
     training_assets = build_training_assets(tags, lq_flow_run=training_resource.lq_flow_run)
     checkpoints = [asset.key for asset in training_assets if asset.key.path[-1] != "base_model"]
-    evaluation = build_evaluation_definitions(settings, tags, checkpoints=checkpoints)
+    evaluation = build_evaluation_definitions(
+        settings, tags, evaluation=resources["evaluation"], checkpoints=checkpoints
+    )
     lineage_assets = build_lineage_assets(
         [
             raw_pairs.key,
@@ -124,16 +125,7 @@ def build_definitions(
         schedules=evaluation.schedules,
         sensors=[*evaluation.sensors, build_dead_run_worker_sensor()],
         executor=build_executor(settings),
-        resources={
-            "store": ObjectStoreResource.from_settings(settings),
-            "profile": ProfileResource.from_settings(settings),
-            "data_stage": DataStageResource.from_settings(settings),
-            "annotation": AnnotationResource.from_settings(settings),
-            **evaluation.resources,
-            **training_resources(settings),
-            "training": training_resource,
-            "table_vii_config": TableVIIResource.from_settings(settings),
-        },
+        resources={**resources, **evaluation.resources, "training": training_resource},
     )
     with _quiet_beta_features():
         return definitions.map_asset_specs(

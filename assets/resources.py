@@ -84,16 +84,6 @@ class ProfileResource(dg.ConfigurableResource):
     profile: str = Field(default=Profile.DEMO.value, description="COTIR_PROFILE: demo or full.")
     home: str = Field(description="COTIR_HOME: local working folder (caches, default store).")
 
-    @classmethod
-    def from_settings(cls, settings: CotirSettings) -> Self:
-        """The resource for the loaded settings."""
-        return cls(profile=settings.profile.value, home=str(settings.home))
-
-    @property
-    def is_demo(self) -> bool:
-        """Whether the embedded demo profile is active."""
-        return self.profile == Profile.DEMO.value
-
 
 def clear_leftovers(
     object_store: ObjectStore, prefix: str, context: dg.AssetExecutionContext

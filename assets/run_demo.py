@@ -24,11 +24,11 @@ from assets.evaluation.automation import (
     evaluated_partitions,
 )
 from assets.evaluation.resource import (
-    EvaluationResource,
     ensure_builtin_methods,
     evaluation_partition,
 )
 from assets.execution import entry_point_settings
+from assets.profiles import evaluation_resource
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.evaluation.method_names import BUILTIN_METHODS
 from cotir_pipeline.evaluation.stage import BENCHMARK_TABLES_PREFIX, bench_specs
@@ -78,7 +78,7 @@ def main() -> int:
         ok = _report(demo, "demo") and ok
         if ok:
             store = ObjectStoreResource.from_settings(settings).open()
-            checkpoints = checkpoints_to_evaluate(store, EvaluationResource.from_settings(settings))
+            checkpoints = checkpoints_to_evaluate(store, evaluation_resource(settings))
             trained = [ref.method for ref in checkpoints]
             ensure_builtin_methods(instance, extra=trained)
             done = evaluated_partitions(instance, SCORES_KEY)

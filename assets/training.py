@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -33,7 +33,7 @@ from assets.resources import ObjectStoreResource
 from cotir_pipeline.annotation_stage import TRAINING_SHARDS_PREFIX
 from cotir_pipeline.checkpoint_layout import CHECKPOINTS_PREFIX
 from cotir_pipeline.evaluation.stage import local_bench
-from cotir_pipeline.settings import CotirSettings, Profile
+from cotir_pipeline.settings import CotirSettings
 from cotir_pipeline.store import ObjectStore
 
 #: The training entry point, run as a module.
@@ -102,30 +102,6 @@ class TrainingResource(dg.ConfigurableResource):
         default_factory=list, description="More models.train flags, e.g. --gradient-checkpointing."
     )
 
-    @classmethod
-    def from_settings(cls, settings: CotirSettings) -> Self:
-        """Demo: the demo variant on its shipped prior, both flow starts; full: CoTIR-4B, 8 GPUs."""
-        output_dir = str(settings.home / "training")
-        weights = str(settings.weights_dir) if settings.weights_dir else None
-        if settings.profile is Profile.DEMO:
-            return cls(
-                variant=DEMO_VARIANT,
-                steps=settings.train_steps,
-                output_dir=output_dir,
-                lq_flow_run=True,
-                home=str(settings.home),
-                weights_dir=weights,
-            )
-        return cls(
-            variant="cotir-4b",
-            steps=settings.train_steps,
-            launcher="accelerate",
-            num_processes=8,
-            output_dir=output_dir,
-            home=str(settings.home),
-            weights_dir=weights,
-        )
-
     def base_folder(self) -> Path | None:
         """The base model folder the runs start from (None: the variant's default lookup)."""
         if self.base == "rebuild":
@@ -188,14 +164,6 @@ class TrainingResource(dg.ConfigurableResource):
         if store_url:
             command += ["--store-url", store_url]
         return [*command, *self.extra_args]
-
-
-def training_resources(settings: CotirSettings) -> dict[str, Any]:
-    """The ``training`` and ``pipes_subprocess_client`` resources for the settings."""
-    return {
-        "training": TrainingResource.from_settings(settings),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
-    }
 
 
 def _subprocess_env(store: ObjectStoreResource) -> dict[str, str]:
@@ -596,11 +564,6 @@ class TableVIIResource(dg.ConfigurableResource):
         default="noise", description="Flow start of every arm (the demo's main recipe)."
     )
     output_dir: str = Field(description="Local folder of the arms' runs and outputs.")
-
-    @classmethod
-    def from_settings(cls, settings: CotirSettings) -> Self:
-        """Four arms, three seeds, the demo variant's schedule, scored on the demo bench."""
-        return cls(output_dir=str(settings.home / "table_vii"))
 
 
 def arms_scored_check(

@@ -25,6 +25,7 @@ from assets.definitions import (
     code_location_run_tags,
     defs,
 )
+from assets.profiles import training_resource
 from assets.training import TrainingResource
 from cotir_pipeline.cli import cli
 from cotir_pipeline.lineage.details import checkpoint_summary
@@ -247,9 +248,7 @@ def test_runs_started_by_make_demo_are_listed_under_their_job_in_the_ui(tmp_path
 
 def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSettings) -> None:
     # The demo's two fine-tunes, shortened to 8 steps each (the DAG is what is tested here).
-    training = TrainingResource(
-        **{**TrainingResource.from_settings(settings).model_dump(), "steps": 8}
-    )
+    training = TrainingResource(**{**training_resource(settings).model_dump(), "steps": 8})
     definitions = build_definitions(settings, training=training)
     all_keys = definitions.resolve_asset_graph().get_all_asset_keys()
     # The method x bench assets and the tables run in the evaluation and reporting jobs

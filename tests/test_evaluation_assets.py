@@ -39,6 +39,7 @@ from assets.evaluation.resource import (
     evaluation_partition,
     split_evaluation_partition,
 )
+from assets.profiles import evaluation_resource
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.checkpoint_layout import CHECKPOINT_MARKER, find_checkpoints, model_subfolder
 from cotir_pipeline.evaluation.method_names import BUILTIN_METHODS, cotir_method
@@ -406,7 +407,7 @@ def test_the_tables_check_names_a_scored_method_a_table_left_out(
     work.mkdir()
     result = write_tables(
         copy,
-        EvaluationResource.from_settings(scenario.settings),
+        evaluation_resource(scenario.settings),
         bench_specs(Profile.DEMO),
         work,
         lambda message: None,
@@ -531,7 +532,7 @@ def test_a_folder_of_another_methods_outputs_is_scored_as_it_is(
         target.mkdir(parents=True)
         for info in scenario.store.list(f"restorations/identity/demo_bench/{kind}/"):
             scenario.store.download_file(info.key, target / info.key.rsplit("/", 1)[-1])
-    resource = EvaluationResource.from_settings(scenario.settings)
+    resource = evaluation_resource(scenario.settings)
     custom = EvaluationResource(
         **{**resource.model_dump(), "method_folders": {"other": str(tmp_path / "other")}}
     )
@@ -644,7 +645,7 @@ def test_the_sensor_evaluates_final_checkpoints_and_skips_scored_benches(tmp_pat
             )
         )
 
-    default = EvaluationResource.from_settings(settings)
+    default = evaluation_resource(settings)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(METHODS_PARTITIONS, [final_method])
         scored = evaluation_partition(final_method, "demo_bench")

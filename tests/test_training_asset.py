@@ -8,13 +8,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from assets.profiles import resources_for, training_resource
 from assets.resources import ObjectStoreResource
 from assets.training import (
     CHECKPOINTS_PREFIX,
     TrainingResource,
     build_training_assets,
     metrics_table,
-    training_resources,
 )
 from cotir_pipeline.annotation.clip_filter import ConsistencyFilter
 from cotir_pipeline.annotation.template_backend import TemplateBackend
@@ -159,7 +159,7 @@ def test_commands_for_each_launcher(tmp_path: Path) -> None:
 
 
 def test_resources_from_settings(tmp_path: Path) -> None:
-    demo = training_resources(CotirSettings(home=tmp_path))
+    demo = resources_for(CotirSettings(home=tmp_path))
     assert demo["training"].variant == "demo"
     assert demo["training"].launcher == "python"
     # The demo's main run is the paper's objective; the LQ-flow comparison is its own asset.
@@ -167,7 +167,7 @@ def test_resources_from_settings(tmp_path: Path) -> None:
     assert demo["training"].lq_flow_run
     assert demo["training"].output_dir == str(tmp_path.resolve() / "training")
     assert isinstance(demo["pipes_subprocess_client"], dg.PipesSubprocessClient)
-    full = TrainingResource.from_settings(
+    full = training_resource(
         CotirSettings(home=tmp_path, profile="full", annotation_backend="template")
     )
     assert (full.variant, full.launcher, full.num_processes, full.steps) == (

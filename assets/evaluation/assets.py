@@ -50,7 +50,7 @@ from cotir_pipeline.evaluation.stage import (
     local_bench,
     upload_bench,
 )
-from cotir_pipeline.settings import CotirSettings
+from cotir_pipeline.settings import CotirSettings, Profile
 
 
 class EvaluationAssets(NamedTuple):
@@ -134,27 +134,17 @@ def _build_bench_sets(
     return bench_sets
 
 
-def build_evaluation_assets(
-    settings: CotirSettings,
-    op_tags: Callable[[str], dict[str, str]] = lambda name: {},
-    *,
-    checkpoints: Sequence[dg.AssetKey] = (),
-) -> EvaluationAssets:
-    """The evaluation assets of the settings' profile (its bench sets are the bench partitions).
-
-    ``checkpoints`` are the training assets whose checkpoints become evaluation methods:
-    ``restorations`` depends on them, so the graph shows evaluation downstream of training.
-    """
-    profile = settings.profile
-    specs = bench_specs(profile)
-    partitions = evaluation_partitions(profile)
-    bench_sets = _build_bench_sets(specs, op_tags)
-
+def _build_restorations(
+    profile: Profile,
+    partitions: dg.MultiPartitionsDefinition,
+    upstream: Sequence[dg.AssetKey | dg.AssetsDefinition],
+    op_tags: Callable[[str], dict[str, str]],
+) -> dg.AssetsDefinition:
     @dg.asset(
         group_name=EVALUATION_GROUP,
         kinds={"png"},
         partitions_def=partitions,
-        deps=[bench_sets, *checkpoints],
+        deps=list(upstream),
         op_tags=op_tags("restorations"),
         description="A method's outputs on a bench set for both prompts (vague/, precise/) "
         "with per-image runtime logs, under `restorations/<method>/<bench>/`.",
@@ -184,6 +174,15 @@ def build_evaluation_assets(
                 )
         return restorations_result(result, bench, object_store.uri(result.prefix))
 
+    return restorations
+
+
+def _build_metric_scores(
+    profile: Profile,
+    partitions: dg.MultiPartitionsDefinition,
+    restorations: dg.AssetsDefinition,
+    op_tags: Callable[[str], dict[str, str]],
+) -> dg.AssetsDefinition:
     @dg.asset(
         group_name=EVALUATION_GROUP,
         kinds={"parquet"},
@@ -214,6 +213,14 @@ def build_evaluation_assets(
             result = score_partition(object_store, evaluation, method, spec)
         return scores_result(result, spec, object_store.uri(result.key))
 
+    return metric_scores
+
+
+def _build_benchmark_tables(
+    specs: Sequence[BenchSpec],
+    metric_scores: dg.AssetsDefinition,
+    op_tags: Callable[[str], dict[str, str]],
+) -> dg.AssetsDefinition:
     @dg.asset(
         group_name=EVALUATION_GROUP,
         kinds={"parquet", "html", "markdown"},
@@ -251,4 +258,24 @@ def build_evaluation_assets(
             result = write_tables(object_store, evaluation, specs, Path(work), context.log.info)
             return tables_result(result, uri)  # reads the grids and charts in ``work``
 
+    return benchmark_tables
+
+
+def build_evaluation_assets(
+    settings: CotirSettings,
+    op_tags: Callable[[str], dict[str, str]] = lambda name: {},
+    *,
+    checkpoints: Sequence[dg.AssetKey] = (),
+) -> EvaluationAssets:
+    """The evaluation assets of the settings' profile (its bench sets are the bench partitions).
+
+    ``checkpoints`` are the training assets whose checkpoints become evaluation methods:
+    ``restorations`` depends on them, so the graph shows evaluation downstream of training.
+    """
+    specs = bench_specs(settings.profile)
+    bench_sets = _build_bench_sets(specs, op_tags)
+    profile, partitions = settings.profile, evaluation_partitions(settings.profile)
+    restorations = _build_restorations(profile, partitions, [bench_sets, *checkpoints], op_tags)
+    metric_scores = _build_metric_scores(profile, partitions, restorations, op_tags)
+    benchmark_tables = _build_benchmark_tables(specs, metric_scores, op_tags)
     return EvaluationAssets(bench_sets, restorations, metric_scores, benchmark_tables)

@@ -20,6 +20,7 @@ from assets.evaluation.resource import (
     EvaluationResource,
     evaluation_partition,
 )
+from assets.profiles import evaluation_resource
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.checkpoint_layout import CHECKPOINT_MARKER, CheckpointRef, find_checkpoints
 from cotir_pipeline.evaluation.method_names import BUILTIN_METHODS
@@ -253,5 +254,5 @@ def build_evaluation_definitions(
                 reporting_job, built.metric_scores.key, built.benchmark_tables.key
             ),
         ],
-        resources={"evaluation": evaluation or EvaluationResource.from_settings(settings)},
+        resources={"evaluation": evaluation or evaluation_resource(settings)},
     )

@@ -3,7 +3,6 @@
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
 
 import dagster as dg
 from pydantic import Field
@@ -12,11 +11,6 @@ from cotir_pipeline.checkpoint_layout import CHECKPOINTS_PREFIX
 from cotir_pipeline.evaluation.method_names import BUILTIN_METHODS, folder_method
 from cotir_pipeline.evaluation.method_runs import CheckpointLoad, LoadedCheckpoint
 from cotir_pipeline.evaluation.stage import (
-    MIRROR_COTIR_BENCH,
-    MIRROR_METHOD_OUTPUTS,
-    MIRROR_MIO100,
-    MIRROR_MIO100_DEPTH,
-    MIRROR_REAL_WORLD,
     EvaluationError,
     bench_specs,
     checked_device,
@@ -149,33 +143,6 @@ class EvaluationResource(dg.ConfigurableResource):
         "demo's small images run faster on 1, and a busy machine does not stall); None: "
         "torch's default.",
     )
-
-    @classmethod
-    def from_settings(cls, settings: CotirSettings) -> Self:
-        """Demo: small built-in sets. Full: folders under COTIR_MIRROR_DIR where they exist."""
-        assert settings.cache_dir is not None  # the settings fill it in
-        values: dict[str, Any] = {
-            "profile": settings.profile.value,
-            "cache_dir": str(settings.cache_dir / "evaluation"),
-            "weights_dir": str(settings.weights_dir) if settings.weights_dir else None,
-            "torch_threads": 1 if settings.profile is Profile.DEMO else None,
-        }
-        mirror = settings.mirror_dir
-        if settings.profile is Profile.FULL and mirror is not None:
-            for field_name, folder in (
-                ("cotir_bench_dir", MIRROR_COTIR_BENCH),
-                ("mio100_dir", MIRROR_MIO100),
-                ("mio100_depth_dir", MIRROR_MIO100_DEPTH),
-                ("real_world_dir", MIRROR_REAL_WORLD),
-            ):
-                if (mirror / folder).is_dir():
-                    values[field_name] = str(mirror / folder)
-            outputs = mirror / MIRROR_METHOD_OUTPUTS
-            if outputs.is_dir():
-                values["method_folders"] = {
-                    p.name: str(p) for p in sorted(outputs.iterdir()) if p.is_dir()
-                }
-        return cls(**values)
 
     @property
     def cache(self) -> Path:

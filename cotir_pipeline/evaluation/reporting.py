@@ -172,6 +172,33 @@ def _upload_replacing(store: ObjectStore, out: Path) -> dict[str, Path]:
     return files
 
 
+def _write_each_table(
+    built: list[tuple[t.Table, BenchSpec | None]],
+    benches_with_rows: set[str],
+    profile: str,
+    out: Path,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Write every table (with a note on where its rows come from) and its bar chart into
+    ``out``; the tables' Markdown and the charts' file names (or why there is none)."""
+    markdown: dict[str, str] = {}
+    for table, spec in built:
+        if spec is None:
+            table.notes.append(f"The {profile} profile has no set for this table.")
+        else:
+            table.notes.append(f"Our rows: bench set '{spec.name}', {spec.description}.")
+            if spec.name not in benches_with_rows:
+                table.notes.append(f"No scores of '{spec.name}' in the store yet.")
+        paths = t.write_table(table, out)
+        markdown[table.key] = paths["markdown"].read_text(encoding="utf-8")
+    charts = {}
+    for table, _ in built:
+        column = t.RUNTIME.key if table.key == "VIII" else "psnr"
+        if any(c.key == column for c in table.columns):
+            chart = t.bar_chart(table, column, out / f"chart_{table.key.lower()}_{column}.png")
+            charts[table.key] = chart.name if chart else "n/a: matplotlib is not installed"
+    return markdown, charts
+
+
 def write_tables(
     store: ObjectStore,
     options: EvaluationOptions,
@@ -205,22 +232,8 @@ def write_tables(
         return {row.method for row in scores if row.bench == spec.name}
 
     out = work / "out"
-    markdown: dict[str, str] = {}
-    for table, spec in built:
-        if spec is None:
-            table.notes.append(f"The {options.profile} profile has no set for this table.")
-        else:
-            table.notes.append(f"Our rows: bench set '{spec.name}', {spec.description}.")
-            if not any(row.bench == spec.name for row in [*scores, *runtimes]):
-                table.notes.append(f"No scores of '{spec.name}' in the store yet.")
-        paths = t.write_table(table, out)
-        markdown[table.key] = paths["markdown"].read_text(encoding="utf-8")
-    charts = {}
-    for table, _ in built:
-        column = t.RUNTIME.key if table.key == "VIII" else "psnr"
-        if any(c.key == column for c in table.columns):
-            chart = t.bar_chart(table, column, out / f"chart_{table.key.lower()}_{column}.png")
-            charts[table.key] = chart.name if chart else "n/a: matplotlib is not installed"
+    benches_with_rows = {row.bench for row in [*scores, *runtimes]}
+    markdown, charts = _write_each_table(built, benches_with_rows, options.profile, out)
     grids: dict[str, tuple[Path, list[str]]] = {}
     for spec in specs:
         methods = _sorted_methods(methods_on(spec))
