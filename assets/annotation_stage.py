@@ -3,7 +3,8 @@
 import html
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
@@ -25,6 +26,10 @@ from cotir_pipeline.annotation_stage import (
 )
 from cotir_pipeline.sources.spec import SourceCatalog
 from cotir_pipeline.store import ObjectStore
+
+if TYPE_CHECKING:  # the backends import their HTTP and CLIP stacks only when made
+    from cotir_pipeline.annotation.base import AnnotationBackend
+    from cotir_pipeline.annotation.clip_filter import ConsistencyFilter
 
 
 class AnnotationResource(dg.ConfigurableResource):
@@ -50,14 +55,12 @@ class AnnotationResource(dg.ConfigurableResource):
     min_keep_rate: float = Field(default=0.5, description="Check: kept / annotated at least.")
     max_failure_rate: float = Field(default=0.1, description="Check: failed annotations at most.")
 
-    def make_backend(self) -> Any:
+    def make_backend(self) -> "AnnotationBackend":
         """The annotation backend (imports the HTTP client only for vLLM)."""
         if self.backend == "template":
             from cotir_pipeline.annotation.template_backend import TemplateBackend
 
             return TemplateBackend()
-        from pathlib import Path
-
         from cotir_pipeline.annotation.vllm_backend import VllmBackend, VllmConfig
 
         return VllmBackend(
@@ -71,10 +74,8 @@ class AnnotationResource(dg.ConfigurableResource):
             )
         )
 
-    def make_filter(self) -> Any:
+    def make_filter(self) -> "ConsistencyFilter":
         """Rule checks, plus CLIP scoring when a model and checkpoint are configured."""
-        from pathlib import Path
-
         from cotir_pipeline.annotation.clip_filter import ClipFilterConfig, ConsistencyFilter
 
         clip = ClipFilterConfig(

@@ -20,13 +20,11 @@ from cotir_pipeline.pair_stage import (
     DEFAULT_PAIR_COUNT_TOLERANCE,
     PAIR_SHARDS_PREFIX,
     PLAN_SCHEMA,
-    PlannedPair,
+    PlanSettings,
     count_pairs,
+    files_source,
     load_plan,
-    plan_demo_pairs,
-    plan_fetched_pairs,
-    plan_synthetic_pairs,
-    recipe_refs,
+    plan_source,
     save_plan,
     write_pair_shards,
 )
@@ -178,7 +176,14 @@ def build_data_stage_assets(
     ) -> dg.MaterializeResult:
         """Fetch (or synthesize the plan of) one source and list its pairs."""
         source = catalog.get(context.partition_key)
-        pairs = _plan_source(source, catalog, data_stage, context)
+        root = _files_root(source, catalog, data_stage, context)
+        plan = PlanSettings(
+            seed=data_stage.seed,
+            recipes_per_item=data_stage.recipes_per_item,
+            demo_patch_size=data_stage.demo_patch_size,
+            demo_stride=data_stage.demo_stride,
+        )
+        pairs = plan_source(source, catalog, root, plan)
         object_store = store.open()
         key = save_plan(object_store, source.name, pairs)
         count = count_pairs(
@@ -248,7 +253,7 @@ def build_data_stage_assets(
         object_store = store.open()
         clear_leftovers(object_store, f"{PAIR_SHARDS_PREFIX}/{source.name}/", context)
         pairs = load_plan(object_store, source.name)
-        fetched_root = _fetched_root(source, catalog, data_stage, context)
+        fetched_root = _files_root(source, catalog, data_stage, context)
         report = write_pair_shards(
             object_store,
             pairs,
@@ -383,53 +388,15 @@ def _shard_check_results(verification: ShardVerification) -> list[dg.AssetCheckR
     ]
 
 
-def _plan_source(
-    source: SourceDataset,
-    catalog: SourceCatalog,
-    data_stage: DataStageResource,
-    context: dg.AssetExecutionContext,
-) -> list[PlannedPair]:
-    if source.synthesis is not None:
-        recipes = recipe_refs(source.synthesis.recipe_set)
-        seed = data_stage.seed + source.synthesis.seed
-        if source.synthesis.clean_from == "demo_photos":
-            return plan_demo_pairs(
-                recipes=recipes,
-                patch_size=data_stage.demo_patch_size,
-                stride=data_stage.demo_stride,
-                recipes_per_patch=min(data_stage.recipes_per_item, len(recipes)),
-                seed=seed,
-            )
-        from cotir_pipeline.sources.pairing import clean_images
-
-        clean_source = catalog.get(source.synthesis.clean_from)
-        root = _fetch(clean_source, data_stage, context)
-        clean_items = [
-            (f"{image.split}/{image.key}", image.path.relative_to(root).as_posix(), image.split)
-            for image in clean_images(root, clean_source.splits)
-        ]
-        return plan_synthetic_pairs(
-            source.name,
-            clean_items,
-            recipes=recipes,
-            recipes_per_item=min(data_stage.recipes_per_item, len(recipes)),
-            seed=seed,
-        )
-    root = _fetch(source, data_stage, context)
-    return plan_fetched_pairs(source.name, root, source.splits, source.degradations[0])
-
-
-def _fetched_root(
+def _files_root(
     source: SourceDataset,
     catalog: SourceCatalog,
     data_stage: DataStageResource,
     context: dg.AssetExecutionContext,
 ) -> Path | None:
-    if source.synthesis is not None:
-        if source.synthesis.clean_from == "demo_photos":
-            return None
-        return _fetch(catalog.get(source.synthesis.clean_from), data_stage, context)
-    return _fetch(source, data_stage, context)
+    """The fetched files the source is built from (a no-op once fetched; None: demo photos)."""
+    files = files_source(source, catalog)
+    return None if files is None else _fetch(files, data_stage, context)
 
 
 def _fetch(

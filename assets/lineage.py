@@ -7,13 +7,12 @@ from pydantic import Field
 
 from assets.metadata import parquet_output_metadata
 from assets.resources import ObjectStoreResource
-from cotir_pipeline.lineage import (
-    LineageIndexMissingError,
+from cotir_pipeline.lineage.build import (
+    STAGE_LOCATIONS,
     build_lineage_from_store,
-    lookup,
-    open_lineage,
+    discover_stage_inputs,
 )
-from cotir_pipeline.lineage.build import STAGE_LOCATIONS, discover_stage_inputs
+from cotir_pipeline.lineage.read import LineageIndexMissingError, lookup, open_lineage
 from cotir_pipeline.lineage.schema import LINEAGE_SCHEMA
 from cotir_pipeline.store import ObjectStore
 

@@ -309,20 +309,28 @@ def lineage(
         raise click.UsageError("give either a SAMPLE_ID or --where, not both")
     settings = _settings_or_exit()
     store = _store_for(settings, index_location)
-    from cotir_pipeline import lineage as lineage_lib
+    # Only what the command needs: a lookup loads neither the builder nor the filter
+    # language (both import pyarrow.compute).
+    from cotir_pipeline.lineage.read import LineageIndexError, open_lineage
 
     if build:
+        from cotir_pipeline.lineage.build import (
+            LineageInputError,
+            build_lineage_from_store,
+            report_json,
+        )
+
         progress = _TqdmProgress()
         try:
-            report = lineage_lib.build_lineage_from_store(store, progress=progress)
-        except (lineage_lib.LineageInputError, StoreError) as error:
+            report = build_lineage_from_store(store, progress=progress)
+        except (LineageInputError, StoreError) as error:
             progress.close()
             click.echo(f"cotir: lineage build failed: {error}", err=True)
             sys.exit(EXIT_CHECK_FAILED)
         progress.close()
         if sample_id is None and where is None:
             if as_json:
-                click.echo(lineage_lib.report_json(report))
+                click.echo(report_json(report))
             else:
                 per_sample = report.bytes_per_sample()["total"]
                 click.echo(
@@ -333,18 +341,15 @@ def lineage(
                 )
             return
     try:
-        index = lineage_lib.open_lineage(store)
+        index = open_lineage(store)
         if sample_id is not None:
             record = index.lookup(sample_id)
         else:
             result = index.query(where, limit=limit)
-    except lineage_lib.WhereError as error:
-        click.echo(f"cotir: bad --where: {error}", err=True)
+    except ValueError as error:  # a bad id, or a filter the query refused
+        click.echo(f"cotir: {_bad_where_prefix(error, where)}{error}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    except ValueError as error:
-        click.echo(f"cotir: {error}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except (lineage_lib.LineageIndexError, StoreError) as error:
+    except (LineageIndexError, StoreError) as error:
         click.echo(f"cotir: {error}", err=True)
         sys.exit(EXIT_NOT_FOUND)
     if sample_id is not None:
@@ -369,6 +374,15 @@ def lineage(
     if result.rows:
         for line in _format_rows(result.rows, result.columns):
             click.echo(line)
+
+
+def _bad_where_prefix(error: ValueError, where: str | None) -> str:
+    """``"bad --where: "`` when ``error`` is the filter language's (loaded by the query)."""
+    if where is None:
+        return ""
+    from cotir_pipeline.lineage.where import WhereError
+
+    return "bad --where: " if isinstance(error, WhereError) else ""
 
 
 def _checkpoint_summary(name: str, index_location: str | None, as_json: bool) -> None:
@@ -554,7 +568,7 @@ def bench(
         bench_set = read_bench_set(bench_dir)
     except (BenchFormatError, FileNotFoundError) as error:
         click.echo(f"cotir bench: {error}", err=True)
-        sys.exit(EXIT_BAD_SETTING)
+        sys.exit(EXIT_BAD_INPUT)
     unknown = unknown_labels(bench_set.records)
     if unknown:  # once per label, with its count, not once per image
         listed = ", ".join(f"{label!r} ({count})" for label, count in unknown.items())

@@ -48,6 +48,7 @@ from cotir_pipeline.shards import (
     sample_id,
     write_shard,
 )
+from cotir_pipeline.sources.spec import SourceCatalog, SourceDataset
 from cotir_pipeline.store import ObjectStore
 from cotir_pipeline.tasks import parse_degradation_label, task_of
 
@@ -167,6 +168,57 @@ def recipe_refs(recipe_set: str) -> list[RecipeRef]:
     return [
         RecipeRef(recipe_set, recipe.name, recipe.label) for recipe in get_recipe_set(recipe_set)
     ]
+
+
+def files_source(source: SourceDataset, catalog: SourceCatalog) -> SourceDataset | None:
+    """The catalog source whose files ``source`` is built from: itself when it is fetched,
+    its clean source when it is synthesized from one, None for the shipped demo photos."""
+    if source.synthesis is None:
+        return source
+    if source.synthesis.clean_from == "demo_photos":
+        return None
+    return catalog.get(source.synthesis.clean_from)
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """How a source's pairs are planned (the data stage's configuration)."""
+
+    seed: int
+    recipes_per_item: int
+    demo_patch_size: int
+    demo_stride: int
+
+
+def plan_source(
+    source: SourceDataset, catalog: SourceCatalog, root: Path | None, settings: PlanSettings
+) -> list[PlannedPair]:
+    """Every pair of ``source`` (``raw_pairs``); ``root`` holds the files of
+    :func:`files_source` (None when it has none)."""
+    if source.synthesis is None:
+        assert root is not None, f"{source.name}: a fetched source needs its files"
+        return plan_fetched_pairs(source.name, root, source.splits, source.degradations[0])
+    recipes = recipe_refs(source.synthesis.recipe_set)
+    seed = settings.seed + source.synthesis.seed
+    per_item = min(settings.recipes_per_item, len(recipes))
+    if root is None:
+        return plan_demo_pairs(
+            recipes=recipes,
+            patch_size=settings.demo_patch_size,
+            stride=settings.demo_stride,
+            recipes_per_patch=per_item,
+            seed=seed,
+        )
+    from cotir_pipeline.sources.pairing import clean_images
+
+    clean_source = catalog.get(source.synthesis.clean_from)
+    clean_items = [
+        (f"{image.split}/{image.key}", image.path.relative_to(root).as_posix(), image.split)
+        for image in clean_images(root, clean_source.splits)
+    ]
+    return plan_synthetic_pairs(
+        source.name, clean_items, recipes=recipes, recipes_per_item=per_item, seed=seed
+    )
 
 
 def plan_demo_pairs(

@@ -44,8 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cotir_pipeline.lineage import open_lineage
-from cotir_pipeline.lineage.read import LineageIndex
+from cotir_pipeline.lineage.read import LineageIndex, open_lineage
 from cotir_pipeline.lineage.schema import DEFAULT_QUERY_COLUMNS, STAGES
 from cotir_pipeline.pair_stage import PLAN_SCHEMA
 from cotir_pipeline.shards import MANIFEST_SCHEMA
@@ -767,7 +766,7 @@ def main() -> None:
                 f"median {statistics.median(duck_cold):.2f} s",
             )
             pyarrow_script = (
-                "import sys\nfrom cotir_pipeline.lineage import lookup\n"
+                "import sys\nfrom cotir_pipeline.lineage.read import lookup\n"
                 "print(lookup(sys.argv[1], sys.argv[2]).sample_id)\n"
             )
             arrow_cold = [

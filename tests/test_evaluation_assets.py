@@ -240,9 +240,9 @@ def test_builtin_methods_restore_and_score_the_demo_bench(scenario: Scenario) ->
 
 def test_a_bench_sample_chain_ends_in_its_scores_per_method(scenario: Scenario) -> None:
     """bench_sets and metric_scores write per-sample rows; lineage joins them by sample id."""
-    from cotir_pipeline.lineage import build_lineage, lookup
-    from cotir_pipeline.lineage.build import discover_stage_inputs, read_stage_rows
+    from cotir_pipeline.lineage.build import build_lineage, discover_stage_inputs, read_stage_rows
     from cotir_pipeline.lineage.details import chain_details
+    from cotir_pipeline.lineage.read import lookup
 
     store = scenario.store
     bench_rows = pq.read_table(store.root / "bench_sets" / "demo_bench" / "manifest.parquet")

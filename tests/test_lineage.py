@@ -20,20 +20,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cotir_pipeline.cli import cli
-from cotir_pipeline.lineage import (
+from cotir_pipeline.lineage.build import LineageInputError, build_lineage, build_lineage_from_store
+from cotir_pipeline.lineage.read import LineageIndexMissingError, lookup, open_lineage, query
+from cotir_pipeline.lineage.schema import (
+    INDEX_KEY,
+    LINEAGE_PREFIX,
     LINEAGE_SCHEMA,
     STAGE_LOCATIONS,
-    LineageIndexMissingError,
-    LineageInputError,
-    WhereError,
-    build_lineage,
-    build_lineage_from_store,
-    lookup,
-    open_lineage,
-    parse_where,
-    query,
+    STAGES,
 )
-from cotir_pipeline.lineage.schema import INDEX_KEY, LINEAGE_PREFIX, STAGES
+from cotir_pipeline.lineage.where import WhereError, parse_where
 from cotir_pipeline.pair_stage import (
     PlannedPair,
     plan_demo_pairs,

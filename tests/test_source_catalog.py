@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cotir_pipeline.degradations import get_recipe_set
 from cotir_pipeline.sources.catalog import (
     CATALOG_PATH,
     DEMO_PHOTOS,
@@ -173,11 +174,10 @@ def test_no_checksum_is_made_up(catalog: SourceCatalog) -> None:
 
 
 def test_synthetic_degradations_match_their_recipe_sets(catalog: SourceCatalog) -> None:
-    recipes = pytest.importorskip("cotir_pipeline.degradations")
     for source in catalog.sources:
         if source.synthesis is None:
             continue
-        labels = {recipe.label for recipe in recipes.get_recipe_set(source.synthesis.recipe_set)}
+        labels = {recipe.label for recipe in get_recipe_set(source.synthesis.recipe_set)}
         assert set(source.degradations) == labels, source.name
 
 
