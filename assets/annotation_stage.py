@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
-from assets.metadata import parquet_output_metadata
+from assets.metadata import counts_table, parquet_output_metadata
 from assets.resources import ObjectStoreResource, clear_leftovers
 from cotir_pipeline.annotation_stage import (
     ANNOTATION_SCHEMA,
@@ -21,7 +21,7 @@ from cotir_pipeline.annotation_stage import (
     StageReport,
     annotate_source,
     filter_source,
-    pair_shard_keys,
+    filtered_sources,
     write_training_shards,
 )
 from cotir_pipeline.sources.spec import SourceCatalog
@@ -87,9 +87,8 @@ class AnnotationResource(dg.ConfigurableResource):
 
 
 def _reasons_md(report: StageReport) -> dg.MetadataValue:
-    lines = ["| reason | samples |", "|---|---:|"]
-    lines += [f"| {html.escape(r)} | {n} |" for r, n in sorted(report.reasons.items())]
-    return dg.MetadataValue.md("\n".join(lines) if report.reasons else "none")
+    reasons = {html.escape(reason): count for reason, count in report.reasons.items()}
+    return dg.MetadataValue.md(counts_table("reason", reasons) if reasons else "none")
 
 
 def _examples_md(report: StageReport) -> dg.MetadataValue:
@@ -111,12 +110,22 @@ def build_annotation_assets(
 ) -> list[dg.AssetsDefinition]:
     """``cot_annotations`` and ``filtered_annotations`` per source, then ``training_shards``."""
     sources = pair_shards.partitions_def
+    cot_annotations = _cot_annotations_asset(sources, pair_shards, op_tags)
+    filtered_annotations = _filtered_annotations_asset(sources, cot_annotations, op_tags)
+    training_shards = _training_shards_asset(catalog, filtered_annotations, op_tags)
+    return [cot_annotations, filtered_annotations, training_shards]
 
+
+def _cot_annotations_asset(
+    sources: dg.PartitionsDefinition | None,
+    upstream: dg.AssetsDefinition,
+    op_tags: Callable[[str], dict[str, str]],
+) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="annotation",
         kinds={"parquet"},
         partitions_def=sources,
-        deps=[pair_shards],
+        deps=[upstream],
         op_tags=op_tags("cot_annotations"),
         description="Precise prompt and chain-of-thought triple per sample, with the model, "
         "template version and raw response recorded.",
@@ -167,11 +176,19 @@ def build_annotation_assets(
             ],
         )
 
+    return cot_annotations
+
+
+def _filtered_annotations_asset(
+    sources: dg.PartitionsDefinition | None,
+    upstream: dg.AssetsDefinition,
+    op_tags: Callable[[str], dict[str, str]],
+) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="annotation",
         kinds={"parquet"},
         partitions_def=sources,
-        deps=[cot_annotations],
+        deps=[upstream],
         op_tags=op_tags("filtered_annotations"),
         description="Keep or drop per sample: rule checks and CLIP image-text consistency "
         "(when configured), with the reason and the score.",
@@ -226,10 +243,18 @@ def build_annotation_assets(
             ],
         )
 
+    return filtered_annotations
+
+
+def _training_shards_asset(
+    catalog: SourceCatalog,
+    upstream: dg.AssetsDefinition,
+    op_tags: Callable[[str], dict[str, str]],
+) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="annotation",
         kinds={"webdataset", "parquet"},
-        deps=[filtered_annotations],
+        deps=[upstream],
         op_tags=op_tags("training_shards"),
         description="Final training shards in the public release's format (CoT metadata in "
         "meta.json), one folder per degradation, from every source with filtered annotations.",
@@ -250,18 +275,7 @@ def build_annotation_assets(
         """Copy the kept training pairs of every filtered source into the final shards."""
         object_store = store.open()
         clear_leftovers(object_store, f"{TRAINING_SHARDS_PREFIX}/", context)
-        ready = [
-            source.name
-            for source in catalog.sources
-            if pair_shard_keys(object_store, source.name)
-            and all(
-                object_store.exists(
-                    key.replace("pair_shards/", f"{FILTERED_PREFIX}/", 1).removesuffix(".tar")
-                    + ".parquet"
-                )
-                for key in pair_shard_keys(object_store, source.name)
-            )
-        ]
+        ready = filtered_sources(object_store, [source.name for source in catalog.sources])
         if not ready:
             raise dg.Failure(
                 description="no source has filtered annotations yet: materialize "
@@ -299,7 +313,7 @@ def build_annotation_assets(
             },
         )
 
-    return [cot_annotations, filtered_annotations, training_shards]
+    return training_shards
 
 
 def _training_shard_problems(store: ObjectStore) -> list[str]:

@@ -10,17 +10,21 @@ import base64
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from assets.metadata import parquet_output_metadata
+from assets.metadata import counts_table, parquet_output_metadata
 from assets.resources import ObjectStoreResource, clear_leftovers
 from cotir_pipeline.pair_stage import (
     DEFAULT_PAIR_COUNT_TOLERANCE,
     PAIR_SHARDS_PREFIX,
     PLAN_SCHEMA,
+    PairCount,
+    PlannedPair,
     PlanSettings,
+    ShardStageReport,
     count_pairs,
     files_source,
     load_plan,
@@ -64,12 +68,6 @@ class DataStageResource(dg.ConfigurableResource):
         description="Share of a fetched source's expected_pairs that may be missing: fewer "
         "pairs than that fail raw_pairs; missing pairs within it are a warning.",
     )
-
-
-def _counts_table(title: str, counts: Counter[str]) -> str:
-    lines = [f"| {title} | samples |", "|---|---:|"]
-    lines += [f"| {name} | {count} |" for name, count in sorted(counts.items())]
-    return "\n".join(lines)
 
 
 #: Where source_catalog stores the catalog, and its asset check.
@@ -119,7 +117,15 @@ def build_data_stage_assets(
             raise ValueError(f"sources not in the catalog: {unknown}")
         names = [name for name in names if name in set(only)]
     sources = dg.StaticPartitionsDefinition(names)
+    source_catalog = _source_catalog_asset(catalog, op_tags)
+    raw_pairs = _raw_pairs_asset(catalog, sources, source_catalog, op_tags)
+    pair_shards = _pair_shards_asset(catalog, sources, raw_pairs, op_tags)
+    return [source_catalog, raw_pairs, pair_shards]
 
+
+def _source_catalog_asset(
+    catalog: SourceCatalog, op_tags: Callable[[str], dict[str, str]]
+) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="data",
         kinds={"yaml", "parquet"},
@@ -147,17 +153,26 @@ def build_data_stage_assets(
             metadata={
                 "sources": len(catalog.sources),
                 "uri": dg.MetadataValue.url(object_store.uri(CATALOG_KEY)),
-                "task_coverage": dg.MetadataValue.md(_counts_table("task", coverage)),
+                "task_coverage": dg.MetadataValue.md(counts_table("task", coverage)),
                 "fetch_methods": dg.MetadataValue.json(dict(methods)),
             },
             check_results=[stored_catalog_check(object_store, catalog)],
         )
 
+    return source_catalog
+
+
+def _raw_pairs_asset(
+    catalog: SourceCatalog,
+    sources: dg.StaticPartitionsDefinition,
+    upstream: dg.AssetsDefinition,
+    op_tags: Callable[[str], dict[str, str]],
+) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="data",
         kinds={"parquet"},
         partitions_def=sources,
-        deps=[source_catalog],
+        deps=[upstream],
         op_tags=op_tags("raw_pairs"),
         description="Every LQ/HQ pair a source yields (fetched files or seeded recipes).",
         check_specs=[
@@ -201,40 +216,54 @@ def build_data_stage_assets(
             )
         if count.verdict == "short":
             context.log.warning(count.message())
-        statuses = Counter(pair.status for pair in pairs)
-        labels = Counter(pair.degradation for pair in pairs if pair.status == STATUS_OK)
-        keys = Counter((pair.item_key, pair.degradation, pair.seed) for pair in pairs)
-        repeated = [f"{key}" for key, count in keys.items() if count > 1]
-        unexplained = sum(1 for pair in pairs if pair.status != STATUS_OK and not pair.reason)
-        return dg.MaterializeResult(
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="plan_keys_unique",
-                    passed=not repeated and not unexplained,
-                    metadata={
-                        "repeated_keys": dg.MetadataValue.json(repeated[:20]),
-                        "dropped_without_reason": unexplained,
-                    },
-                )
-            ],
-            metadata={
-                "pairs_ok": statuses.get(STATUS_OK, 0),
-                "pairs_dropped": sum(n for s, n in statuses.items() if s != STATUS_OK),
-                "degradation_types": len(labels),
-                "by_degradation": dg.MetadataValue.md(_counts_table("degradation", labels)),
-                "uri": dg.MetadataValue.url(object_store.uri(key)),
-                "pair_count": dg.MetadataValue.json(
-                    {"verdict": count.verdict, "found": count.found, "expected": count.expected}
-                ),
-                **parquet_output_metadata(PLAN_SCHEMA, len(pairs)),
-            },
-        )
+        return _plan_result(pairs, count, object_store.uri(key))
 
+    return raw_pairs
+
+
+def _plan_result(pairs: Sequence[PlannedPair], count: PairCount, uri: str) -> dg.MaterializeResult:
+    """raw_pairs' metadata and check: counts per status and label, repeated keys."""
+    statuses = Counter(pair.status for pair in pairs)
+    labels = Counter(pair.degradation for pair in pairs if pair.status == STATUS_OK)
+    keys = Counter((pair.item_key, pair.degradation, pair.seed) for pair in pairs)
+    repeated = [f"{key}" for key, times in keys.items() if times > 1]
+    unexplained = sum(1 for pair in pairs if pair.status != STATUS_OK and not pair.reason)
+    return dg.MaterializeResult(
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="plan_keys_unique",
+                passed=not repeated and not unexplained,
+                metadata={
+                    "repeated_keys": dg.MetadataValue.json(repeated[:20]),
+                    "dropped_without_reason": unexplained,
+                },
+            )
+        ],
+        metadata={
+            "pairs_ok": statuses.get(STATUS_OK, 0),
+            "pairs_dropped": sum(n for s, n in statuses.items() if s != STATUS_OK),
+            "degradation_types": len(labels),
+            "by_degradation": dg.MetadataValue.md(counts_table("degradation", labels)),
+            "uri": dg.MetadataValue.url(uri),
+            "pair_count": dg.MetadataValue.json(
+                {"verdict": count.verdict, "found": count.found, "expected": count.expected}
+            ),
+            **parquet_output_metadata(PLAN_SCHEMA, len(pairs)),
+        },
+    )
+
+
+def _pair_shards_asset(
+    catalog: SourceCatalog,
+    sources: dg.StaticPartitionsDefinition,
+    upstream: dg.AssetsDefinition,
+    op_tags: Callable[[str], dict[str, str]],
+) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="data",
         kinds={"webdataset", "parquet"},
         partitions_def=sources,
-        deps=[raw_pairs],
+        deps=[upstream],
         op_tags=op_tags("pair_shards"),
         description="Pairs at the stored size in WebDataset shards (one folder per "
         "degradation), with one manifest row per sample.",
@@ -277,20 +306,7 @@ def build_data_stage_assets(
         verification = verify_source_shards(
             object_store, prefix, max_shards=None if data_stage.verify_all_shards else 64
         )
-        metadata: dict[str, dg.RawMetadataValue] = {
-            "manifest_preview": _manifest_preview(
-                object_store.get_bytes(f"{prefix}/manifest.parquet")
-            )
-        }
-        if verification.preview_samples:
-            preview = preview_grid_png(verification.preview_samples)
-            object_store.put_bytes(f"{prefix}/preview.png", preview)
-            labels = ", ".join(label for label, _, _ in verification.preview_samples)
-            encoded = base64.b64encode(preview).decode("ascii")
-            metadata["preview"] = dg.MetadataValue.md(
-                f"LQ | HQ, one row per degradation ({labels})\n\n"
-                f"![preview](data:image/png;base64,{encoded})"
-            )
+        metadata = _previews(object_store, prefix, verification)
         if report.samples_failed:
             raise dg.Failure(
                 description=f"{source.name}: {report.samples_failed} samples failed with "
@@ -299,35 +315,59 @@ def build_data_stage_assets(
                 "rebuilt on the next run",
                 allow_retries=False,
             )
-        return dg.MaterializeResult(
-            check_results=_shard_check_results(verification),
-            metadata={
-                **metadata,
-                "by_task": dg.MetadataValue.md(
-                    _counts_table("task", Counter(verification.by_task))
-                ),
-                "samples_ok": report.samples_ok,
-                "samples_dropped": report.samples_dropped,
-                "samples_failed": report.samples_failed,
-                "shards": report.shards_total,
-                "shards_written": report.shards_written,
-                "shards_skipped": report.shards_skipped,
-                "shards_rebuilt_damaged": dg.MetadataValue.json(report.shards_damaged[:50]),
-                "shards_verified": f"{verification.shards_checked} of {verification.shards_total}",
-                "by_degradation": dg.MetadataValue.md(
-                    _counts_table("degradation", Counter(report.by_degradation))
-                ),
-                "by_split": dg.MetadataValue.json(report.by_split),
-                "drop_reasons": dg.MetadataValue.json(report.drop_reasons),
-                "uri": dg.MetadataValue.url(object_store.uri(f"{prefix}/manifest.parquet")),
-                **parquet_output_metadata(
-                    MANIFEST_SCHEMA,
-                    report.samples_ok + report.samples_dropped + report.samples_failed,
-                ),
-            },
-        )
+        metadata["uri"] = dg.MetadataValue.url(object_store.uri(f"{prefix}/manifest.parquet"))
+        return _shards_result(report, verification, metadata)
 
-    return [source_catalog, raw_pairs, pair_shards]
+    return pair_shards
+
+
+def _previews(
+    object_store: ObjectStore, prefix: str, verification: ShardVerification
+) -> dict[str, Any]:
+    """The manifest's first rows, and an LQ | HQ grid (also stored as preview.png)."""
+    metadata: dict[str, Any] = {
+        "manifest_preview": _manifest_preview(object_store.get_bytes(f"{prefix}/manifest.parquet"))
+    }
+    if verification.preview_samples:
+        preview = preview_grid_png(verification.preview_samples)
+        object_store.put_bytes(f"{prefix}/preview.png", preview)
+        labels = ", ".join(label for label, _, _ in verification.preview_samples)
+        encoded = base64.b64encode(preview).decode("ascii")
+        metadata["preview"] = dg.MetadataValue.md(
+            f"LQ | HQ, one row per degradation ({labels})\n\n"
+            f"![preview](data:image/png;base64,{encoded})"
+        )
+    return metadata
+
+
+def _shards_result(
+    report: ShardStageReport, verification: ShardVerification, metadata: dict[str, Any]
+) -> dg.MaterializeResult:
+    """pair_shards' metadata (``metadata`` holds the previews and the URI) and checks."""
+    return dg.MaterializeResult(
+        check_results=_shard_check_results(verification),
+        metadata={
+            **metadata,
+            "by_task": dg.MetadataValue.md(counts_table("task", Counter(verification.by_task))),
+            "samples_ok": report.samples_ok,
+            "samples_dropped": report.samples_dropped,
+            "samples_failed": report.samples_failed,
+            "shards": report.shards_total,
+            "shards_written": report.shards_written,
+            "shards_skipped": report.shards_skipped,
+            "shards_rebuilt_damaged": dg.MetadataValue.json(report.shards_damaged[:50]),
+            "shards_verified": f"{verification.shards_checked} of {verification.shards_total}",
+            "by_degradation": dg.MetadataValue.md(
+                counts_table("degradation", Counter(report.by_degradation))
+            ),
+            "by_split": dg.MetadataValue.json(report.by_split),
+            "drop_reasons": dg.MetadataValue.json(report.drop_reasons),
+            **parquet_output_metadata(
+                MANIFEST_SCHEMA,
+                report.samples_ok + report.samples_dropped + report.samples_failed,
+            ),
+        },
+    )
 
 
 _PREVIEW_COLUMNS = ("sample_id", "item_key", "split", "degradation", "task", "status", "reason")

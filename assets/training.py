@@ -13,7 +13,9 @@ table of the metrics over training.
 
 Wiring (resource keys this asset needs): ``store`` (:class:`ObjectStoreResource`),
 ``training`` (:class:`TrainingResource`) and ``pipes_subprocess_client``
-(``dg.PipesSubprocessClient``); :func:`training_resources` builds the last two.
+(``dg.PipesSubprocessClient``); ``assets/profiles.py`` builds them. The work without
+Dagster (the base model's check, run ids, what a run trained on) is in
+:mod:`models.training_stage`.
 """
 
 import html
@@ -28,13 +30,11 @@ import dagster as dg
 from pydantic import Field
 
 from assets.evaluation.resource import EvaluationResource, failing_clearly
-from assets.metadata import parquet_output_metadata
+from assets.metadata import markdown_table, parquet_output_metadata
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.annotation_stage import TRAINING_SHARDS_PREFIX
 from cotir_pipeline.checkpoint_layout import CHECKPOINTS_PREFIX
 from cotir_pipeline.evaluation.stage import local_bench
-from cotir_pipeline.settings import CotirSettings
-from cotir_pipeline.store import ObjectStore
 
 #: The training entry point, run as a module.
 TRAIN_MODULE = "models.train"
@@ -192,95 +192,19 @@ def metrics_table(records: Sequence[Mapping[str, Any]], rows: int = TABLE_ROWS) 
         picked.append(records[-1])
     lambdas = sorted({k for r in records for k in r if k.startswith("lambda_")})
     columns = ["step", "lr", "loss_fm", "loss_scene", "loss_degradation", "loss_plan", *lambdas]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---:|" * len(columns)]
-    for record in picked:
-        cells = []
-        for column in columns:
-            value = record.get(column, "")
-            cells.append(f"{value:.4g}" if isinstance(value, float) else str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [
+        [
+            f"{value:.4g}" if isinstance(value, float) else str(value)
+            for value in (record.get(column, "") for column in columns)
+        ]
+        for record in picked
+    ]
+    return markdown_table(columns, rows, right_aligned=range(len(columns)))
 
 
 def _value(metadata: Mapping[str, Any], key: str) -> Any:
     item = metadata.get(key)
     return getattr(item, "value", item)
-
-
-#: Columns of ``training_runs/<run>/manifest.parquet``: one row per sample the run trained on.
-TRAINING_RUN_COLUMNS = ("sample_id", "run_id", "first_step", "last_step", "times")
-#: Rows per row group of a run's manifest (a point look-up decodes one).
-TRAINING_RUN_ROW_GROUP = 16_384
-
-
-def record_training_run(
-    store: ObjectStore, run_id: str, variant: str, run_folder: Path
-) -> dict[str, Any]:
-    """Write which samples this run trained on, and at which steps
-    (``training_runs/<run>/manifest.parquet``); return the UI's column schema and row
-    count of that file (one row per sample).
-
-    The rows come from the trainer's consumption files (:mod:`models.consumption`): only
-    the samples its batches held, with their first and last step and how many times, so
-    lineage can tell which checkpoints saw a sample (step-S saw it iff first_step <= S).
-    """
-    import pyarrow as pa
-
-    from cotir_pipeline.lineage.schema import stage_file_key
-    from cotir_pipeline.shards import parquet_bytes
-    from models.consumption import read_consumption
-
-    consumed = read_consumption(run_folder)
-    label = f"{variant}/{run_id}"
-    table = pa.table(
-        {
-            "sample_id": consumed["sample_id"],
-            "run_id": pa.array([label] * consumed.num_rows, pa.string()),
-            "first_step": consumed["first_step"],
-            "last_step": consumed["last_step"],
-            "times": consumed["times"],
-        }
-    )
-    # Sorted by sample id (read_consumption's order) in small row groups, so a look-up of
-    # one sample reads one row group of a run that saw millions.
-    store.put_bytes(
-        stage_file_key("training_runs", run_id),
-        parquet_bytes(table, row_group_size=TRAINING_RUN_ROW_GROUP),
-    )
-    return parquet_output_metadata(table.schema, table.num_rows)
-
-
-def run_key(
-    training: TrainingResource, command: Sequence[str], shards_digest: str, base: Mapping[str, Any]
-) -> str:
-    """A run id from what determines the weights: command, training data and base.
-
-    Re-materializing with nothing changed finds the same run folder and its finished
-    checkpoint (``--resume auto``), so nothing is trained or evaluated twice.
-    """
-    import hashlib
-    import json
-
-    stable = [part for part in command if part != sys.executable]
-    text = json.dumps(
-        {
-            "command": stable,
-            "shards": shards_digest,
-            "base": dict(base),
-            "variant": training.variant,
-        },
-        sort_keys=True,
-    )
-    return "r" + hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def _shards_digest(store: ObjectStore) -> str:
-    import hashlib
-
-    key = f"{TRAINING_SHARDS_PREFIX}/manifest.parquet"
-    if not store.exists(key):
-        return ""
-    return hashlib.sha256(store.get_bytes(key)).hexdigest()
 
 
 #: Runs an entry point in a process that ends with the step that started it.
@@ -296,72 +220,15 @@ COPY_TARGET_DB = 30.0
 ARMS_SCORED_CHECK = "every_arm_and_seed_scored"
 
 
-def describe_base(training: TrainingResource) -> dict[str, Any]:
-    """Check the base model the runs start from and describe it (path, digest, quality).
+def _described_base(training: TrainingResource) -> dict[str, Any]:
+    """The base model the runs start from, checked; a Failure naming what to fix."""
+    from models.training_stage import BaseModelError, describe_base
 
-    Demo: the shipped prior, verified against the sha256 digests in its ``prior.json``
-    (or the rebuilt one). Full: the variant's local FLUX folder under COTIR_WEIGHTS_DIR.
-    Raises ``dg.Failure`` naming what to fix when it is missing or altered.
-    """
-    from cotir_pipeline.weights import MissingWeightsError, require_weights
-    from models.prior import PriorIntegrityError, read_record
-    from models.restore import base_folder, base_identity, bundled_base_folder
-    from models.variants import get_variant
-
-    variant = get_variant(training.variant)
+    weights = Path(training.weights_dir) if training.weights_dir else None
     try:
-        folder = training.base_folder()
-        if folder is not None:
-            folder = base_folder(folder)
-        elif variant.bundled_base is not None:
-            folder = bundled_base_folder(variant)
-        elif variant.weights_folder is not None:
-            settings = CotirSettings(
-                weights_dir=Path(training.weights_dir) if training.weights_dir else None
-            )
-            folder = require_weights(
-                settings, variant.weights_folder, what=f"{variant.name} base pipeline"
-            )
-        else:
-            return {"variant": variant.name, "kind": "random (test toy, no base)"}
-    except (MissingWeightsError, PriorIntegrityError, FileNotFoundError) as error:
+        return describe_base(training.variant, training.base_folder(), weights)
+    except BaseModelError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
-    described: dict[str, Any] = {"variant": variant.name, **base_identity(folder)}
-    try:
-        record = read_record(folder)
-    except FileNotFoundError:
-        described["kind"] = "local diffusers folder"
-        return described
-    described["kind"] = "demo editing prior"
-    described["quality"] = record.get("quality", {})
-    described["prior_steps"] = record.get("steps")
-    described["command"] = record.get("command")
-    return described
-
-
-def rebuild_prior(training: TrainingResource, log: Callable[[str], None]) -> None:
-    """Train the demo prior into the rebuild folder unless an identical one is there.
-
-    The shipped recipe has two stages; the first is built in ``<folder>-parent``.
-    Resumes from the state files after an interruption; skipped when the folder's
-    record was made with the same config.
-    """
-    from models.prior import read_record, shipped_config, train_prior
-
-    folder = training.base_folder()
-    if folder is None:
-        return
-    config = shipped_config()
-    if training.prior_steps:
-        config = config.model_copy(update={"steps": training.prior_steps})
-    try:
-        if read_record(folder).get("config_sha256") == config.digest():
-            log(f"the rebuilt prior in {folder} is up to date (same config); skipping")
-            return
-    except FileNotFoundError:
-        pass
-    log(f"training the demo prior into {folder} ({config.steps} steps)")
-    train_prior(config, folder, command="base_model asset (rebuild)", print_fn=log)
 
 
 def build_training_assets(
@@ -399,9 +266,12 @@ def build_training_assets(
         context: dg.AssetExecutionContext, training: TrainingResource
     ) -> dg.MaterializeResult:
         """Check (or rebuild) the base model and record its identity and measured quality."""
-        if training.base == "rebuild":
-            rebuild_prior(training, context.log.info)
-        described = describe_base(training)
+        from models.training_stage import rebuild_prior
+
+        folder = training.base_folder()
+        if training.base == "rebuild" and folder is not None:
+            rebuild_prior(folder, training.prior_steps, context.log.info)
+        described = _described_base(training)
         metadata: dict[str, Any] = {
             "variant": described["variant"],
             "kind": described.get("kind", ""),
@@ -482,14 +352,16 @@ def _checkpoint_asset(
                 description="no training shards in the store: materialize training_shards first",
                 allow_retries=False,
             )
-        base = describe_base(training)
+        from models.training_stage import record_training_run, run_key, shards_digest
+
+        base = _described_base(training)
         probe = training.command(
             shards=object_store.uri(TRAINING_SHARDS_PREFIX),
             out=Path("RUN"),
             store_url=None,
             flow_start=flow_start,
         )
-        run_id = run_key(training, probe, _shards_digest(object_store), base)
+        run_id = run_key(training.variant, probe, shards_digest(object_store), base)
         run_folder = Path(training.output_dir) / training.variant / run_id
         store_url = None
         if training.upload_checkpoints:
@@ -505,44 +377,57 @@ def _checkpoint_asset(
         invocation = pipes_subprocess_client.run(
             command=command, context=context, env=_subprocess_env(store)
         )
-        reported = invocation.get_materialize_result()
-        metadata: dict[str, Any] = dict(reported.metadata or {})
-        records = [
-            message
-            for message in invocation.get_custom_messages()
-            if isinstance(message, dict) and message.get("kind") == "metrics"
-        ]
-        metadata["metrics"] = dg.MetadataValue.md(metrics_table(records))
-        metadata["metric_records_streamed"] = len(records)
-        metadata["restoration_loss_plot"] = _image_md(
-            _value(metadata, "plot_loss"), "restoration (flow-matching) loss over training"
-        )
-        metadata["multipliers_plot"] = _image_md(
-            _value(metadata, "plot_multipliers"), "Lagrange multipliers over training"
-        )
-        metadata["run_id"] = run_id
-        metadata["flow_start"] = flow_start or training.flow_start
-        metadata["base_model"] = dg.MetadataValue.json(base)
-        metadata["run_folder"] = dg.MetadataValue.path(str(run_folder))
-        recorded = record_training_run(object_store, run_id, training.variant, run_folder)
-        metadata.update(recorded)
-        metadata["samples_trained_on"] = recorded["dagster/row_count"]
-        finals = {key: _value(metadata, key) for key in metadata if key.startswith("final_loss")}
-        finite = bool(finals) and all(
-            isinstance(v, int | float) and math.isfinite(v) for v in finals.values()
-        )
-        return dg.MaterializeResult(
-            metadata=metadata,
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="losses_are_finite",
-                    passed=finite,
-                    metadata={"final_losses": dg.MetadataValue.json(finals)},
-                )
-            ],
-        )
+        trained_on = record_training_run(object_store, run_id, training.variant, run_folder)
+        facts = {
+            "run_id": run_id,
+            "flow_start": flow_start or training.flow_start,
+            "base_model": dg.MetadataValue.json(base),
+            "run_folder": dg.MetadataValue.path(str(run_folder)),
+        }
+        return _checkpoint_result(invocation, facts, trained_on)
 
     return checkpoint_asset
+
+
+def _checkpoint_result(
+    invocation: dg.PipesClientCompletedInvocation,
+    facts: dict[str, Any],
+    trained_on: Any,
+) -> dg.MaterializeResult:
+    """What the trainer reported, with its metrics table and plots, the run's ``facts`` and
+    the samples it trained on; the check that the final losses are finite."""
+    reported = invocation.get_materialize_result()
+    metadata: dict[str, Any] = dict(reported.metadata or {})
+    records = [
+        message
+        for message in invocation.get_custom_messages()
+        if isinstance(message, dict) and message.get("kind") == "metrics"
+    ]
+    metadata["metrics"] = dg.MetadataValue.md(metrics_table(records))
+    metadata["metric_records_streamed"] = len(records)
+    metadata["restoration_loss_plot"] = _image_md(
+        _value(metadata, "plot_loss"), "restoration (flow-matching) loss over training"
+    )
+    metadata["multipliers_plot"] = _image_md(
+        _value(metadata, "plot_multipliers"), "Lagrange multipliers over training"
+    )
+    metadata.update(facts)
+    metadata.update(parquet_output_metadata(trained_on.schema, trained_on.num_rows))
+    metadata["samples_trained_on"] = trained_on.num_rows
+    finals = {key: _value(metadata, key) for key in metadata if key.startswith("final_loss")}
+    finite = bool(finals) and all(
+        isinstance(v, int | float) and math.isfinite(v) for v in finals.values()
+    )
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="losses_are_finite",
+                passed=finite,
+                metadata={"final_losses": dg.MetadataValue.json(finals)},
+            )
+        ],
+    )
 
 
 #: The Table VII job (not part of the demo job: it trains 4 arms x 3 seeds).

@@ -372,6 +372,22 @@ def _iter_training_shards(
             yield degradation, index, items[start : start + shard_size]
 
 
+def filtered_sources(store: ObjectStore, names: Sequence[str]) -> list[str]:
+    """The sources among ``names`` that have pair shards, each with its filter decisions
+    (what ``training_shards`` can be built from), in the given order."""
+
+    def decided(key: str) -> bool:
+        decisions = key.replace("pair_shards/", f"{FILTERED_PREFIX}/", 1).removesuffix(".tar")
+        return store.exists(decisions + ".parquet")
+
+    ready = []
+    for name in names:
+        keys = pair_shard_keys(store, name)
+        if keys and all(decided(key) for key in keys):
+            ready.append(name)
+    return ready
+
+
 def write_training_shards(
     store: ObjectStore,
     sources: Sequence[str],

@@ -22,9 +22,14 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cotir_pipeline.evaluation.method_names import checkpoint_method
+from cotir_pipeline.evaluation.method_names import (
+    COTIR_METHOD_PREFIX,
+    METHOD_NAME,
+    checkpoint_method,
+)
 
 if TYPE_CHECKING:
     from cotir_pipeline.store import ObjectInfo, ObjectStore
@@ -149,3 +154,21 @@ def model_subfolder(ref: CheckpointRef) -> str:
         f"{RELEASE_ADAPTER_FILE}, found {holders or 'none'} (or name it as model_dir in "
         f"{CHECKPOINT_MARKER})"
     )
+
+
+def checkpoint_folder_method(folder: Path) -> str:
+    """The method name of a checkpoint folder on disk, as the tables name it.
+
+    The marker of its step folder (``folder`` itself, or its parent for a ``model/``
+    folder) gives ``cotir-<variant>-<recipe>-<run>-s<step>``; a folder without one (the
+    release's files, a copy) is ``cotir-<folder name>``.
+    """
+    for step in (folder, folder.parent):
+        marker_path = step / CHECKPOINT_MARKER
+        if marker_path.is_file():
+            marker = _read_marker(marker_path.read_bytes())
+            digest = marker.get(MODEL_HASH_FIELD)
+            if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{12,}", digest):
+                return checkpoint_method(marker, digest)
+    name = COTIR_METHOD_PREFIX + re.sub(r"[^a-z0-9._-]", "-", folder.name.lower())
+    return name if METHOD_NAME.match(name) else COTIR_METHOD_PREFIX + "checkpoint"

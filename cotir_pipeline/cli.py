@@ -7,6 +7,7 @@ never a traceback.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -477,6 +478,23 @@ def main() -> None:
 RESTORER_GROUP = "cotir.restorers"
 
 
+def _table_name(method: str) -> str:
+    """What the tables call the method a ``--method`` value names (the one grammar of
+    method names, :mod:`cotir_pipeline.evaluation.method_names`): ``folder:PATH`` is
+    ``folder-<folder name>``, ``cotir:DIR`` the checkpoint's run-and-step name."""
+    from cotir_pipeline.checkpoint_layout import checkpoint_folder_method
+    from cotir_pipeline.evaluation.method_names import FOLDER_METHOD_PREFIX, METHOD_NAME
+
+    kind, _, argument = method.partition(":")
+    if kind == "folder" and argument:
+        name = FOLDER_METHOD_PREFIX + re.sub(r"[^a-z0-9._-]", "-", Path(argument).name.lower())
+        return name if METHOD_NAME.match(name) else FOLDER_METHOD_PREFIX + "outputs"
+    if kind == "cotir" and argument:
+        folder = Path(argument)
+        return checkpoint_folder_method(folder / "model" if (folder / "model").is_dir() else folder)
+    return method
+
+
 def _restorer_for(method: str, prompt_kind: str) -> object:
     """The restorer a ``--method`` value names (folders hold one subfolder per prompt kind)."""
     from cotir_pipeline.evaluation.restorers import (
@@ -491,7 +509,7 @@ def _restorer_for(method: str, prompt_kind: str) -> object:
     if kind == "classical_chain" and not argument:
         return SequentialToolChain()
     if kind == "folder" and argument:
-        name = f"folder-{Path(argument).name}"
+        name = _table_name(method)
         return FolderRestorer.for_release(Path(argument), prompt_kind, name)  # type: ignore[arg-type]
     for point in entry_points(group=RESTORER_GROUP):
         if point.name == kind and argument:
@@ -578,6 +596,7 @@ def bench(
             err=True,
         )
     names = [name.strip() for name in metrics.split(",") if name.strip()]
+    method_name = _table_name(method)  # as the tables call it, in the score rows
     rows = []
     with tqdm(total=len(prompt_kinds) * 2, desc="bench", unit="step", file=sys.stderr) as bar:
         for kind in prompt_kinds:
@@ -594,7 +613,7 @@ def bench(
                 bench_set,
                 out / kind,
                 names,
-                method=method,
+                method=method_name,
                 prompt_kind=kind,  # type: ignore[arg-type]
                 device=device,
             )
@@ -619,13 +638,14 @@ def bench(
                 {
                     "bench": str(bench_dir),
                     "method": method,
+                    "name": method_name,
                     "mean": averages,
                     "unknown_labels": unknown,
                 }
             )
         )
         return
-    click.echo(f"{method} on {bench_dir} ({len(bench_set.records)} samples):")
+    click.echo(f"{method_name} ({method}) on {bench_dir} ({len(bench_set.records)} samples):")
     for kind, values in averages.items():
         click.echo(f"  {kind:8} " + "  ".join(f"{name}={value}" for name, value in values.items()))
     click.echo(f"scores: {out / 'scores.parquet'}")

@@ -27,7 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cotir_pipeline.checkpoint_layout import META_FILE, RELEASE_ADAPTER_FILE
+from cotir_pipeline.checkpoint_layout import (
+    META_FILE,
+    MODEL_DIR,
+    RELEASE_ADAPTER_FILE,
+    checkpoint_folder_method,
+)
 from cotir_pipeline.weights import MissingWeightsError, require_weights
 from models.backbones import (
     BackboneKind,
@@ -688,6 +693,7 @@ def restorer_from_checkpoint(checkpoint: str) -> EvaluationRestorer:
     the model without the library importing torch.
     """
     folder = Path(checkpoint)
-    if (folder / "model").is_dir():  # a training checkpoint: its inference part
-        folder = folder / "model"
-    return CoTIRRestorer.from_pretrained(folder).for_evaluation(name=f"cotir-{folder.name}")
+    if (folder / MODEL_DIR).is_dir():  # a training checkpoint: its inference part
+        folder = folder / MODEL_DIR
+    name = checkpoint_folder_method(folder)
+    return CoTIRRestorer.from_pretrained(folder).for_evaluation(name=name)

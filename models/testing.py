@@ -123,3 +123,30 @@ def tiny_inputs(
         )
         kwargs["guidance"] = torch.full((batch,), 2.5)
     return TinyInputs(kwargs=kwargs, n_text=n_text, n_noisy=n, n_reference=n)
+
+
+#: A chat template of the shape Qwen's has (role and content between markers).
+WORD_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+)
+
+
+def word_level_tokenizer(words: list[str], max_length: int, *, chat: bool = False) -> Any:
+    """A word-level stand-in tokenizer over ``words`` (the first three are the pad, unknown
+    and end tokens), with :data:`WORD_CHAT_TEMPLATE` when ``chat``: the real tokenizers
+    are not needed to test or time the text encoders."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pad, unknown, end = words[:3]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=unknown))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=pad,
+        unk_token=unknown,
+        eos_token=end,
+        model_max_length=max_length,
+        chat_template=WORD_CHAT_TEMPLATE if chat else None,
+    )

@@ -491,7 +491,7 @@ def generate(store: Path, total: int, sources: int, seed: int, probes: int) -> d
         print(f"  generated {spec.name:<22} {spec.samples:>9,} samples", flush=True)
     writers.close()
     # The training stage writes a run's rows sorted by sample id in small row groups
-    # (assets.training.record_training_run); do the same with the generated ones.
+    # (models.training_stage.record_training_run); do the same with the generated ones.
     for run, _, _ in RUNS:
         path = store / "training_runs" / run / "manifest.parquet"
         if path.is_file():

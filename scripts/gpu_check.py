@@ -78,39 +78,15 @@ CLIP_L = {
     "projection_dim": 768,
     "eos_token_id": 2,
 }
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
-)
 
 
 def _tokenizer(max_length: int, chat: bool) -> Any:
     """A word-level stand-in tokenizer (the real ones are not needed to measure cost)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from models.testing import word_level_tokenizer
 
-    words = [
-        "<pad>",
-        "<unk>",
-        "</s>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "user",
-        "assistant",
-        "please",
-        "dehaze",
-        "this",
-        "photo",
-    ]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="</s>",
-        model_max_length=max_length,
-        chat_template=CHAT_TEMPLATE if chat else None,
+    words = ["<pad>", "<unk>", "</s>", "<|im_start|>", "<|im_end|>", "user", "assistant"]
+    return word_level_tokenizer(
+        [*words, "please", "dehaze", "this", "photo"], max_length, chat=chat
     )
 
 

@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -246,175 +248,233 @@ def test_runs_started_by_make_demo_are_listed_under_their_job_in_the_ui(tmp_path
     assert untagged.run_id not in listed, "the tag is what files a run under its job"
 
 
-def test_demo_job_materializes_every_asset_and_is_idempotent(settings: CotirSettings) -> None:
+#: The method x bench assets and the tables run in the evaluation and reporting jobs (an
+#: asset job takes one partitions definition), the index and Table VII in jobs of their own;
+#: the demo job runs everything else.
+OWN_JOBS = {
+    "evaluation": {"restorations", "metric_scores"},
+    "reporting": {"benchmark_tables"},
+    "lineage": {"sample_lineage"},
+    "table_vii_ablation": {"table_vii"},
+}
+
+
+@dataclass
+class DemoRuns:
+    """The demo job run twice on one instance, then the lineage jobs (no assertions here)."""
+
+    definitions: dg.Definitions
+    store: LocalObjectStore
+    first: dg.ExecuteInProcessResult
+    second: dg.ExecuteInProcessResult
+    shards_after_first: dict[str, int]
+    provenance_after_first: list[str]
+    lineage: dg.ExecuteInProcessResult
+    lookup: dg.ExecuteInProcessResult
+    looked_up_sample: str
+    mistyped_lookup: dg.ExecuteInProcessResult
+    placeholder_lookup: dg.ExecuteInProcessResult
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> DemoRuns:
+    root = tmp_path_factory.mktemp("demo-job")
+    settings = CotirSettings(home=root / "home", store=(root / "store").as_uri())
     # The demo's two fine-tunes, shortened to 8 steps each (the DAG is what is tested here).
     training = TrainingResource(**{**training_resource(settings).model_dump(), "steps": 8})
     definitions = build_definitions(settings, training=training)
-    all_keys = definitions.resolve_asset_graph().get_all_asset_keys()
-    # The method x bench assets and the tables run in the evaluation and reporting jobs
-    # (an asset job takes one partitions definition); the demo job runs everything else.
-    evaluated = {dg.AssetKey(name) for name in ("restorations", "metric_scores")}
-    reported = {dg.AssetKey("benchmark_tables")}
-    indexed = {dg.AssetKey("sample_lineage")}
-    ablation = {dg.AssetKey("table_vii")}  # its own job
-    for name, keys in (
-        ("evaluation", evaluated),
-        ("reporting", reported),
-        ("lineage", indexed),
-        ("table_vii_ablation", ablation),
-    ):
-        assert set(definitions.resolve_job_def(name).asset_layer.executable_asset_keys) == keys
+    store = LocalObjectStore(Path(settings.store.removeprefix("file://")))
     job = definitions.resolve_job_def("demo")
+    lookup_job = definitions.resolve_job_def("lineage_lookup")
     with dg.DagsterInstance.ephemeral() as instance:
         first = job.execute_in_process(instance=instance, partition_key="demo")
-        assert first.success
-        materialized = {event.asset_key for event in first.get_asset_materialization_events()}
-        assert materialized == set(all_keys) - evaluated - reported - indexed - ablation
-        checks = [
-            event.event_specific_data
-            for event in first.all_events
-            if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
-        ]
-        assert checks
-        by_name = {check.check_name: check for check in checks}  # type: ignore[union-attr]
-        assert by_name["stored_catalog_reads_back"].passed
-        # Every check passes but the prior's copy fidelity, which warns while the shipped
-        # prior is below the project's target (docs/TRAINING.md).
-        assert all(
-            check.passed or check.check_name == "prior_copy_fidelity" for check in by_name.values()
-        )
-        assert by_name["prior_copy_fidelity"].severity == dg.AssetCheckSeverity.WARN
-
-        metadata = first.asset_materializations_for_node("pipeline_environment")[0].metadata
-        assert metadata["newly_written"].value is True
-        store = LocalObjectStore(Path(settings.store.removeprefix("file://")))
-        stored = [info.key for info in store.list("provenance/")]
-        assert stored == [metadata["key"].value]
-        record = json.loads(store.get_text(stored[0]))
-        assert record["packages"]["dagster"] == dg.__version__
-        assert record["settings"]["profile"] == "demo"
-
-        shards = first.asset_materializations_for_node("pair_shards")[0].metadata
-        assert shards["samples_ok"].value >= 500
-        # The UI's column schema and row count of the Parquet manifest.
-        columns = [column.name for column in shards["dagster/column_schema"].schema.columns]
-        assert columns[:3] == ["sample_id", "source", "item_key"]
-        assert shards["dagster/row_count"].value == (
-            shards["samples_ok"].value + shards["samples_dropped"].value
-        )
-        # The same on the plan and the annotation stages, against the files they wrote.
-        plan = first.asset_materializations_for_node("raw_pairs")[0].metadata
-        plan_rows = pq.read_table(store.root / "raw_pairs" / "demo" / "pairs.parquet")  # type: ignore[attr-defined]
-        assert (
-            plan["dagster/row_count"].value
-            == plan_rows.num_rows
-            == (plan["pairs_ok"].value + plan["pairs_dropped"].value)
-        )
-        assert [c.name for c in plan["dagster/column_schema"].schema.columns] == (
-            plan_rows.schema.names
-        )
-        annotated = first.asset_materializations_for_node("cot_annotations")[0].metadata
-        assert annotated["dagster/row_count"].value == (
-            annotated["annotated"].value + annotated["failed"].value
-        )
-        assert "sample_id" in [c.name for c in annotated["dagster/column_schema"].schema.columns]
-        judged = first.asset_materializations_for_node("filtered_annotations")[0].metadata
-        decisions = pq.read_table(store.root / "filtered_annotations" / "demo" / "manifest.parquet")  # type: ignore[attr-defined]
-        assert judged["dagster/row_count"].value == decisions.num_rows
-        assert [c.name for c in judged["dagster/column_schema"].schema.columns] == (
-            decisions.schema.names
-        )
-        assert shards["shards_written"].value == shards["shards"].value > 0
-        assert shards["samples_failed"].value == 0
-
-        written_before = {info.key: info.size for info in store.list("pair_shards/demo/")}
+        shards = {info.key: info.size for info in store.list("pair_shards/demo/")}
+        provenance = [info.key for info in store.list("provenance/")]
         second = job.execute_in_process(instance=instance, partition_key="demo")
-        again = second.asset_materializations_for_node("pipeline_environment")[0].metadata
-        assert again["newly_written"].value is False
-        assert again["digest"].value == metadata["digest"].value
-        assert [info.key for info in store.list("provenance/")] == stored
-        # Re-materializing the shards finds every shard finished and writes none again.
-        shards_again = second.asset_materializations_for_node("pair_shards")[0].metadata
-        assert shards_again["shards_written"].value == 0
-        assert shards_again["shards_skipped"].value == shards["shards"].value
-        assert shards_again["samples_ok"].value == shards["samples_ok"].value
-        assert {info.key: info.size for info in store.list("pair_shards/demo/")} == written_before
-
-        # The lineage index joins every stage; the UI's look-up job reports one chain.
-        indexed_run = definitions.resolve_job_def("lineage").execute_in_process(instance=instance)
-        index_metadata = indexed_run.asset_materializations_for_node("sample_lineage")[0].metadata
-        [lineage_check] = indexed_run.get_asset_check_evaluations()
-        assert (lineage_check.check_name, lineage_check.passed) == ("index_answers_look_ups", True)
-        bench_samples = sum(
-            pq.read_metadata(io.BytesIO(store.get_bytes(info.key))).num_rows
-            for info in store.list("bench_sets/")
-            if info.key.endswith("/manifest.parquet")
-        )
-        assert bench_samples > 0  # the bench sets' samples are indexed too
-        assert (
-            index_metadata["samples"].value
-            == shards["samples_ok"].value + shards["samples_dropped"].value + bench_samples
-        )
-        shard_rows = pq.read_table(io.BytesIO(store.get_bytes("training_shards/manifest.parquet")))
-        # Each run is credited with the samples its batches held, not the whole shard set.
-        run_keys = [
-            info.key for info in store.list("training_runs/") if info.key.endswith(".parquet")
-        ]
-        assert run_keys
-        for key in run_keys:
-            consumed = pq.read_table(io.BytesIO(store.get_bytes(key)))
-            assert 0 < consumed.num_rows <= shard_rows.num_rows
-            assert set(consumed.column("sample_id").to_pylist()) <= set(
-                shard_rows.column("sample_id").to_pylist()
-            )
-            assert min(consumed.column("first_step").to_pylist()) == 1
+        lineage = definitions.resolve_job_def("lineage").execute_in_process(instance=instance)
+        run_keys = [i.key for i in store.list("training_runs/") if i.key.endswith(".parquet")]
+        consumed = pq.read_table(io.BytesIO(store.get_bytes(run_keys[-1])))
         sample = consumed.column("sample_id")[0].as_py()
-        # `cotir lineage --checkpoint RUN`: what trained it, per source and degradation.
-        run = run_keys[-1].split("/")[1]
-        summary = checkpoint_summary(store, run)
-        assert summary["samples"] == consumed.num_rows
-        assert sum(row["samples"] for row in summary["by_source_and_degradation"]) == (
-            consumed.num_rows
+
+        def look_up(sample_id: str | None) -> dg.ExecuteInProcessResult:
+            config = {"ops": {"look_up_sample": {"config": {"sample_id": sample_id}}}}
+            return lookup_job.execute_in_process(
+                instance=instance,
+                run_config=config if sample_id else None,
+                raise_on_error=False,
+            )
+
+        return DemoRuns(
+            definitions=definitions,
+            store=store,
+            first=first,
+            second=second,
+            shards_after_first=shards,
+            provenance_after_first=provenance,
+            lineage=lineage,
+            lookup=look_up(sample),
+            looked_up_sample=sample,
+            mistyped_lookup=look_up("0" * 32),
+            placeholder_lookup=look_up(None),
         )
-        assert {row["source"] for row in summary["by_source_and_degradation"]} == {"demo"}
-        printed = CliRunner().invoke(
-            cli,
-            ["lineage", "--checkpoint", f"cotir-tiny-paper-{run}-s1"],
-            env={"COTIR_STORE": str(store.root)},
-        )
-        assert printed.exit_code == 0, printed.output
-        assert f"up to step 1: {checkpoint_summary(store, f'x-{run}-s1')['samples']} samples" in (
-            printed.output
-        )
-        looked_up = definitions.resolve_job_def("lineage_lookup").execute_in_process(
-            instance=instance,
-            run_config={"ops": {"look_up_sample": {"config": {"sample_id": sample}}}},
-        )
-        chain = looked_up.output_for_node("look_up_sample")
-        assert chain is None
-        [event] = [e for e in looked_up.all_events if e.event_type_value == "STEP_OUTPUT"]
-        text = event.event_specific_data.metadata["chain"].value  # type: ignore[union-attr]
-        assert sample in text
-        assert "training_shards" in text
-        assert "training_runs" in text
-        # The chain goes on to the steps at which the run trained on the sample.
-        assert "trained on it" in text
-        # A mistyped id is reported as not found, not as a missing index.
-        mistyped = definitions.resolve_job_def("lineage_lookup").execute_in_process(
-            instance=instance,
-            run_config={"ops": {"look_up_sample": {"config": {"sample_id": "0" * 32}}}},
-            raise_on_error=False,
-        )
-        assert not mistyped.success
-        failure = " ".join(str(e.event_specific_data) for e in mistyped.all_events if e.is_failure)
-        assert "is not in the lineage index" in failure
-        assert "materialize sample_lineage first" not in failure
-        # Launched with the Launchpad's placeholder unchanged: a clear instruction.
-        unchanged = definitions.resolve_job_def("lineage_lookup").execute_in_process(
-            instance=instance, raise_on_error=False
-        )
-        failure = " ".join(str(e.event_specific_data) for e in unchanged.all_events if e.is_failure)
-        assert "replace the placeholder" in failure
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    return dict(result.asset_materializations_for_node(asset)[0].metadata)
+
+
+def _failure_text(result: dg.ExecuteInProcessResult) -> str:
+    return " ".join(str(e.event_specific_data) for e in result.all_events if e.is_failure)
+
+
+def test_each_job_runs_its_own_assets(demo_runs: DemoRuns) -> None:
+    for name, assets in OWN_JOBS.items():
+        job = demo_runs.definitions.resolve_job_def(name)
+        assert set(job.asset_layer.executable_asset_keys) == {dg.AssetKey(a) for a in assets}
+
+
+def test_the_demo_job_materializes_every_other_asset(demo_runs: DemoRuns) -> None:
+    assert demo_runs.first.success
+    every = demo_runs.definitions.resolve_asset_graph().get_all_asset_keys()
+    elsewhere = {dg.AssetKey(asset) for assets in OWN_JOBS.values() for asset in assets}
+    materialized = {e.asset_key for e in demo_runs.first.get_asset_materialization_events()}
+    assert materialized == set(every) - elsewhere
+
+
+def test_every_asset_check_passes_but_the_prior_warning(demo_runs: DemoRuns) -> None:
+    by_name = {
+        event.event_specific_data.check_name: event.event_specific_data  # type: ignore[union-attr]
+        for event in demo_runs.first.all_events
+        if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    }
+    assert by_name["stored_catalog_reads_back"].passed
+    # Every check passes but the prior's copy fidelity, which warns while the shipped prior
+    # is below the project's target (docs/TRAINING.md).
+    assert all(check.passed or name == "prior_copy_fidelity" for name, check in by_name.items())
+    assert by_name["prior_copy_fidelity"].severity == dg.AssetCheckSeverity.WARN
+
+
+def test_the_environment_record_is_written_once(demo_runs: DemoRuns) -> None:
+    metadata = _metadata(demo_runs.first, "pipeline_environment")
+    assert metadata["newly_written"].value is True
+    assert demo_runs.provenance_after_first == [metadata["key"].value]
+    record = json.loads(demo_runs.store.get_text(demo_runs.provenance_after_first[0]))
+    assert record["packages"]["dagster"] == dg.__version__
+    assert record["settings"]["profile"] == "demo"
+    again = _metadata(demo_runs.second, "pipeline_environment")
+    assert again["newly_written"].value is False
+    assert again["digest"].value == metadata["digest"].value
+    stored = [info.key for info in demo_runs.store.list("provenance/")]
+    assert stored == demo_runs.provenance_after_first
+
+
+def test_parquet_outputs_show_their_columns_and_rows(demo_runs: DemoRuns) -> None:
+    root = demo_runs.store.root
+    shards = _metadata(demo_runs.first, "pair_shards")
+    assert shards["samples_ok"].value >= 500
+    assert shards["shards_written"].value == shards["shards"].value > 0
+    assert shards["samples_failed"].value == 0
+    columns = [column.name for column in shards["dagster/column_schema"].schema.columns]
+    assert columns[:3] == ["sample_id", "source", "item_key"]
+    assert shards["dagster/row_count"].value == (
+        shards["samples_ok"].value + shards["samples_dropped"].value
+    )
+    # The same on the plan and the annotation stages, against the files they wrote.
+    plan = _metadata(demo_runs.first, "raw_pairs")
+    plan_rows = pq.read_table(root / "raw_pairs" / "demo" / "pairs.parquet")
+    assert (
+        plan["dagster/row_count"].value
+        == plan_rows.num_rows
+        == (plan["pairs_ok"].value + plan["pairs_dropped"].value)
+    )
+    assert [c.name for c in plan["dagster/column_schema"].schema.columns] == plan_rows.schema.names
+    annotated = _metadata(demo_runs.first, "cot_annotations")
+    assert annotated["dagster/row_count"].value == (
+        annotated["annotated"].value + annotated["failed"].value
+    )
+    assert "sample_id" in [c.name for c in annotated["dagster/column_schema"].schema.columns]
+    judged = _metadata(demo_runs.first, "filtered_annotations")
+    decisions = pq.read_table(root / "filtered_annotations" / "demo" / "manifest.parquet")
+    assert judged["dagster/row_count"].value == decisions.num_rows
+    assert [c.name for c in judged["dagster/column_schema"].schema.columns] == (
+        decisions.schema.names
+    )
+
+
+def test_a_second_run_writes_no_shard_again(demo_runs: DemoRuns) -> None:
+    shards = _metadata(demo_runs.first, "pair_shards")
+    again = _metadata(demo_runs.second, "pair_shards")
+    assert again["shards_written"].value == 0
+    assert again["shards_skipped"].value == shards["shards"].value
+    assert again["samples_ok"].value == shards["samples_ok"].value
+    stored = {info.key: info.size for info in demo_runs.store.list("pair_shards/demo/")}
+    assert stored == demo_runs.shards_after_first
+
+
+def test_the_lineage_index_holds_every_pair_and_bench_sample(demo_runs: DemoRuns) -> None:
+    store = demo_runs.store
+    [check] = demo_runs.lineage.get_asset_check_evaluations()
+    assert (check.check_name, check.passed) == ("index_answers_look_ups", True)
+    bench_samples = sum(
+        pq.read_metadata(io.BytesIO(store.get_bytes(info.key))).num_rows
+        for info in store.list("bench_sets/")
+        if info.key.endswith("/manifest.parquet")
+    )
+    assert bench_samples > 0
+    shards = _metadata(demo_runs.first, "pair_shards")
+    assert _metadata(demo_runs.lineage, "sample_lineage")["samples"].value == (
+        shards["samples_ok"].value + shards["samples_dropped"].value + bench_samples
+    )
+
+
+def test_each_run_is_credited_with_the_samples_its_batches_held(demo_runs: DemoRuns) -> None:
+    store = demo_runs.store
+    shard_rows = pq.read_table(io.BytesIO(store.get_bytes("training_shards/manifest.parquet")))
+    trained_on = set(shard_rows.column("sample_id").to_pylist())
+    run_keys = [i.key for i in store.list("training_runs/") if i.key.endswith(".parquet")]
+    assert run_keys
+    for key in run_keys:
+        consumed = pq.read_table(io.BytesIO(store.get_bytes(key)))
+        assert 0 < consumed.num_rows <= shard_rows.num_rows
+        assert set(consumed.column("sample_id").to_pylist()) <= trained_on
+        assert min(consumed.column("first_step").to_pylist()) == 1
+    # `cotir lineage --checkpoint RUN`: what trained it, per source and degradation.
+    run = run_keys[-1].split("/")[1]
+    summary = checkpoint_summary(store, run)
+    assert summary["samples"] == consumed.num_rows
+    by_source = summary["by_source_and_degradation"]
+    assert sum(row["samples"] for row in by_source) == consumed.num_rows
+    assert {row["source"] for row in by_source} == {"demo"}
+    printed = CliRunner().invoke(
+        cli,
+        ["lineage", "--checkpoint", f"cotir-tiny-paper-{run}-s1"],
+        env={"COTIR_STORE": str(store.root)},
+    )
+    assert printed.exit_code == 0, printed.output
+    up_to_first = checkpoint_summary(store, f"x-{run}-s1")["samples"]
+    assert f"up to step 1: {up_to_first} samples" in printed.output
+
+
+def test_the_lookup_job_reports_a_chain_to_the_training_steps(demo_runs: DemoRuns) -> None:
+    assert demo_runs.lookup.success
+    assert demo_runs.lookup.output_for_node("look_up_sample") is None
+    [event] = [e for e in demo_runs.lookup.all_events if e.event_type_value == "STEP_OUTPUT"]
+    text = event.event_specific_data.metadata["chain"].value  # type: ignore[union-attr]
+    assert demo_runs.looked_up_sample in text
+    assert "training_shards" in text
+    assert "training_runs" in text
+    assert "trained on it" in text  # the steps at which the run trained on the sample
+
+
+def test_the_lookup_job_says_what_is_wrong_with_its_input(demo_runs: DemoRuns) -> None:
+    # A mistyped id is reported as not found, not as a missing index.
+    assert not demo_runs.mistyped_lookup.success
+    failure = _failure_text(demo_runs.mistyped_lookup)
+    assert "is not in the lineage index" in failure
+    assert "materialize sample_lineage first" not in failure
+    # Launched with the Launchpad's placeholder unchanged: a clear instruction.
+    assert not demo_runs.placeholder_lookup.success
+    assert "replace the placeholder" in _failure_text(demo_runs.placeholder_lookup)
 
 
 def test_an_unreachable_store_fails_the_run_naming_the_setting(

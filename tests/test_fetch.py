@@ -232,7 +232,7 @@ def test_second_fetch_of_a_finished_source_makes_no_request(
     def no_hashing(path: Path) -> str:
         raise AssertionError(f"{path} was hashed again despite its digest record")
 
-    monkeypatch.setattr(fetch_module, "_hash_file", no_hashing)
+    monkeypatch.setattr(fetch_module, "file_sha256", no_hashing)
     second = fetch(spec, cache)
 
     assert len(server.seen) == 1, "the second fetch went to the network"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, FluxKontextPipeline
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -16,6 +15,7 @@ from transformers import (
     T5EncoderModel,
 )
 
+from models.testing import word_level_tokenizer
 from models.text_encoders import MiniLMTextEncoder, Qwen3TextEncoder, T5ClipTextEncoder
 from models.text_targets import CoTParseError, CoTParts, encode_cot_targets, split_cot_answer
 
@@ -104,23 +104,10 @@ WORDS = [
     "<think>",
     "</think>",
 ]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
-)
 
 
 def _tokenizer(max_length: int, chat: bool = False) -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="</s>",
-        model_max_length=max_length,
-        chat_template=CHAT_TEMPLATE if chat else None,
-    )
+    return word_level_tokenizer(WORDS, max_length, chat=chat)
 
 
 def test_qwen3_encoder_matches_the_klein_pipeline() -> None:

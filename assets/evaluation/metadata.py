@@ -3,28 +3,18 @@
 import base64
 import io
 from collections import Counter
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from assets.evaluation.resource import RESTORED_CHECK, SCORED_CHECK, TABLED_CHECK
-from assets.metadata import parquet_output_metadata
+from assets.metadata import markdown_table, parquet_output_metadata
 from cotir_pipeline.evaluation.bench_sets import bench_lineage_schema, unknown_labels
 from cotir_pipeline.evaluation.method_runs import RestorationResult, ScoringResult
 from cotir_pipeline.evaluation.reporting import TablesResult
 from cotir_pipeline.evaluation.scoring import restoration_row_schema, score_row_schema
 from cotir_pipeline.evaluation.stage import RESTORATION_ROWS, BenchSpec
-
-
-def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A Markdown table (cells with ``|`` or line breaks escaped) for the UI's metadata."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        cells = [str(cell).replace("|", "\\|").replace("\n", " ") for cell in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def _png_md(png: bytes, caption: str) -> dg.MetadataValue:
@@ -60,7 +50,7 @@ def bench_sets_metadata(
         totals.update({k: entry.get(k, 0) for k in ("uploaded", "unchanged", "deleted")})
     metadata: dict[str, Any] = {
         "sets": dg.MetadataValue.md(
-            md_table(
+            markdown_table(
                 ("set", "status", "samples", "uploaded", "unchanged", "n/a reason"),
                 (
                     (
@@ -76,7 +66,7 @@ def bench_sets_metadata(
             )
         ),
         "by_subset": dg.MetadataValue.md(
-            md_table(("set", "subset", "samples"), subset_rows) if subset_rows else "none"
+            markdown_table(("set", "subset", "samples"), subset_rows) if subset_rows else "none"
         ),
         "objects_uploaded": totals["uploaded"],
         "objects_unchanged": totals["unchanged"],
@@ -103,7 +93,7 @@ def restorations_result(result: RestorationResult, bench: Any, uri: str) -> dg.M
         "unknown_degradation_labels": dg.MetadataValue.json(unknown_labels(bench.records)),
         "objects_uploaded": result.upload.uploaded,
         "failures": dg.MetadataValue.md(
-            md_table(("prompt", "sample", "reason"), failures[:20]) if failures else "none"
+            markdown_table(("prompt", "sample", "reason"), failures[:20]) if failures else "none"
         ),
         "uri": dg.MetadataValue.url(uri),
     }
@@ -134,7 +124,7 @@ def scores_result(result: ScoringResult, spec: BenchSpec, uri: str) -> dg.Materi
         "device": result.device,
         "rows": len(result.rows),
         "means": dg.MetadataValue.md(
-            md_table(
+            markdown_table(
                 ("metric", "prompt", "mean", "images", "n/a reason"),
                 (
                     (m, k, "n/a" if v is None else f"{v:.4f}", n, why)

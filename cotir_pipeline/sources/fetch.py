@@ -45,6 +45,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
+from cotir_pipeline.digests import file_sha256
 from cotir_pipeline.settings import env_name
 from cotir_pipeline.sources.extract import (
     PARTIAL_INFIX,
@@ -388,7 +389,7 @@ class SourceFetcher(abc.ABC):
             and isinstance(record.get("sha256"), str)
         ):
             return str(record["sha256"])
-        sha256 = _hash_file(path)
+        sha256 = file_sha256(path)
         self.remember_digest(path, sha256)
         return sha256
 
@@ -821,22 +822,15 @@ class S3Fetcher(SourceFetcher):
         return self.materialize(self.local_files(entries, from_mirror=False))
 
     def _client(self) -> Any:
-        import boto3
-        from botocore import UNSIGNED
-        from botocore.config import Config
+        from cotir_pipeline.store.s3 import s3_client
 
-        config = Config(
-            signature_version=UNSIGNED if self.spec.anonymous else "s3v4",
-            s3={"addressing_style": "path" if self.spec.endpoint_url else "auto"},
-            retries={"mode": "standard", "total_max_attempts": self.options.max_attempts},
-            connect_timeout=self.options.timeout_s,
-            read_timeout=self.options.timeout_s,
-            # As in the object store: S3-compatible servers reject the newer CRC defaults.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        return boto3.session.Session().client(
-            "s3", endpoint_url=self.spec.endpoint_url, config=config
+        return s3_client(
+            self.spec.endpoint_url,
+            addressing_style="path" if self.spec.endpoint_url else "auto",
+            anonymous=self.spec.anonymous,
+            max_attempts=self.options.max_attempts,
+            connect_timeout_s=self.options.timeout_s,
+            read_timeout_s=self.options.timeout_s,
         )
 
     def _list(self, client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
@@ -1065,14 +1059,6 @@ def _safe_relative(source: str, relative: str) -> str:
     if any(part.startswith(_PARTIAL) or PARTIAL_INFIX in part for part in parts):
         raise FetchError(source, f"file path {relative!r} uses a reserved name")
     return "/".join(parts)
-
-
-def _hash_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def _hash_prefix(path: Path, length: int) -> Any:

@@ -108,6 +108,39 @@ def _error_code(error: Exception) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
+def s3_client(
+    endpoint_url: str | None,
+    *,
+    region: str | None = None,
+    addressing_style: str = "path",
+    anonymous: bool = False,
+    max_attempts: int = 1,
+    connect_timeout_s: float = 10.0,
+    read_timeout_s: float = 120.0,
+) -> BaseClient:
+    """A boto3 S3 client as every part of the project makes it (the store, the fetcher).
+
+    ``max_attempts`` is botocore's own retry count ("standard" mode). Newer botocore adds
+    CRC checksums with aws-chunked bodies by default; many S3-compatible servers reject
+    them, so the client only sends what S3 requires.
+    """
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    config = Config(
+        region_name=region,
+        signature_version=UNSIGNED if anonymous else "s3v4",
+        s3={"addressing_style": addressing_style},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+
 class S3ObjectStore(ObjectStore):
     """Objects under ``s3://bucket/prefix`` on the endpoint given (AWS when None)."""
 
@@ -147,24 +180,16 @@ class S3ObjectStore(ObjectStore):
     # -- plumbing -----------------------------------------------------------------
 
     def _make_client(self, connect_timeout_s: float) -> BaseClient:
-        import boto3
-        from botocore.config import Config
-
-        config = Config(
-            region_name=self.region,
-            signature_version="s3v4",
-            s3={"addressing_style": self.addressing_style},
-            # One attempt per request: the retries happen in _call, where a time budget
-            # bounds them and a read timeout is not multiplied by the attempts.
-            retries={"mode": "standard", "total_max_attempts": 1},
-            connect_timeout=connect_timeout_s,
-            read_timeout=self.read_timeout_s,
-            # Newer botocore adds CRC checksums with aws-chunked bodies by default;
-            # many S3-compatible servers reject them, so only send what S3 requires.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
+        # One attempt per request: the retries happen in _call, where a time budget bounds
+        # them and a read timeout is not multiplied by the attempts.
+        return s3_client(
+            self.endpoint_url,
+            region=self.region,
+            addressing_style=self.addressing_style,
+            max_attempts=1,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
         )
-        return boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
 
     @property
     def client(self) -> BaseClient:
@@ -420,9 +445,7 @@ class S3ObjectStore(ObjectStore):
         markers: dict[str, str] = {}
         while True:
             request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix, **markers}
-            page = self._call(
-                lambda request=request: self.client.list_multipart_uploads(**request)
-            )
+            page = self._call(lambda request=request: self.client.list_multipart_uploads(**request))
             for upload in page.get("Uploads", []):
                 if upload["Initiated"] <= cutoff:
                     found.append((upload["Key"], upload["UploadId"], upload["Initiated"]))
