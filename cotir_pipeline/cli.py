@@ -11,12 +11,16 @@ import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cotir_pipeline.provenance import package_versions
 from cotir_pipeline.settings import CotirSettings, Profile, SettingsError, load_settings
 from cotir_pipeline.store import ObjectStore, StoreConfig, StoreError, open_store
+
+if TYPE_CHECKING:
+    from cotir_pipeline.lineage.read import LineageIndex
 
 EXIT_BAD_SETTING = 2
 EXIT_CHECK_FAILED = 1
@@ -310,77 +314,113 @@ def lineage(
         raise click.UsageError("give either a SAMPLE_ID or --where, not both")
     settings = _settings_or_exit()
     store = _store_for(settings, index_location)
+    if build:
+        _build_lineage_index(store, as_json=as_json, report=sample_id is None and where is None)
+        if sample_id is None and where is None:
+            return
+    if sample_id is not None:
+        _print_sample_chain(store, sample_id, as_json)
+    else:
+        _print_matching_samples(store, str(where), limit, as_json)
+
+
+def _open_lineage_or_exit(store: ObjectStore) -> LineageIndex:
+    """The lineage index; exit with the not-found code, saying why, when there is none."""
     # Only what the command needs: a lookup loads neither the builder nor the filter
     # language (both import pyarrow.compute).
     from cotir_pipeline.lineage.read import LineageIndexError, open_lineage
 
-    if build:
-        from cotir_pipeline.lineage.build import (
-            LineageInputError,
-            build_lineage_from_store,
-            report_json,
-        )
-
-        progress = _TqdmProgress()
-        try:
-            report = build_lineage_from_store(store, progress=progress)
-        except (LineageInputError, StoreError) as error:
-            progress.close()
-            click.echo(f"cotir: lineage build failed: {error}", err=True)
-            sys.exit(EXIT_CHECK_FAILED)
-        progress.close()
-        if sample_id is None and where is None:
-            if as_json:
-                click.echo(report_json(report))
-            else:
-                per_sample = report.bytes_per_sample()["total"]
-                click.echo(
-                    f"indexed {report.samples} samples in {report.parts} parts "
-                    f"({report.parts_written} written, {report.parts_unchanged} unchanged) "
-                    f"in {report.seconds:.1f} s; {per_sample:.0f} bytes per sample; "
-                    f"status {report.status_counts}"
-                )
-            return
     try:
-        index = open_lineage(store)
-        if sample_id is not None:
-            record = index.lookup(sample_id)
-        else:
-            result = index.query(where, limit=limit)
-    except ValueError as error:  # a bad id, or a filter the query refused
+        return open_lineage(store)
+    except (LineageIndexError, StoreError) as error:
+        click.echo(f"cotir: {error}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    except ValueError as error:
+        click.echo(f"cotir: {error}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _build_lineage_index(store: ObjectStore, *, as_json: bool, report: bool) -> None:
+    """`cotir lineage --build`: (re)build the index, and print what it did when ``report``."""
+    from cotir_pipeline.lineage.build import (
+        LineageInputError,
+        build_lineage_from_store,
+        report_json,
+    )
+
+    progress = _TqdmProgress()
+    try:
+        built = build_lineage_from_store(store, progress=progress)
+    except (LineageInputError, StoreError) as error:
+        progress.close()
+        click.echo(f"cotir: lineage build failed: {error}", err=True)
+        sys.exit(EXIT_CHECK_FAILED)
+    progress.close()
+    if not report:
+        return
+    if as_json:
+        click.echo(report_json(built))
+        return
+    per_sample = built.bytes_per_sample()["total"]
+    click.echo(
+        f"indexed {built.samples} samples in {built.parts} parts "
+        f"({built.parts_written} written, {built.parts_unchanged} unchanged) "
+        f"in {built.seconds:.1f} s; {per_sample:.0f} bytes per sample; "
+        f"status {built.status_counts}"
+    )
+
+
+def _print_sample_chain(store: ObjectStore, sample_id: str, as_json: bool) -> None:
+    """`cotir lineage ID`: the sample's chain, with the details of the stages' own rows."""
+    from cotir_pipeline.lineage.read import LineageIndexError
+
+    index = _open_lineage_or_exit(store)
+    try:
+        record = index.lookup(sample_id)
+    except ValueError as error:  # not a sample id
+        click.echo(f"cotir: {error}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except (LineageIndexError, StoreError) as error:
+        click.echo(f"cotir: {error}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    if record is None:
+        if as_json:
+            click.echo("null")
+        click.echo(f"cotir: sample {sample_id} is not in the lineage index", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    from cotir_pipeline.lineage.details import chain_details
+
+    details = chain_details(store, record)
+    if as_json:
+        click.echo(json.dumps({**record.to_dict(), "details": details}, indent=2))
+    else:
+        click.echo(record.format() + ("\n\n" + "\n".join(details) if details else ""))
+
+
+def _print_matching_samples(store: ObjectStore, where: str, limit: int, as_json: bool) -> None:
+    """`cotir lineage --where FILTER`: how many samples match, and the first ``limit``."""
+    from cotir_pipeline.lineage.read import LineageIndexError
+
+    index = _open_lineage_or_exit(store)
+    try:
+        result = index.query(where, limit=limit)
+    except ValueError as error:  # a filter the query refused
         click.echo(f"cotir: {_bad_where_prefix(error, where)}{error}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except (LineageIndexError, StoreError) as error:
         click.echo(f"cotir: {error}", err=True)
         sys.exit(EXIT_NOT_FOUND)
-    if sample_id is not None:
-        if record is None:
-            if as_json:
-                click.echo("null")
-            click.echo(f"cotir: sample {sample_id} is not in the lineage index", err=True)
-            sys.exit(EXIT_NOT_FOUND)
-        from cotir_pipeline.lineage.details import chain_details
-
-        details = chain_details(store, record)
-        if as_json:
-            click.echo(json.dumps({**record.to_dict(), "details": details}, indent=2))
-        else:
-            click.echo(record.format() + ("\n\n" + "\n".join(details) if details else ""))
-        return
     if as_json:
         payload = {"where": where, "matched": result.matched, "rows": result.rows}
         click.echo(json.dumps(payload, indent=2))
         return
     click.echo(f"{len(result.rows)} of {result.matched} matching samples (where {where})")
-    if result.rows:
-        for line in _format_rows(result.rows, result.columns):
-            click.echo(line)
+    for line in _format_rows(result.rows, result.columns) if result.rows else []:
+        click.echo(line)
 
 
-def _bad_where_prefix(error: ValueError, where: str | None) -> str:
+def _bad_where_prefix(error: ValueError, where: str) -> str:
     """``"bad --where: "`` when ``error`` is the filter language's (loaded by the query)."""
-    if where is None:
-        return ""
     from cotir_pipeline.lineage.where import WhereError
 
     return "bad --where: " if isinstance(error, WhereError) else ""
@@ -521,6 +561,43 @@ def _restorer_for(method: str, prompt_kind: str) -> object:
     raise click.BadParameter(f"unknown method {method!r} (known: {known})", param_hint="--method")
 
 
+def _averages(
+    rows: list[Any], prompt_kinds: tuple[str, ...], metrics: list[str]
+) -> dict[str, dict[str, object]]:
+    """Per prompt kind and metric: the mean over every image, or n/a with the reasons when
+    any image has no value (a mean over part of a set would not be comparable)."""
+    averages: dict[str, dict[str, object]] = {}
+    for kind in prompt_kinds:
+        for name in metrics:
+            values = [r.value for r in rows if r.prompt_kind == kind and r.metric == name]
+            present = [v for v in values if v is not None]
+            reasons = {
+                r.reason for r in rows if r.prompt_kind == kind and r.metric == name and r.reason
+            }
+            averages.setdefault(kind, {})[name] = (
+                round(sum(present) / len(present), 4)
+                if present and len(present) == len(values)
+                else f"n/a ({'; '.join(sorted(reasons))[:200] or 'no value'})"
+            )
+    return averages
+
+
+def _warn_of_unknown_labels(records: list[Any]) -> dict[str, int]:
+    """Say once per label, with its count, which degradation labels no known spelling
+    matches (their task is 'unknown'); return them."""
+    from cotir_pipeline.evaluation.bench_sets import unknown_labels
+
+    unknown = unknown_labels(records)
+    if unknown:
+        listed = ", ".join(f"{label!r} ({count})" for label, count in unknown.items())
+        click.echo(
+            f"cotir bench: degradation labels not recognised in any known spelling (their "
+            f"task is 'unknown'; the classical chain passes those parts through): {listed}",
+            err=True,
+        )
+    return unknown
+
+
 @cli.command("bench")
 @click.argument("bench_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -575,7 +652,6 @@ def bench(
     from cotir_pipeline.evaluation.bench_sets import (
         BenchFormatError,
         read_bench_set,
-        unknown_labels,
     )
     from cotir_pipeline.evaluation.restorers import run_restorer
     from cotir_pipeline.evaluation.scoring import evaluate_outputs, write_rows
@@ -587,14 +663,7 @@ def bench(
     except (BenchFormatError, FileNotFoundError) as error:
         click.echo(f"cotir bench: {error}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    unknown = unknown_labels(bench_set.records)
-    if unknown:  # once per label, with its count, not once per image
-        listed = ", ".join(f"{label!r} ({count})" for label, count in unknown.items())
-        click.echo(
-            f"cotir bench: degradation labels not recognised in any known spelling (their "
-            f"task is 'unknown'; the classical chain passes those parts through): {listed}",
-            err=True,
-        )
+    unknown = _warn_of_unknown_labels(bench_set.records)
     names = [name.strip() for name in metrics.split(",") if name.strip()]
     method_name = _table_name(method)  # as the tables call it, in the score rows
     rows = []
@@ -619,19 +688,7 @@ def bench(
             )
             bar.update(1)
     write_rows(rows, out / "scores.parquet")
-    averages: dict[str, dict[str, object]] = {}
-    for kind in prompt_kinds:
-        for name in names:
-            values = [r.value for r in rows if r.prompt_kind == kind and r.metric == name]
-            present = [v for v in values if v is not None]
-            reasons = {
-                r.reason for r in rows if r.prompt_kind == kind and r.metric == name and r.reason
-            }
-            averages.setdefault(kind, {})[name] = (
-                round(sum(present) / len(present), 4)
-                if present and len(present) == len(values)
-                else f"n/a ({'; '.join(sorted(reasons))[:200] or 'no value'})"
-            )
+    averages = _averages(rows, prompt_kinds, names)
     if as_json:
         click.echo(
             json.dumps(
