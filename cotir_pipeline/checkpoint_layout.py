@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from cotir_pipeline.evaluation.method_names import (
     COTIR_METHOD_PREFIX,
-    METHOD_NAME,
     checkpoint_method,
+    method_name,
 )
 
 if TYPE_CHECKING:
@@ -159,8 +159,8 @@ def model_subfolder(ref: CheckpointRef) -> str:
 def checkpoint_folder_method(folder: Path) -> str:
     """The method name of a checkpoint folder on disk, as the tables name it.
 
-    The marker of its step folder (``folder`` itself, or its parent for a ``model/``
-    folder) gives ``cotir-<variant>-<recipe>-<run>-s<step>``; a folder without one (the
+    ``folder`` is a training step folder or its ``model/`` part. The marker of the step
+    folder gives ``cotir-<variant>-<recipe>-<run>-s<step>``; a folder without one (the
     release's files, a copy) is ``cotir-<folder name>``.
     """
     for step in (folder, folder.parent):
@@ -170,5 +170,4 @@ def checkpoint_folder_method(folder: Path) -> str:
             digest = marker.get(MODEL_HASH_FIELD)
             if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{12,}", digest):
                 return checkpoint_method(marker, digest)
-    name = COTIR_METHOD_PREFIX + re.sub(r"[^a-z0-9._-]", "-", folder.name.lower())
-    return name if METHOD_NAME.match(name) else COTIR_METHOD_PREFIX + "checkpoint"
+    return method_name(COTIR_METHOD_PREFIX, folder.name, COTIR_METHOD_PREFIX + "checkpoint")

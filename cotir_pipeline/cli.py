@@ -7,7 +7,6 @@ never a traceback.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -523,15 +522,14 @@ def _table_name(method: str) -> str:
     method names, :mod:`cotir_pipeline.evaluation.method_names`): ``folder:PATH`` is
     ``folder-<folder name>``, ``cotir:DIR`` the checkpoint's run-and-step name."""
     from cotir_pipeline.checkpoint_layout import checkpoint_folder_method
-    from cotir_pipeline.evaluation.method_names import FOLDER_METHOD_PREFIX, METHOD_NAME
+    from cotir_pipeline.evaluation.method_names import FOLDER_METHOD_PREFIX, method_name
 
     kind, _, argument = method.partition(":")
     if kind == "folder" and argument:
-        name = FOLDER_METHOD_PREFIX + re.sub(r"[^a-z0-9._-]", "-", Path(argument).name.lower())
-        return name if METHOD_NAME.match(name) else FOLDER_METHOD_PREFIX + "outputs"
+        name = Path(argument).name
+        return method_name(FOLDER_METHOD_PREFIX, name, FOLDER_METHOD_PREFIX + "outputs")
     if kind == "cotir" and argument:
-        folder = Path(argument)
-        return checkpoint_folder_method(folder / "model" if (folder / "model").is_dir() else folder)
+        return checkpoint_folder_method(Path(argument))
     return method
 
 

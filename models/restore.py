@@ -693,7 +693,7 @@ def restorer_from_checkpoint(checkpoint: str) -> EvaluationRestorer:
     the model without the library importing torch.
     """
     folder = Path(checkpoint)
+    name = checkpoint_folder_method(folder)  # as the tables name it (cotir bench's rows)
     if (folder / MODEL_DIR).is_dir():  # a training checkpoint: its inference part
         folder = folder / MODEL_DIR
-    name = checkpoint_folder_method(folder)
     return CoTIRRestorer.from_pretrained(folder).for_evaluation(name=name)

@@ -13,7 +13,6 @@ from cotir_pipeline.evaluation.method_runs import CheckpointLoad, LoadedCheckpoi
 from cotir_pipeline.evaluation.stage import (
     EvaluationError,
     bench_specs,
-    checked_device,
 )
 from cotir_pipeline.settings import CotirSettings, Profile
 
@@ -169,11 +168,6 @@ class EvaluationResource(dg.ConfigurableResource):
             yield
         finally:
             torch.set_num_threads(previous)
-
-    def checked_device(self) -> str:
-        """The configured device; a Failure naming the field when it is malformed."""
-        with failing_clearly():
-            return checked_device(self.device)
 
 
 def load_checkpoint(request: CheckpointLoad) -> LoadedCheckpoint:

@@ -27,6 +27,13 @@ def cotir_method(checkpoint_hash: str) -> str:
     return COTIR_METHOD_PREFIX + checkpoint_hash[:METHOD_HASH_LENGTH]
 
 
+def method_name(prefix: str, text: str, fallback: str) -> str:
+    """``prefix + text`` made a method name (lower case, other characters as ``-``), or
+    ``fallback`` when nothing usable is left."""
+    method = re.sub(r"[^a-z0-9._-]", "-", f"{prefix}{text}".lower())
+    return method if METHOD_NAME.match(method) else fallback
+
+
 def checkpoint_method(marker: Mapping[str, Any], checkpoint_hash: str) -> str:
     """A checkpoint's method name: ``cotir-<variant>-<recipe>-<run>-s<step>`` from its marker.
 
@@ -43,9 +50,8 @@ def checkpoint_method(marker: Mapping[str, Any], checkpoint_hash: str) -> str:
     if isinstance(mode, str) and mode not in ("", "lagrangian"):
         recipe += f"-{mode}"
     name = variant.removeprefix(COTIR_METHOD_PREFIX)
-    method = f"{COTIR_METHOD_PREFIX}{name}-{recipe}-{run}-s{step}".lower()
-    method = re.sub(r"[^a-z0-9._-]", "-", method)
-    return method if METHOD_NAME.match(method) else cotir_method(checkpoint_hash)
+    text = f"{name}-{recipe}-{run}-s{step}"
+    return method_name(COTIR_METHOD_PREFIX, text, cotir_method(checkpoint_hash))
 
 
 #: The input unchanged: every table's floor.

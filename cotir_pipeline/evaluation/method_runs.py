@@ -362,12 +362,12 @@ def restore_partition(
     with tempfile.TemporaryDirectory(dir=options.cache, prefix=".rows-") as work:
         written = write_restoration_rows(rows, Path(work) / RESTORATION_ROWS)
         store.put_file(f"{prefix}/{RESTORATION_ROWS}", written)
-    result = RestorationResult(run, prefix, len(bench), summaries, upload, len(rows), b"")
-    failures = result.failures
-    if failures and all(s.written + s.skipped == 0 for s in summaries.values()):
-        raise EvaluationError(
-            f"{method} on {spec.name}: every sample failed, e.g. {failures[0][1]}: {failures[0][2]}"
-        )
+    if all(s.written + s.skipped == 0 for s in summaries.values()):
+        failed = next((item for s in summaries.values() for item in s.failed), None)
+        if failed is not None:
+            raise EvaluationError(
+                f"{method} on {spec.name}: every sample failed, e.g. {failed[0]}: {failed[1]}"
+            )
     with tempfile.TemporaryDirectory(dir=options.cache, prefix=".grid-") as work:
         grid = image_grid(
             bench,
@@ -376,8 +376,8 @@ def restore_partition(
             sample_ids=pick_ids(bench, 3),
             tile=128,
         )
-        result.preview = grid.read_bytes()
-    return result
+        preview = grid.read_bytes()
+    return RestorationResult(run, prefix, len(bench), summaries, upload, len(rows), preview)
 
 
 # --------------------------------------------------------------------------------------------

@@ -77,12 +77,10 @@ class StoreConfig:
             raise ValueError(f"{STORE_CONFIG_VARIABLE}: expected a JSON object")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
-        if unknown or "url" not in values:
-            raise ValueError(
-                f"{STORE_CONFIG_VARIABLE}: unknown fields {unknown}"
-                if unknown
-                else f"{STORE_CONFIG_VARIABLE}: no url"
-            )
+        if unknown:
+            raise ValueError(f"{STORE_CONFIG_VARIABLE}: unknown fields {unknown}")
+        if "url" not in values:
+            raise ValueError(f"{STORE_CONFIG_VARIABLE}: no url")
         return cls(**values)
 
     def environment(self) -> dict[str, str]:
