@@ -49,7 +49,8 @@ PROFILE_VALUES: dict[str, dict[str, Per]] = {
     "annotation": {"training_shard_size": Per(64, 1000)},
     # The demo's small images restore and score faster on one thread.
     "evaluation": {"torch_threads": Per(1, None)},
-    # The demo variant on its shipped prior with the LQ-start comparison run; CoTIR-4B on 8 GPUs.
+    # The demo variant on its shipped prior, with the LQ-start run (its main row);
+    # CoTIR-4B on 8 GPUs.
     "training": {
         "variant": Per(DEMO_VARIANT, "cotir-4b"),
         "lq_flow_run": Per(True, False),

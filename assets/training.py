@@ -81,8 +81,9 @@ class TrainingResource(dg.ConfigurableResource):
     )
     lq_flow_run: bool = Field(
         default=False,
-        description="Also train the same run with the flow started at the LQ tokens, as the "
-        f"asset {LQ_FLOW_ASSET} (the demo: a documented comparison row).",
+        description="Also train the same run with the LQ-start recipe (the flow from the LQ "
+        f"tokens, the velocity as the change to the base), as the asset {LQ_FLOW_ASSET} "
+        "(the demo's main row; docs/TRAINING.md).",
     )
     base: Literal["default", "rebuild"] = Field(
         default="default",
@@ -137,6 +138,8 @@ class TrainingResource(dg.ConfigurableResource):
         flow_start: str | None = None,
     ) -> list[str]:
         """The full command line of one training run."""
+        from models.train_config import LQ_START_FLAGS  # torch: only when a run starts
+
         command = [
             *self.launcher_prefix(),
             "--variant",
@@ -153,7 +156,10 @@ class TrainingResource(dg.ConfigurableResource):
             "--resume",
             "auto",
         ]
-        command += ["--flow-start", flow_start or self.flow_start]
+        if (flow_start or self.flow_start) == "reference":
+            command += list(LQ_START_FLAGS)
+        else:
+            command += ["--flow-start", "noise"]
         base = self.base_folder()
         if base is not None:
             command += ["--base", str(base)]
@@ -310,7 +316,9 @@ def _checkpoint_asset(
     name: str, flow_start: str | None, op_tags: Callable[[str], dict[str, str]]
 ) -> dg.AssetsDefinition:
     objective = (
-        "the flow started at the LQ tokens (a comparison row: z_t = (1 - t) HQ + t LQ)"
+        "the demo's LQ-start recipe (its main row: the flow from the LQ tokens to the HQ "
+        "ones, the velocity as the change to the frozen prior, each pair's error relative to "
+        "its own target)"
         if flow_start == "reference"
         else "the profile's main recipe (TrainingResource.flow_start; the paper's objective: "
         "flow from noise to HQ, the LQ as reference tokens)"

@@ -137,6 +137,13 @@ class CoTIRTransformer(nn.Module):
     injected into it), ``cot_adapter`` the adapter; the state dict's ``cot_adapter.*``
     keys are the release's ``cot_adapter.pt`` keys. With the three gates at zero, the
     sample equals the base model's output exactly.
+
+    With :attr:`velocity_delta` on, the sample is the fine-tune's *change* to the base:
+    the output with LoRA and adapter minus the frozen base's output for the same input
+    (one more forward, without gradients). Before training that change is exactly zero,
+    so a flow started at the LQ tokens begins as the identity map and training only
+    moves away from it where the loss gains (the demo's LQ-start recipe,
+    docs/TRAINING.md). Needs the LoRA as peft layers, not merged into the base.
     """
 
     def __init__(self, transformer: nn.Module, cot_adapter: CoTAdapter) -> None:
@@ -153,6 +160,8 @@ class CoTIRTransformer(nn.Module):
         self.cot_adapter = cot_adapter
         self._vec: torch.Tensor | None = None
         self._predictions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._adapter_bypassed = False
+        self.velocity_delta = False
         last_block = transformer.transformer_blocks[-1]
         self._block_signature = inspect.signature(last_block.forward)
         embedder = (
@@ -228,7 +237,9 @@ class CoTIRTransformer(nn.Module):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         output: tuple[torch.Tensor, torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self._adapter_bypassed:
+            return None  # the block's own output: the base model's pass
         if self._vec is None:
             raise RuntimeError("the timestep vector was not captured before the adapter ran")
         bound = self._block_signature.bind_partial(*args, **kwargs)
@@ -300,12 +311,35 @@ class CoTIRTransformer(nn.Module):
             kwargs["pooled_projections"] = pooled_projections
         elif pooled_projections is not None:
             raise ValueError("FLUX.2 takes no pooled_projections")
+        base = self._base_sample(kwargs) if self.velocity_delta else None
         sample = self.transformer(**kwargs)[0]
+        if base is not None:
+            sample = sample - base
         if self._predictions is None:
             raise RuntimeError("the adapter hook did not run (were the hooks removed?)")
         scene, degradation, plan = self._predictions
         self._predictions = None
         return CoTIROutput(sample=sample, scene=scene, degradation=degradation, plan=plan)
+
+    def _base_sample(self, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The frozen base's output for the same input: LoRA off, adapter skipped."""
+        if not has_peft_layers(self.transformer):
+            raise RuntimeError(
+                "velocity_delta needs the LoRA as separate layers (load without merging)"
+            )
+        with torch.no_grad():
+            self._adapter_bypassed = True
+            self.transformer.disable_adapters()
+            try:
+                return self.transformer(**kwargs)[0]
+            finally:
+                self.transformer.enable_adapters()
+                self._adapter_bypassed = False
+
+
+def has_peft_layers(transformer: nn.Module) -> bool:
+    """Whether peft LoRA layers sit in ``transformer`` (not merged into its weights)."""
+    return bool(getattr(transformer, "_hf_peft_config_loaded", False))
 
 
 # -- token layout --------------------------------------------------------------------------

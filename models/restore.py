@@ -396,7 +396,8 @@ class CoTIRRestorer:
         required for them. ``release_compat`` (None: on for the release's files only)
         sets :attr:`release_compat`. ``merge_lora`` (None: when the weights are float32,
         see :func:`lora_merges_exactly`) adds the LoRA into the base weights instead of
-        keeping peft's layers.
+        keeping peft's layers; a checkpoint whose velocity is its change to the base
+        (``"velocity": "delta"`` in ``cotir.json``) always keeps them.
         """
         dtype = dtype or _default_dtype(device)
         if merge_lora is None:
@@ -406,8 +407,14 @@ class CoTIRRestorer:
             if folder.is_absolute():
                 raise MissingWeightsError(f"the CoTIR checkpoint {folder} does not exist")
             folder = require_weights(_settings(settings), str(folder), what="CoTIR checkpoint")
+        velocity = "model"
         if (folder / META_FILE).is_file():
             meta = read_checkpoint_meta(folder)
+            velocity = str(meta.get("velocity", "model"))
+            if velocity not in ("model", "delta"):
+                raise ValueError(f"{folder}: unknown velocity {velocity!r}")
+            if velocity == "delta":
+                merge_lora = False  # the base's own output is needed beside the LoRA'd one
             name = variant or meta.get("variant")
             if not name:
                 raise ValueError(f"{folder} names no variant; pass variant=")
@@ -448,6 +455,7 @@ class CoTIRRestorer:
         if flow_start not in ("noise", "reference"):
             raise ValueError(f"{folder}: unknown flow_start {flow_start!r}")
         loaded.flow_start = flow_start
+        loaded.model.velocity_delta = velocity == "delta"
         loaded.release_compat = release_files if release_compat is None else release_compat
         return loaded
 

@@ -128,6 +128,8 @@ class TrainOptions:
     lora_init_b: str | None = None
     trainable_dtype: str | None = None
     flow_start: str | None = None
+    velocity: str | None = None
+    fm_weighting: str | None = None
     base: Path | None = None
     no_adapter: bool = False
     resume: str = "no"
@@ -210,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(the demo's main recipe).",
     )
     parser.add_argument(
+        "--velocity",
+        choices=["model", "delta"],
+        help="model: the output is the velocity (the paper, default); delta: the change "
+        "to the frozen base's output (zero before training; the demo's LQ-start recipe).",
+    )
+    parser.add_argument(
+        "--fm-weighting",
+        choices=["mean", "relative"],
+        help="mean: the paper's flow-matching MSE (default); relative: each sample's error "
+        "relative to its target's energy (the demo's LQ-start recipe).",
+    )
+    parser.add_argument(
         "--no-adapter",
         action="store_true",
         help="Table VII arm (a): keep the adapter's injection gates at zero (base + LoRA "
@@ -270,6 +284,8 @@ def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
         lora_init_b=args.lora_init_b,
         trainable_dtype=args.trainable_dtype,
         flow_start=args.flow_start,
+        velocity=args.velocity,
+        fm_weighting=args.fm_weighting,
         base=args.base,
         no_adapter=args.no_adapter,
         resume=args.resume,
@@ -296,6 +312,8 @@ def build_config(options: TrainOptions) -> TrainConfig:
         "lora_init_b",
         "trainable_dtype",
         "flow_start",
+        "velocity",
+        "fm_weighting",
     ):
         value = getattr(options, name)
         if value is not None:
@@ -741,6 +759,7 @@ def _build(
         base_info = base_identity(bundled_base_path(variant))  # checked by from_variant
     model = restorer.model
     apply_lora(model, variant.lora_rank, init_b=config.lora_init_b)
+    model.velocity_delta = config.velocity == "delta"
     for parameter in model.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.to(trainable_dtype)
@@ -879,7 +898,11 @@ def _train_step(parts: _Parts, batch: Any) -> dict[str, torch.Tensor]:
             guidance=inputs["guidance"],
         )
     n_tokens = clean.shape[1]
-    loss_fm = flow_matching_loss(output.sample[:, :n_tokens], velocity_target(clean, noise))
+    loss_fm = flow_matching_loss(
+        output.sample[:, :n_tokens],
+        velocity_target(clean, noise),
+        relative_floor=config.fm_relative_floor if config.fm_weighting == "relative" else None,
+    )
     predictions = {"scene": output.scene, "degradation": output.degradation, "plan": output.plan}
     if mode is ConstraintMode.NONE:
         predictions = {name: value.detach() for name, value in predictions.items()}
@@ -965,7 +988,11 @@ class _Checkpointer:
                 tensors,
                 parts.variant,
                 partial / MODEL_DIR,
-                extra_meta={"flow_start": parts.config.flow_start, "base": parts.base},
+                extra_meta={
+                    "flow_start": parts.config.flow_start,
+                    "velocity": parts.config.velocity,
+                    "base": parts.base,
+                },
             )
             model_sha = folder_sha256(partial / MODEL_DIR)
             marker = {
@@ -975,6 +1002,7 @@ class _Checkpointer:
                 "run": self.root.parent.name,
                 "variant": parts.variant.name,
                 "flow_start": parts.config.flow_start,
+                "velocity": parts.config.velocity,
                 "constraint_mode": parts.config.constraints.mode.value,
                 MODEL_HASH_FIELD: model_sha,
                 "files": {

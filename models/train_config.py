@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from models.codecs import TOKEN_STRIDE
 from models.dual import DUAL_BETAS, DUAL_LR
-from models.losses import DEFAULT_DELTA, ConstraintMode
+from models.losses import DEFAULT_DELTA, DEFAULT_RELATIVE_FLOOR, ConstraintMode
 from models.variants import get_variant
 
 #: Paper schedule length (REFERENCE.md section 4).
@@ -291,6 +291,24 @@ class TrainConfig(_Frozen):
         description="noise: the paper's flow from Gaussian noise to HQ; reference: the flow "
         "starts at the LQ reference tokens (the demo's main recipe, docs/TRAINING.md).",
     )
+    velocity: Literal["model", "delta"] = Field(
+        default="model",
+        description="model: the network's output is the velocity (the paper); delta: the "
+        "velocity is the fine-tune's change to the frozen base's output, zero before "
+        "training, so the LQ-start flow starts as the identity map (the demo's LQ-start "
+        "recipe, docs/TRAINING.md).",
+    )
+    fm_weighting: Literal["mean", "relative"] = Field(
+        default="mean",
+        description="mean: the paper's flow-matching MSE; relative: each sample's error "
+        "divided by its target's energy plus fm_relative_floor (nearly clean pairs count "
+        "as much as heavily degraded ones; for the LQ-start flow).",
+    )
+    fm_relative_floor: float = Field(
+        default=DEFAULT_RELATIVE_FLOOR,
+        gt=0,
+        description="Floor added to each target's mean square under relative weighting.",
+    )
     num_workers: int = Field(default=0, ge=0, description="Data loader worker processes.")
     text_cache_size: int = Field(
         default=0,
@@ -395,6 +413,19 @@ class TrainConfig(_Frozen):
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
         return type(self).model_validate({**self.model_dump(), **changes})
+
+
+#: The demo's LQ-start recipe (docs/TRAINING.md) as ``models.train`` flags: the flow runs
+#: from the LQ tokens, the velocity is the fine-tune's change to the base, and each pair's
+#: error counts relative to its own target.
+LQ_START_FLAGS: tuple[str, ...] = (
+    "--flow-start",
+    "reference",
+    "--velocity",
+    "delta",
+    "--fm-weighting",
+    "relative",
+)
 
 
 def _paper_stages(batches: tuple[int, int, int, int]) -> tuple[Stage, ...]:

@@ -265,6 +265,46 @@ def test_gradient_checkpointing_gives_the_same_gradients(kind: BackboneKind) -> 
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_delta_velocity_is_the_fine_tunes_change_to_the_base(kind: BackboneKind) -> None:
+    model = tiny_model(kind)
+    apply_lora(model, 4)  # B = 0: the fine-tune has not changed the base yet
+    model.velocity_delta = True
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        untrained = model(**inputs.kwargs)
+    assert torch.count_nonzero(untrained.sample) == 0  # the LQ-start flow's identity map
+    base, _ = _base_output(kind)
+    torch.manual_seed(1)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.05)
+    randomize_gates(model, 0.2)
+    with torch.no_grad():
+        delta = model(**inputs.kwargs)
+        model.velocity_delta = False
+        full = model(**inputs.kwargs)
+    torch.testing.assert_close(delta.sample, full.sample - base, rtol=1e-5, atol=1e-6)
+    # The CoT predictions come from the fine-tuned pass, not the base one.
+    torch.testing.assert_close(delta.plan, full.plan)
+    # Gradients reach the fine-tune through the change; the base pass holds none.
+    model.velocity_delta = True
+    model.train()
+    model(**inputs.kwargs).sample.square().mean().backward()
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in model.named_parameters()
+        if "lora_" in n
+    )
+
+
+def test_delta_velocity_refuses_a_merged_lora() -> None:
+    model = tiny_model(BackboneKind.FLUX2_KLEIN)
+    model.velocity_delta = True  # no peft layers: nothing to switch off for the base pass
+    with pytest.raises(RuntimeError, match="without merging"):
+        model(**tiny_inputs(model).kwargs)
+
+
 # -- token layout matches the diffusers pipelines ---------------------------------------------
 
 

@@ -61,6 +61,25 @@ def test_flow_matching_loss_is_mse() -> None:
         flow_matching_loss(prediction, target[:, :2])
 
 
+def test_relative_weighting_counts_a_nearly_clean_pair_as_much_as_a_degraded_one() -> None:
+    # Two samples, each predicted with half its target's amplitude missing: the plain
+    # mean is ruled by the large target, the relative one weighs both alike.
+    target = torch.stack([torch.full((4, 8), 2.0), torch.full((4, 8), 0.02)])
+    prediction = target * 0.5
+    plain = float(flow_matching_loss(prediction, target))
+    assert plain == pytest.approx((1.0 + 0.0001) / 2)
+    relative = float(flow_matching_loss(prediction, target, relative_floor=1e-12))
+    assert relative == pytest.approx(0.25, rel=1e-5)
+    # The floor caps the weight of a target at (or near) zero: a zero target predicted
+    # as zero costs nothing, a small error on it costs error / floor.
+    zero = torch.zeros(1, 4, 8)
+    assert float(flow_matching_loss(zero, zero, relative_floor=1e-3)) == 0.0
+    small_error = torch.full((1, 4, 8), 0.01)
+    assert float(flow_matching_loss(small_error, zero, relative_floor=1e-3)) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="floor must be positive"):
+        flow_matching_loss(prediction, target, relative_floor=0.0)
+
+
 def test_cot_head_loss_known_values() -> None:
     d = 4
     a = torch.zeros(1, 2, d)
