@@ -130,6 +130,7 @@ class TrainOptions:
     flow_start: str | None = None
     velocity: str | None = None
     fm_weighting: str | None = None
+    fm_relative_floor: float | None = None
     base: Path | None = None
     no_adapter: bool = False
     resume: str = "no"
@@ -224,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         "relative to its target's energy (the demo's LQ-start recipe).",
     )
     parser.add_argument(
+        "--fm-relative-floor",
+        type=float,
+        help="Floor added to each target's mean square under --fm-weighting relative "
+        "(default 1e-3, on the [-1, 1] pixel scale).",
+    )
+    parser.add_argument(
         "--no-adapter",
         action="store_true",
         help="Table VII arm (a): keep the adapter's injection gates at zero (base + LoRA "
@@ -286,6 +293,7 @@ def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
         flow_start=args.flow_start,
         velocity=args.velocity,
         fm_weighting=args.fm_weighting,
+        fm_relative_floor=args.fm_relative_floor,
         base=args.base,
         no_adapter=args.no_adapter,
         resume=args.resume,
@@ -314,6 +322,7 @@ def build_config(options: TrainOptions) -> TrainConfig:
         "flow_start",
         "velocity",
         "fm_weighting",
+        "fm_relative_floor",
     ):
         value = getattr(options, name)
         if value is not None:

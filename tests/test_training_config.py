@@ -320,3 +320,23 @@ def test_shipped_prompts_have_no_list_for_our_jpeg_types() -> None:
     }
     assert "jpeg_type" not in sources
     assert "template" in sources
+
+
+def test_the_lq_start_flags_set_the_whole_recipe_and_the_paper_is_the_default() -> None:
+    from models.train import build_config, parse_options
+    from models.train_config import LQ_START_FLAGS
+
+    base = ["--variant", "demo", "--shards", "s", "--out", "o"]
+    paper = build_config(parse_options(base))
+    assert (paper.flow_start, paper.velocity, paper.fm_weighting) == ("noise", "model", "mean")
+    lq_start = build_config(parse_options([*base, *LQ_START_FLAGS]))
+    assert (lq_start.flow_start, lq_start.velocity, lq_start.fm_weighting) == (
+        "reference",
+        "delta",
+        "relative",
+    )
+    assert lq_start.fm_relative_floor == pytest.approx(1e-3)
+    floor = build_config(parse_options([*base, *LQ_START_FLAGS, "--fm-relative-floor", "2e-4"]))
+    assert floor.fm_relative_floor == pytest.approx(2e-4)
+    with pytest.raises(ValidationError, match="greater than 0"):
+        build_config(parse_options([*base, "--fm-relative-floor", "0"]))
