@@ -22,12 +22,9 @@ from assets.execution import build_executor, queue_tags
 from assets.lineage import build_lineage_assets, lineage_lookup
 from assets.monitoring import build_dead_run_worker_sensor
 from assets.profiles import resources_for
-from assets.training import (
-    TABLE_VII_JOB,
-    TrainingResource,
-    build_table_vii_asset,
-    build_training_assets,
-)
+from assets.training.assets import build_training_assets
+from assets.training.resource import TrainingResource
+from assets.training.table_vii import TABLE_VII_JOB, build_table_vii_asset
 from cotir_pipeline.settings import CotirSettings, Profile, load_settings
 from cotir_pipeline.sources.catalog import load_catalog
 

@@ -15,7 +15,8 @@ from assets.annotation_stage import AnnotationResource
 from assets.data_stage import DataStageResource
 from assets.evaluation.resource import EvaluationResource
 from assets.resources import ObjectStoreResource, ProfileResource
-from assets.training import DEMO_VARIANT, TableVIIResource, TrainingResource
+from assets.training.resource import DEMO_VARIANT, TrainingResource
+from assets.training.table_vii import TableVIIResource
 from cotir_pipeline.evaluation.stage import (
     MIRROR_COTIR_BENCH,
     MIRROR_METHOD_OUTPUTS,

@@ -1,6 +1,6 @@
 """The training stage without Dagster: the base model, run identity, and what a run trained on.
 
-The ``base_model`` and ``cotir_checkpoint`` assets (``assets/training.py``) call these:
+The ``base_model`` and ``cotir_checkpoint`` assets (``assets/training/assets.py``) call these:
 :func:`describe_base` checks the model the runs start from, :func:`rebuild_prior`
 retrains the demo prior, :func:`run_key` names a run by what determines its weights, and
 :func:`record_training_run` writes the samples a run's batches held for lineage.

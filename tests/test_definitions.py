@@ -28,7 +28,7 @@ from assets.definitions import (
     defs,
 )
 from assets.profiles import training_resource
-from assets.training import TrainingResource
+from assets.training.resource import TrainingResource
 from cotir_pipeline.cli import cli
 from cotir_pipeline.lineage.details import checkpoint_summary
 from cotir_pipeline.settings import CotirSettings, Profile

@@ -163,12 +163,12 @@ def test_a_second_stage_continues_from_its_parent_reproducibly(tmp_path: Path) -
 
 
 def test_the_base_model_asset_checks_the_prior(tmp_path: Path) -> None:
-    from assets.training import (
+    from assets.training.assets import (
         COPY_FIDELITY_CHECK,
         COPY_TARGET_DB,
-        TrainingResource,
         build_training_assets,
     )
+    from assets.training.resource import TrainingResource
 
     (base_model, *_) = build_training_assets()
     training = TrainingResource(variant="demo", output_dir=str(tmp_path), home=str(tmp_path))

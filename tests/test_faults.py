@@ -723,7 +723,8 @@ def test_a_killed_training_step_resumes_in_the_next_dagster_run(tmp_path: Path) 
     """Before: no retry policy, so a crashed step stayed failed until someone re-ran it."""
     import threading
 
-    from assets.training import TRAINING_RETRY_POLICY, TrainingResource, build_training_assets
+    from assets.training.assets import TRAINING_RETRY_POLICY, build_training_assets
+    from assets.training.resource import TrainingResource
 
     store = _training_shard_store(tmp_path / "store")
     output = tmp_path / "training"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from assets.resources import ObjectStoreResource
-from assets.training import _subprocess_env
+from assets.training.resource import subprocess_env
 from cotir_pipeline.settings import CotirSettings
 from cotir_pipeline.store import (
     LocalObjectStore,
@@ -66,7 +66,7 @@ def test_every_client_setting_reaches_the_s3_client(tmp_path: Path) -> None:
 
 def test_the_trainer_subprocess_receives_the_whole_config() -> None:
     resource = ObjectStoreResource(**dataclasses.asdict(TUNED))
-    env = _subprocess_env(resource)
+    env = subprocess_env(resource)
     assert STORE_CONFIG_VARIABLE in env
     handed_down = inherited_store_config("s3://bucket/runs/checkpoints/demo/r1", env)
     assert handed_down == dataclasses.replace(TUNED, url="s3://bucket/runs/checkpoints/demo/r1")

@@ -10,15 +10,13 @@ import pytest
 
 from assets.profiles import resources_for, training_resource
 from assets.resources import ObjectStoreResource
-from assets.training import (
-    CHECKPOINTS_PREFIX,
-    TrainingResource,
-    build_training_assets,
-    metrics_table,
-)
+from assets.training.assets import build_training_assets
+from assets.training.metadata import metrics_table
+from assets.training.resource import TrainingResource
 from cotir_pipeline.annotation.clip_filter import ConsistencyFilter
 from cotir_pipeline.annotation.template_backend import TemplateBackend
 from cotir_pipeline.annotation_stage import annotate_source, filter_source, write_training_shards
+from cotir_pipeline.checkpoint_layout import CHECKPOINTS_PREFIX
 from cotir_pipeline.pair_stage import plan_demo_pairs, recipe_refs, write_pair_shards
 from cotir_pipeline.settings import CotirSettings
 from cotir_pipeline.store import LocalObjectStore
