@@ -16,7 +16,8 @@ from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 
 from assets import environment
 from assets.annotation_stage import build_annotation_assets
-from assets.data_stage import DEMO_SOURCE, build_data_stage_assets
+from assets.data_stage.assets import build_data_stage_assets
+from assets.data_stage.resource import DEMO_SOURCE
 from assets.evaluation.automation import build_evaluation_definitions, evaluation_run_selection
 from assets.execution import build_executor, queue_tags
 from assets.lineage import build_lineage_assets, lineage_lookup

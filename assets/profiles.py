@@ -12,7 +12,7 @@ from typing import Any
 import dagster as dg
 
 from assets.annotation_stage import AnnotationResource
-from assets.data_stage import DataStageResource
+from assets.data_stage.resource import DataStageResource
 from assets.evaluation.resource import EvaluationResource
 from assets.resources import ObjectStoreResource, ProfileResource
 from assets.training.resource import DEMO_VARIANT, TrainingResource

@@ -15,7 +15,7 @@ import sys
 
 import dagster as dg
 
-from assets.data_stage import DEMO_SOURCE
+from assets.data_stage.resource import DEMO_SOURCE
 from assets.definitions import LINEAGE_JOB_NAME, build_definitions, code_location_run_tags
 from assets.evaluation.automation import (
     EVALUATION_JOB,

@@ -494,7 +494,7 @@ def test_an_unreachable_store_fails_the_run_naming_the_setting(
 
 
 def test_the_catalog_check_fails_on_a_stored_catalog_that_differs(tmp_path: Path) -> None:
-    from assets.data_stage import CATALOG_KEY, stored_catalog_check
+    from assets.data_stage.metadata import CATALOG_KEY, stored_catalog_check
     from cotir_pipeline.sources.catalog import load_catalog
 
     catalog = load_catalog()

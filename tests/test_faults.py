@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assets.data_stage import DataStageResource, build_data_stage_assets
+from assets.data_stage.assets import build_data_stage_assets
+from assets.data_stage.resource import DataStageResource
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.pair_stage import load_plan
 from cotir_pipeline.sources.spec import SourceCatalog
