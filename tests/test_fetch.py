@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from cotir_pipeline.sources import fetch as fetch_module
 from cotir_pipeline.sources.extract import CorruptArchiveError, UnsafeArchiveError
-from cotir_pipeline.sources.fetch import (
+from cotir_pipeline.sources.fetch import base as fetch_base
+from cotir_pipeline.sources.fetch.base import (
     ChecksumMismatchError,
     CorruptSourceArchiveError,
     FetchError,
@@ -35,8 +35,9 @@ from cotir_pipeline.sources.fetch import (
     SizeMismatchError,
     UnsafeSourceArchiveError,
     UnsupportedSourceArchiveError,
-    fetch_source,
 )
+from cotir_pipeline.sources.fetch.dispatch import fetch_source
+from cotir_pipeline.sources.fetch.s3 import S3Fetcher
 from cotir_pipeline.sources.spec import ArchiveFile, HttpFetch, HubFetch, ManualFetch, S3Fetch
 from cotir_test_support import free_port
 
@@ -232,7 +233,7 @@ def test_second_fetch_of_a_finished_source_makes_no_request(
     def no_hashing(path: Path) -> str:
         raise AssertionError(f"{path} was hashed again despite its digest record")
 
-    monkeypatch.setattr(fetch_module, "file_sha256", no_hashing)
+    monkeypatch.setattr(fetch_base, "file_sha256", no_hashing)
     second = fetch(spec, cache)
 
     assert len(server.seen) == 1, "the second fetch went to the network"
@@ -618,13 +619,13 @@ def test_s3_prefix_is_copied_extracted_and_skipped_next_time(
         "extra/list.txt": b"001\n",
     }
     downloads: list[str] = []
-    original = fetch_module.S3Fetcher._download
+    original = S3Fetcher._download
 
     def counting(self: Any, client: Any, bucket: str, key: str, local: Path, size: int) -> None:
         downloads.append(key)
         original(self, client, bucket, key, local, size)
 
-    monkeypatch.setattr(fetch_module.S3Fetcher, "_download", counting)
+    monkeypatch.setattr(S3Fetcher, "_download", counting)
     store.put_bytes("src/extra/list.txt", b"0001\n")  # changed size: copied again
     again = fetch(spec, cache)
     assert downloads == ["runs/t1/src/extra/list.txt"]

@@ -52,7 +52,8 @@ def _fetch(
     source: SourceDataset, data_stage: DataStageResource, context: dg.AssetExecutionContext
 ) -> Path:
     """Fetch (or find already fetched) files of a source; a no-op when finished."""
-    from cotir_pipeline.sources.fetch import FetchError, fetch_source
+    from cotir_pipeline.sources.fetch.base import FetchError
+    from cotir_pipeline.sources.fetch.dispatch import fetch_source
 
     if source.fetch is None:
         raise dg.Failure(description=f"{source.name}: synthetic source has nothing to fetch")
