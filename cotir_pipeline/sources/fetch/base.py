@@ -510,7 +510,7 @@ def _prune(root: Path, keep: set[str]) -> None:
             entry.unlink(missing_ok=True)
 
 
-def errorerror_reason(error: BaseException) -> str:
+def error_reason(error: BaseException) -> str:
     """A network error in a few words (the cause of a URLError, "timed out")."""
     if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
         error = error.reason if isinstance(error.reason, BaseException) else error
