@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from cotir_pipeline.checkpoint_layout import (
     CHECKPOINT_MARKER,
@@ -141,108 +142,48 @@ class TrainOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m models.train`` command line."""
+    """The ``python -m models.train`` command line, its flags in four groups."""
     parser = argparse.ArgumentParser(
         prog="python -m models.train",
         description="Train CoTIR (flow matching under CoT constraints) on training shards.",
     )
-    parser.add_argument("--variant", required=True, help="Model variant: tiny, cotir-4b, ...")
-    parser.add_argument(
+    _add_run_arguments(parser.add_argument_group("run"))
+    _add_recipe_arguments(parser.add_argument_group("recipe"))
+    _add_machine_arguments(parser.add_argument_group("machine"))
+    _add_reporting_arguments(parser.add_argument_group("reporting"))
+    return parser
+
+
+def _add_run_arguments(group: argparse._ArgumentGroup) -> None:
+    """What to train, on what, and where: the run folder and its schedule."""
+    group.add_argument("--variant", required=True, help="Model variant: tiny, cotir-4b, ...")
+    group.add_argument(
         "--shards",
         required=True,
         help="Training shards: a local folder of <degradation>/*.tar, or a store URL "
         "(s3://bucket/prefix/training_shards) downloaded to --cache-dir first.",
     )
-    parser.add_argument("--out", required=True, type=Path, help="Run folder (created).")
-    parser.add_argument(
+    group.add_argument("--out", required=True, type=Path, help="Run folder (created).")
+    group.add_argument(
         "--steps",
         type=int,
         help="Schedule length; every step count of the variant's config (stages, warm-up, "
         "curriculum) is scaled to it. Default: the variant's (120000; 48 for tiny).",
     )
-    parser.add_argument(
+    group.add_argument(
         "--stop-at",
         type=int,
         help="Stop after this many steps (checkpointed), without changing the schedule; "
         "continue later with --resume.",
     )
-    parser.add_argument(
-        "--constraint-mode",
-        choices=[mode.value for mode in ConstraintMode],
-        help="How the CoT losses enter: none, union, fixed, lagrangian (default).",
-    )
-    parser.add_argument("--seed", type=int, help="Seed of LoRA init, noise and data order.")
-    parser.add_argument("--lr", type=float, help="Peak learning rate (default 5e-4).")
-    parser.add_argument(
-        "--batch-size", type=int, help="Per-process batch for every stage (default: per stage)."
-    )
-    parser.add_argument(
-        "--patch",
-        type=int,
-        help="One training patch side for every stage (a multiple of 16; default: per stage).",
-    )
-    parser.add_argument("--num-workers", type=int, help="Data loader worker processes.")
-    parser.add_argument("--log-every", type=int, help="Steps between streamed metric lines.")
-    parser.add_argument("--checkpoint-every", type=int, help="Steps between checkpoints.")
-    parser.add_argument("--keep-checkpoints", type=int, help="Local checkpoints kept.")
-    parser.add_argument(
-        "--mixed-precision",
-        choices=["auto", "no", "bf16"],
-        help="auto (default): bf16 on CUDA, fp32 on the CPU.",
-    )
-    parser.add_argument(
-        "--gradient-checkpointing",
-        action="store_true",
-        help="Recompute the backbone's blocks in backward (less memory, ~30%% slower).",
-    )
-    parser.add_argument(
-        "--lora-init-b",
-        choices=["zero", "random"],
-        help="LoRA B initialisation: zero (standard, default) or random (the release).",
-    )
-    parser.add_argument(
-        "--trainable-dtype",
-        choices=["fp32", "bf16"],
-        help="dtype of the trained adapter and LoRA weights: fp32 master weights (default) "
-        "or bf16 as the release trains them (needs --mixed-precision bf16 or a GPU).",
-    )
-    parser.add_argument(
-        "--flow-start",
-        choices=["noise", "reference"],
-        help="Where the flow starts: noise (the paper, default) or the LQ reference tokens "
-        "(the demo's main recipe).",
-    )
-    parser.add_argument(
-        "--velocity",
-        choices=["model", "delta"],
-        help="model: the output is the velocity (the paper, default); delta: the change "
-        "to the frozen base's output (zero before training; the demo's LQ-start recipe).",
-    )
-    parser.add_argument(
-        "--fm-weighting",
-        choices=["mean", "relative"],
-        help="mean: the paper's flow-matching MSE (default); relative: each sample's error "
-        "relative to its target's energy (the demo's LQ-start recipe).",
-    )
-    parser.add_argument(
-        "--fm-relative-floor",
-        type=float,
-        help="Floor added to each target's mean square under --fm-weighting relative "
-        "(default 1e-3, on the [-1, 1] pixel scale).",
-    )
-    parser.add_argument(
-        "--no-adapter",
-        action="store_true",
-        help="Table VII arm (a): keep the adapter's injection gates at zero (base + LoRA "
-        "only); use with --constraint-mode none.",
-    )
-    parser.add_argument(
+    group.add_argument("--seed", type=int, help="Seed of LoRA init, noise and data order.")
+    group.add_argument(
         "--base",
         type=Path,
         help="Base model folder (diffusers layout, transformer/ inside): default the "
         "variant's (COTIR_WEIGHTS_DIR/<FLUX folder>, or the demo's shipped prior).",
     )
-    parser.add_argument(
+    group.add_argument(
         "--resume",
         nargs="?",
         const="required",
@@ -251,17 +192,97 @@ def build_parser() -> argparse.ArgumentParser:
         help="Continue from the latest finished checkpoint in --out (or --store-url): "
         "'--resume' alone fails if there is none, '--resume auto' starts fresh then.",
     )
-    parser.add_argument(
+    group.add_argument(
         "--store-url",
         help="Also upload every checkpoint to this object-store folder "
         "(s3://bucket/prefix or file:///abs/path); resume reads it when --out has none.",
     )
-    parser.add_argument(
+    group.add_argument(
         "--cache-dir", type=Path, help="Where store shards are downloaded (default <out>/cache)."
     )
-    parser.add_argument("--cpu", action="store_true", help="Train on the CPU even with a GPU.")
-    parser.add_argument("--no-plots", action="store_true", help="Do not draw the PNG plots.")
-    return parser
+
+
+def _add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
+    """The recipe: constraints, optimiser, patches, LoRA, and the flow."""
+    group.add_argument(
+        "--constraint-mode",
+        choices=[mode.value for mode in ConstraintMode],
+        help="How the CoT losses enter: none, union, fixed, lagrangian (default).",
+    )
+    group.add_argument("--lr", type=float, help="Peak learning rate (default 5e-4).")
+    group.add_argument(
+        "--batch-size", type=int, help="Per-process batch for every stage (default: per stage)."
+    )
+    group.add_argument(
+        "--patch",
+        type=int,
+        help="One training patch side for every stage (a multiple of 16; default: per stage).",
+    )
+    group.add_argument(
+        "--lora-init-b",
+        choices=["zero", "random"],
+        help="LoRA B initialisation: zero (standard, default) or random (the release).",
+    )
+    group.add_argument(
+        "--trainable-dtype",
+        choices=["fp32", "bf16"],
+        help="dtype of the trained adapter and LoRA weights: fp32 master weights (default) "
+        "or bf16 as the release trains them (needs --mixed-precision bf16 or a GPU).",
+    )
+    group.add_argument(
+        "--flow-start",
+        choices=["noise", "reference"],
+        help="Where the flow starts: noise (the paper, default) or the LQ reference tokens "
+        "(the demo's main recipe).",
+    )
+    group.add_argument(
+        "--velocity",
+        choices=["model", "delta"],
+        help="model: the output is the velocity (the paper, default); delta: the change "
+        "to the frozen base's output (zero before training; the demo's LQ-start recipe).",
+    )
+    group.add_argument(
+        "--fm-weighting",
+        choices=["mean", "relative"],
+        help="mean: the paper's flow-matching MSE (default); relative: each sample's error "
+        "relative to its target's energy (the demo's LQ-start recipe).",
+    )
+    group.add_argument(
+        "--fm-relative-floor",
+        type=float,
+        help="Floor added to each target's mean square under --fm-weighting relative "
+        "(default 1e-3, on the [-1, 1] pixel scale).",
+    )
+    group.add_argument(
+        "--no-adapter",
+        action="store_true",
+        help="Table VII arm (a): keep the adapter's injection gates at zero (base + LoRA "
+        "only); use with --constraint-mode none.",
+    )
+
+
+def _add_machine_arguments(group: argparse._ArgumentGroup) -> None:
+    """How it runs here: precision, memory, workers, device."""
+    group.add_argument("--num-workers", type=int, help="Data loader worker processes.")
+    group.add_argument(
+        "--mixed-precision",
+        choices=["auto", "no", "bf16"],
+        help="auto (default): bf16 on CUDA, fp32 on the CPU.",
+    )
+    group.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="Recompute the backbone's blocks in backward (less memory, ~30%% slower).",
+    )
+    group.add_argument("--cpu", action="store_true", help="Train on the CPU even with a GPU.")
+
+
+def _add_reporting_arguments(group: argparse._ArgumentGroup) -> None:
+    """What it reports and keeps: metric lines, checkpoints, plots."""
+    group.add_argument("--log-every", type=int, help="Steps between streamed metric lines.")
+    group.add_argument("--checkpoint-every", type=int, help="Steps between checkpoints.")
+    group.add_argument("--keep-checkpoints", type=int, help="Local checkpoints kept.")
+    group.add_argument("--no-plots", action="store_true", help="Do not draw the PNG plots.")
 
 
 def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
@@ -787,27 +808,8 @@ def _build(
     text_encoder = restorer.text_encoder.to(accelerator.device)
     freeze(codec, text_encoder)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optim = config.optimizer
-    optimizer = torch.optim.AdamW(
-        trainable, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, eps=optim.eps
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # Not prepared: accelerate would step it once per process and step.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        lambda step: config.lr_at(step) / optim.lr,
-    )
-    dual = None
-    fixed = None
-    if has_learnable_multipliers(mode):
-        dual = DualOptimizer(
-            constraint_names(mode),
-            lr=config.constraints.dual_lr,
-            betas=config.constraints.dual_betas,
-            device=accelerator.device,
-        )
-    elif mode is ConstraintMode.FIXED:
-        fixed = torch.full((len(HEADS),), config.constraints.fixed_coefficient)
+    model, optimizer, scheduler = _optimization(accelerator, config, model, trainable)
+    dual, fixed = _multipliers(config, accelerator.device)
     noise = torch.Generator().manual_seed(
         derive_seed(config.seed, accelerator.process_index, "noise")
     )
@@ -832,6 +834,41 @@ def _build(
         base_info,
         held,
     )
+
+
+def _optimization(
+    accelerator: Any, config: TrainConfig, model: nn.Module, trainable: list[nn.Parameter]
+) -> tuple[Any, Any, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable weights, both prepared by accelerate, and the lr schedule."""
+    optim = config.optimizer
+    optimizer = torch.optim.AdamW(
+        trainable, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, eps=optim.eps
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Not prepared: accelerate would step it once per process and step.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        lambda step: config.lr_at(step) / optim.lr,
+    )
+    return model, optimizer, scheduler
+
+
+def _multipliers(
+    config: TrainConfig, device: torch.device
+) -> tuple[DualOptimizer | None, torch.Tensor | None]:
+    """The constraint mode's multipliers: learnable (dual ascent), fixed, or none."""
+    mode = config.constraints.mode
+    if has_learnable_multipliers(mode):
+        dual = DualOptimizer(
+            constraint_names(mode),
+            lr=config.constraints.dual_lr,
+            betas=config.constraints.dual_betas,
+            device=device,
+        )
+        return dual, None
+    if mode is ConstraintMode.FIXED:
+        return None, torch.full((len(HEADS),), config.constraints.fixed_coefficient)
+    return None, None
 
 
 def _model_inputs(parts: _Parts, batch: Any) -> dict[str, Any]:
@@ -1152,21 +1189,8 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
         f"degradation folders under {root}"
     )
 
-    start_step = 0
     position = DataPosition(max(1, config.num_workers))
-    data_seed = config.seed
-    resume_from = checkpointer.find(options.resume)
-    if resume_from is not None:
-        start_step, rank_state = _load(parts, resume_from, reporter)
-        if rank_state is not None:
-            _restore_rng(rank_state["rng"], parts.noise)
-            if not position.load_state_dict(rank_state["data"]):
-                reporter.warning("the number of loader workers changed: data order restarts")
-                data_seed = derive_seed(config.seed, "restart", start_step)
-        else:
-            data_seed = derive_seed(config.seed, "restart", start_step)
-            parts.noise.manual_seed(derive_seed(config.seed, rank, "noise", start_step))
-        reporter.info(f"resumed from {resume_from} at step {start_step}")
+    start_step, data_seed, resume_from = _resume(options, parts, checkpointer, position, reporter)
     metrics_path = out / METRICS_FILE
     if accelerator.is_main_process:
         _trim_metrics(metrics_path, start_step)
@@ -1203,31 +1227,10 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
         step += 1
         consumed.add(step, batch.keys)
         now = time.perf_counter()
-        global_batch = len(batch) * accelerator.num_processes
-        rate = global_batch / max(now - tick, 1e-9)
+        rate = len(batch) * accelerator.num_processes / max(now - tick, 1e-9)
         tick = now
         rate_sum, rate_count = rate_sum + rate, rate_count + 1
-        stage_index = config.stage_index(step - 1)
-        record: dict[str, Any] = {"step": step, "total_steps": total, "lr": lr}
-        record.update({name: float(value) for name, value in values.items()})
-        if parts.dual is not None:
-            record.update({f"lambda_{k}": v for k, v in parts.dual.as_dict().items()})
-        elif parts.fixed is not None:
-            fixed = parts.fixed.tolist()
-            record.update({f"lambda_{h}": v for h, v in zip(HEADS, fixed, strict=True)})
-        record.update(
-            {
-                "stage": stage_index + 1,
-                "patch": config.stages[stage_index].patch,
-                "batch_size": len(batch),
-                "global_batch": global_batch,
-                "vague_fraction": batch.arms.count("vague") / len(batch),
-                "samples_per_s": rate,
-                "step_time_s": global_batch / rate,
-                "peak_memory_mib": peak_memory_mib(accelerator.device),
-                "skipped_samples": sum(position.skip_counts().values()),
-            }
-        )
+        record = _step_record(parts, batch, values, step=step, lr=lr, rate=rate, position=position)
         last_record = record
         if accelerator.is_main_process:
             with open(metrics_path, "a", encoding="utf-8") as handle:
@@ -1249,6 +1252,109 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
 
     if step < stop:
         raise RuntimeError(f"the data loader ended at step {step}, before {stop}")
+    mean_rate = rate_sum / rate_count if rate_count else 0.0
+    return _finish(
+        options,
+        parts,
+        out,
+        reporter,
+        checkpointer,
+        position,
+        resume_from=resume_from,
+        start_step=start_step,
+        step=step,
+        last_record=last_record,
+        mean_rate=mean_rate,
+    )
+
+
+def _resume(
+    options: TrainOptions,
+    parts: _Parts,
+    checkpointer: _Checkpointer,
+    position: DataPosition,
+    reporter: Reporter,
+) -> tuple[int, int, Path | None]:
+    """Where the run continues: (start step, data seed, the checkpoint it resumes from).
+
+    A checkpoint brings back this rank's noise generator and data position; without
+    them (an older layout) or with another worker count, the data order restarts from a
+    seed derived from the step.
+    """
+    config = parts.config
+    resume_from = checkpointer.find(options.resume)
+    if resume_from is None:
+        return 0, config.seed, None
+    data_seed = config.seed
+    start_step, rank_state = _load(parts, resume_from, reporter)
+    if rank_state is not None:
+        _restore_rng(rank_state["rng"], parts.noise)
+        if not position.load_state_dict(rank_state["data"]):
+            reporter.warning("the number of loader workers changed: data order restarts")
+            data_seed = derive_seed(config.seed, "restart", start_step)
+    else:
+        data_seed = derive_seed(config.seed, "restart", start_step)
+        rank = parts.accelerator.process_index
+        parts.noise.manual_seed(derive_seed(config.seed, rank, "noise", start_step))
+    reporter.info(f"resumed from {resume_from} at step {start_step}")
+    return start_step, data_seed, resume_from
+
+
+def _step_record(
+    parts: _Parts,
+    batch: Any,
+    values: dict[str, torch.Tensor],
+    *,
+    step: int,
+    lr: float,
+    rate: float,
+    position: DataPosition,
+) -> dict[str, Any]:
+    """One step's metrics line: losses, multipliers, stage, throughput, memory, skips."""
+    config = parts.config
+    global_batch = len(batch) * parts.accelerator.num_processes
+    stage_index = config.stage_index(step - 1)
+    record: dict[str, Any] = {"step": step, "total_steps": config.total_steps, "lr": lr}
+    record.update({name: float(value) for name, value in values.items()})
+    if parts.dual is not None:
+        record.update({f"lambda_{k}": v for k, v in parts.dual.as_dict().items()})
+    elif parts.fixed is not None:
+        fixed = parts.fixed.tolist()
+        record.update({f"lambda_{h}": v for h, v in zip(HEADS, fixed, strict=True)})
+    record.update(
+        {
+            "stage": stage_index + 1,
+            "patch": config.stages[stage_index].patch,
+            "batch_size": len(batch),
+            "global_batch": global_batch,
+            "vague_fraction": batch.arms.count("vague") / len(batch),
+            "samples_per_s": rate,
+            "step_time_s": global_batch / rate,
+            "peak_memory_mib": peak_memory_mib(parts.accelerator.device),
+            "skipped_samples": sum(position.skip_counts().values()),
+        }
+    )
+    return record
+
+
+def _finish(
+    options: TrainOptions,
+    parts: _Parts,
+    out: Path,
+    reporter: Reporter,
+    checkpointer: _Checkpointer,
+    position: DataPosition,
+    *,
+    resume_from: Path | None,
+    start_step: int,
+    step: int,
+    last_record: dict[str, Any],
+    mean_rate: float,
+) -> TrainResult:
+    """After the last step: the metrics CSV and plots, the rank report, the result and
+    its Dagster materialization."""
+    accelerator = parts.accelerator
+    metrics_path = out / METRICS_FILE
     plots: dict[str, Path] = {}
     if accelerator.is_main_process:
         records = read_jsonl(metrics_path)
@@ -1275,7 +1381,6 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
         samples_per_degradation=position.samples_per_degradation(),
     )
     if accelerator.is_main_process:
-        mean_rate = rate_sum / rate_count if rate_count else 0.0
         reporter.materialization(_materialization_metadata(result, parts, out, mean_rate))
         reporter.info(f"done: step {step}, checkpoint {result.checkpoint}")
     return result
