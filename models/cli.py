@@ -11,10 +11,17 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from models.variants import VARIANTS
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from cotir_pipeline.settings import CotirSettings
+    from models.restore import CoTIRRestorer
 
 EXIT_BAD_SETTING = 2
 DTYPES = ("float32", "bfloat16", "float16")
@@ -153,48 +160,13 @@ def restore(
       cotir restore lq.png -p "Please dehaze this photo." -o out.png \\
           --variant cotir-4b --checkpoint CoTIR/cotir-4b --device cuda
     """
-    from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
-    from cotir_pipeline.settings import SettingsError, load_settings
-    from cotir_pipeline.weights import MissingWeightsError
-
-    try:
-        settings = load_settings()
-    except SettingsError as error:
-        click.echo(f"cotir: bad setting: {error}", err=True)
-        sys.exit(EXIT_BAD_SETTING)
-    try:
-        with Image.open(image) as opened:
-            source = opened.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise click.BadParameter(f"cannot read {image}: {error}", param_hint="IMAGE") from None
+    settings = _settings_or_exit()
+    source = _read_image(image)
     if any(not prompt.strip() for prompt in prompts):
         raise click.BadParameter("instructions must not be empty", param_hint="--prompt")
-
-    import torch
-
-    torch_dtype = None if dtype is None else getattr(torch, dtype)
-    try:
-        with hidden_modules(modules_to_hide()):
-            from models.restore import CoTIRRestorer
-
-            if checkpoint is None:
-                restorer = CoTIRRestorer.from_variant(
-                    variant or "demo", settings=settings, device=device, dtype=torch_dtype
-                )
-                restorer.release_compat = bool(release_compat)
-            else:
-                restorer = CoTIRRestorer.from_pretrained(
-                    checkpoint,
-                    variant=variant,
-                    settings=settings,
-                    device=device,
-                    dtype=torch_dtype,
-                    release_compat=release_compat,
-                )
-    except (MissingWeightsError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    restorer = _load_restorer(settings, variant, checkpoint, device, dtype, release_compat)
 
     from models.tiling import default_overlap
 
@@ -217,3 +189,63 @@ def restore(
         path = _turn_path(output, turn, len(results))
         result.save(path, format="PNG")
         click.echo(str(path))
+
+
+def _settings_or_exit() -> CotirSettings:
+    """The settings; a bad one exits with its code and a one-line message."""
+    from cotir_pipeline.settings import SettingsError, load_settings
+
+    try:
+        return load_settings()
+    except SettingsError as error:
+        click.echo(f"cotir: bad setting: {error}", err=True)
+        sys.exit(EXIT_BAD_SETTING)
+
+
+def _read_image(image: Path) -> Image:
+    """The input as an RGB PIL image; a usage error when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise click.BadParameter(f"cannot read {image}: {error}", param_hint="IMAGE") from None
+
+
+def _load_restorer(
+    settings: CotirSettings,
+    variant: str | None,
+    checkpoint: Path | None,
+    device: str,
+    dtype: str | None,
+    release_compat: bool | None,
+) -> CoTIRRestorer:
+    """The restorer the options name (a variant, or a checkpoint folder), loaded with the
+    libraries it never uses hidden; missing weights or a bad checkpoint are a one-line
+    error."""
+    import torch
+
+    from cotir_pipeline.weights import MissingWeightsError
+
+    torch_dtype = None if dtype is None else getattr(torch, dtype)
+    try:
+        with hidden_modules(modules_to_hide()):
+            from models.restore import CoTIRRestorer
+
+            if checkpoint is None:
+                restorer = CoTIRRestorer.from_variant(
+                    variant or "demo", settings=settings, device=device, dtype=torch_dtype
+                )
+                restorer.release_compat = bool(release_compat)
+                return restorer
+            return CoTIRRestorer.from_pretrained(
+                checkpoint,
+                variant=variant,
+                settings=settings,
+                device=device,
+                dtype=torch_dtype,
+                release_compat=release_compat,
+            )
+    except (MissingWeightsError, ValueError) as error:
+        raise click.ClickException(str(error)) from None

@@ -126,30 +126,35 @@ def build_training_assets(
     return assets
 
 
-def _checkpoint_asset(
-    name: str, flow_start: str | None, op_tags: Callable[[str], dict[str, str]]
-) -> dg.AssetsDefinition:
+def _checkpoint_description(flow_start: str | None) -> str:
+    """What a checkpoint asset trains, for the UI."""
     objective = (
         "the demo's LQ-start recipe (its main row: the flow from the LQ tokens to the HQ "
         "ones, the velocity as the change to the frozen prior, each pair's error relative to "
         "its own target)"
         if flow_start == "reference"
-        else "the profile's main recipe (TrainingResource.flow_start; the paper's objective: "
-        "flow from noise to HQ, the LQ as reference tokens)"
+        else "the profile's recipe (TrainingResource.flow_start; by default the paper's "
+        "objective: flow from noise to HQ, the LQ as reference tokens)"
+    )
+    return (
+        f"A trained CoTIR checkpoint (adapter + LoRA) with {objective}: flow matching under "
+        "Lagrangian CoT constraints with the paper's curriculum and progressive stages, "
+        "trained by an external process (models.train) launched through Dagster Pipes. The "
+        "run folder is named by what determines the weights, not by the Dagster run, so a "
+        "retried step or a later run continues from the last checkpoint."
     )
 
+
+def _checkpoint_asset(
+    name: str, flow_start: str | None, op_tags: Callable[[str], dict[str, str]]
+) -> dg.AssetsDefinition:
     @dg.asset(
         name=name,
         group_name="training",
         kinds={"pytorch"},
         deps=[dg.AssetKey("training_shards"), dg.AssetKey("base_model")],
         op_tags=op_tags(name),
-        description=f"A trained CoTIR checkpoint (adapter + LoRA) with {objective}: flow "
-        "matching under Lagrangian CoT constraints with the paper's curriculum and "
-        "progressive stages, trained by an external process (models.train) launched "
-        "through Dagster Pipes. The run folder is named by what determines the weights, "
-        "not by the Dagster run, so a retried step or a later run continues from the last "
-        "checkpoint.",
+        description=_checkpoint_description(flow_start),
         # A crashed training process (out of memory, a lost node) is retried; the retry
         # resumes from the last checkpoint of the same run folder (--resume auto).
         retry_policy=TRAINING_RETRY_POLICY,
