@@ -534,33 +534,10 @@ def test_a_folder_of_another_methods_outputs_is_scored_as_it_is(
         target.mkdir(parents=True)
         for info in scenario.store.list(f"restorations/identity/demo_bench/{kind}/"):
             scenario.store.download_file(info.key, target / info.key.rsplit("/", 1)[-1])
-    resource = evaluation_resource(scenario.settings)
-    custom = EvaluationResource(
-        **{**resource.model_dump(), "method_folders": {"other": str(tmp_path / "other")}}
-    )
-    built = build_evaluation_definitions(scenario.settings, evaluation=custom)
-    definitions = dg.Definitions(
-        assets=built.assets,
-        jobs=built.jobs,
-        sensors=built.sensors,
-        resources={
-            "store": ObjectStoreResource.from_settings(scenario.settings),
-            **built.resources,
-        },
-    )
+    definitions = _with_method_folders(scenario, {"other": str(tmp_path / "other")})
     with dg.instance_for_test() as instance:
-        sensor = definitions.resolve_sensor_def(CHECKPOINT_SENSOR)
-        tick = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance,
-                instance_ref=instance.get_ref(),
-                resources=definitions.resources,
-                definitions=definitions,
-            )
-        )
-        added = [key for r in tick.dynamic_partitions_requests for key in r.partition_keys]
+        added = _add_methods_from_sensor(definitions, instance)
         assert "folder-other" in added
-        _apply_partition_requests(instance, tick)
         result = definitions.resolve_job_def(EVALUATION_JOB).execute_in_process(
             instance=instance, partition_key=evaluation_partition("folder-other", "demo_bench")
         )
@@ -570,6 +547,62 @@ def test_a_folder_of_another_methods_outputs_is_scored_as_it_is(
     identity = _metadata(scenario.results["identity"], "metric_scores")
     assert scores["psnr/precise"] == pytest.approx(identity["psnr/precise"])
     assert version.startswith("precomputed:")
+
+
+def test_a_method_whose_every_sample_fails_fails_its_partition_with_a_reason(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """A folder method with no outputs at all: a failed step naming a sample and why, not
+    an empty score table that looks like a result."""
+    for kind in ("vague", "precise"):
+        (tmp_path / "empty" / "demo_bench" / kind).mkdir(parents=True)
+    definitions = _with_method_folders(scenario, {"empty": str(tmp_path / "empty")})
+    with dg.instance_for_test() as instance:
+        assert "folder-empty" in _add_methods_from_sensor(definitions, instance)
+        result = definitions.resolve_job_def(EVALUATION_JOB).execute_in_process(
+            instance=instance,
+            partition_key=evaluation_partition("folder-empty", "demo_bench"),
+            raise_on_error=False,
+        )
+    assert not result.success
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert [event.step_key for event in failures] == ["restorations"]
+    message = str(failures[0].step_failure_data.error)
+    assert "folder-empty on demo_bench: every sample failed" in message
+    assert "MissingOutputError" in message
+
+
+def _with_method_folders(scenario: Scenario, folders: dict[str, str]) -> dg.Definitions:
+    """The evaluation definitions with ``evaluation.method_folders`` set."""
+    resource = evaluation_resource(scenario.settings)
+    custom = EvaluationResource(**{**resource.model_dump(), "method_folders": folders})
+    built = build_evaluation_definitions(scenario.settings, evaluation=custom)
+    return dg.Definitions(
+        assets=built.assets,
+        jobs=built.jobs,
+        sensors=built.sensors,
+        resources={
+            "store": ObjectStoreResource.from_settings(scenario.settings),
+            **built.resources,
+        },
+    )
+
+
+def _add_methods_from_sensor(
+    definitions: dg.Definitions, instance: dg.DagsterInstance
+) -> list[str]:
+    """One tick of the checkpoint sensor, its partition requests applied; the keys added."""
+    sensor = definitions.resolve_sensor_def(CHECKPOINT_SENSOR)
+    tick = sensor.evaluate_tick(
+        dg.build_sensor_context(
+            instance=instance,
+            instance_ref=instance.get_ref(),
+            resources=definitions.resources,
+            definitions=definitions,
+        )
+    )
+    _apply_partition_requests(instance, tick)
+    return [key for r in tick.dynamic_partitions_requests for key in r.partition_keys]
 
 
 def test_checkpoints_are_found_by_marker_with_their_declared_hash(tmp_path: Path) -> None:

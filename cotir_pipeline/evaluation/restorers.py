@@ -46,6 +46,7 @@ from cotir_pipeline.evaluation._io import (
 )
 from cotir_pipeline.evaluation.bench_sets import (
     PROMPT_KINDS,
+    BenchRecord,
     BenchSet,
     PromptKind,
     read_bench_set,
@@ -601,30 +602,16 @@ def run_restorer(
     target = Path(out_dir) / prompt_kind
     target.mkdir(parents=True, exist_ok=True)
     log = runtime_log_path(Path(out_dir), prompt_kind)
-    wanted = set(ids) if ids is not None else None
-    if wanted is not None:
-        unknown = sorted(wanted - {record.id for record in bench_set.records})
-        if unknown:
-            raise KeyError(f"bench {bench_set.name!r} has no samples {unknown[:5]}")
-    pending = [
-        record
-        for record in bench_set.records
-        if (wanted is None or record.id in wanted)
-        and (overwrite or not (target / record.output_name).exists())
-    ]
+    selected = _selected_records(bench_set, ids)
+    pending = [r for r in selected if overwrite or not (target / r.output_name).exists()]
+    skipped = len(selected) - len(pending)
     warm_up = getattr(restorer, "warm_up", None)
     if pending and callable(warm_up):
         warm_up()
-    written = skipped = 0
+    written = 0
     failed: list[tuple[str, str]] = []
     started_run = time.perf_counter()
-    for record in bench_set.records:
-        if wanted is not None and record.id not in wanted:
-            continue
-        output = target / record.output_name
-        if output.exists() and not overwrite:
-            skipped += 1
-            continue
+    for record in pending:
         entry: dict[str, Any] = {
             "id": record.id,
             "file": record.output_name,
@@ -634,19 +621,9 @@ def run_restorer(
             "deg_type": record.deg_type,
         }
         try:
-            lq = read_rgb(bench_set.lq_file(record))
-            started = time.perf_counter()
-            result, steps = _restore(
-                restorer, record.output_name, lq, record.prompt(prompt_kind), record.deg_type
+            result, steps, seconds = _restore_record(
+                restorer, bench_set, record, target / record.output_name, prompt_kind
             )
-            seconds = time.perf_counter() - started
-            if not isinstance(result, np.ndarray) or result.dtype != np.uint8:
-                raise RestorerOutputError(
-                    f"{restorer.name} returned {type(result).__name__}"
-                    f"{'' if not isinstance(result, np.ndarray) else ' of ' + str(result.dtype)}; "
-                    "an RGB uint8 array is required"
-                )
-            write_png(output, check_rgb8(result, what=f"output of {restorer.name}"))
         except Exception as error:
             if strict:
                 raise
@@ -676,6 +653,41 @@ def run_restorer(
         failed=tuple(failed),
         seconds=time.perf_counter() - started_run,
     )
+
+
+def _selected_records(bench_set: BenchSet, ids: Sequence[str] | None) -> list[BenchRecord]:
+    """The bench's records, or those of ``ids`` (all must exist), in bench order."""
+    if ids is None:
+        return list(bench_set.records)
+    wanted = set(ids)
+    unknown = sorted(wanted - {record.id for record in bench_set.records})
+    if unknown:
+        raise KeyError(f"bench {bench_set.name!r} has no samples {unknown[:5]}")
+    return [record for record in bench_set.records if record.id in wanted]
+
+
+def _restore_record(
+    restorer: Restorer,
+    bench_set: BenchSet,
+    record: BenchRecord,
+    output: Path,
+    prompt_kind: PromptKind,
+) -> tuple[np.ndarray, list[StepRecord], float]:
+    """Restore one record and write its PNG: (output, step trace, seconds in restore)."""
+    lq = read_rgb(bench_set.lq_file(record))
+    started = time.perf_counter()
+    result, steps = _restore(
+        restorer, record.output_name, lq, record.prompt(prompt_kind), record.deg_type
+    )
+    seconds = time.perf_counter() - started
+    if not isinstance(result, np.ndarray) or result.dtype != np.uint8:
+        raise RestorerOutputError(
+            f"{restorer.name} returned {type(result).__name__}"
+            f"{'' if not isinstance(result, np.ndarray) else ' of ' + str(result.dtype)}; "
+            "an RGB uint8 array is required"
+        )
+    write_png(output, check_rgb8(result, what=f"output of {restorer.name}"))
+    return result, steps, seconds
 
 
 __all__ = [
