@@ -408,52 +408,15 @@ def write_training_shards(
     report = TrainingShardReport(shards_total=len(jobs))
     manifest_rows: list[dict[str, Any]] = []
     sizes: dict[str, dict[str, int]] = defaultdict(dict)
-    cache: tuple[str, dict[str, ShardSample]] | None = None
+    pair_shards = _PairShardReader(store)
     for done, (degradation, index, items) in enumerate(jobs, start=1):
         name = f"{degradation}-{index:06d}"
         tar_key = f"{TRAINING_SHARDS_PREFIX}/{degradation}/{name}.tar"
         marker_key = f"{TRAINING_SHARDS_PREFIX}/{degradation}/{name}.parquet"
-        expected_ids = [item.sample_id for item in items]
-        rows: list[dict[str, Any]] | None = None
-        if store.exists(marker_key) and store.exists(tar_key):
-            rows = _read_table(store, marker_key).to_pylist()
-            if [row["sample_id"] for row in rows] != expected_ids:
-                rows = None  # the kept set changed: rebuild this shard
+        rows = _finished_training_rows(store, tar_key, marker_key, items)
         if rows is None:
-            samples: list[ShardSample] = []
-            for item in items:
-                if cache is None or cache[0] != item.pair_tar_key:
-                    loaded = _shard_samples(store, item.pair_tar_key)
-                    cache = (item.pair_tar_key, {s.key: s for s in loaded})
-                source_sample = cache[1].get(item.sample_id)
-                if source_sample is None:
-                    raise ValueError(f"{item.pair_tar_key} lacks sample {item.sample_id}")
-                _check_copied_bytes(store, item, source_sample)
-                samples.append(
-                    ShardSample(
-                        key=item.sample_id,
-                        hq_png=source_sample.hq_png,
-                        lq_png=source_sample.lq_png,
-                        meta=training_meta(item, dict(source_sample.meta)),
-                    )
-                )
-            rows = [
-                {
-                    "sample_id": item.sample_id,
-                    "source": item.source,
-                    "degradation": degradation,
-                    "pair_shard_uri": store.uri(item.pair_tar_key),
-                    "shard_uri": store.uri(tar_key),
-                    "shard_key": item.sample_id,
-                }
-                for item in items
-            ]
-            with store.staging_dir() as staging:
-                local = staging / f"{name}.tar"
-                write_shard(samples, local)
-                store.put_file(tar_key, local, move=True)
-            table = pa.Table.from_pylist(rows, schema=TRAINING_MANIFEST_SCHEMA)
-            store.put_bytes(marker_key, parquet_bytes(table))
+            samples = [pair_shards.training_sample(item) for item in items]
+            rows = _store_training_shard(store, degradation, tar_key, marker_key, items, samples)
             report.shards_written += 1
         else:
             report.shards_skipped += 1
@@ -473,6 +436,72 @@ def write_training_shards(
     report.by_source = dict(Counter(row["source"] for row in manifest_rows))
     store.put_text(f"{TRAINING_SHARDS_PREFIX}/report.json", json.dumps(asdict(report), indent=1))
     return report
+
+
+def _finished_training_rows(
+    store: ObjectStore, tar_key: str, marker_key: str, items: Sequence[TrainingItem]
+) -> list[dict[str, Any]] | None:
+    """A finished shard's manifest rows; None when it is missing or holds another set."""
+    if not (store.exists(marker_key) and store.exists(tar_key)):
+        return None
+    rows = _read_table(store, marker_key).to_pylist()
+    if [row["sample_id"] for row in rows] != [item.sample_id for item in items]:
+        return None  # the kept set changed: rebuild this shard
+    return rows
+
+
+class _PairShardReader:
+    """The pair shard samples come from, one shard read at a time (items arrive grouped)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.key: str | None = None
+        self.samples: dict[str, ShardSample] = {}
+
+    def training_sample(self, item: TrainingItem) -> ShardSample:
+        """The item's pair with unchanged image bytes (checked) and its training metadata."""
+        if self.key != item.pair_tar_key:
+            loaded = _shard_samples(self.store, item.pair_tar_key)
+            self.key, self.samples = item.pair_tar_key, {s.key: s for s in loaded}
+        source_sample = self.samples.get(item.sample_id)
+        if source_sample is None:
+            raise ValueError(f"{item.pair_tar_key} lacks sample {item.sample_id}")
+        _check_copied_bytes(self.store, item, source_sample)
+        return ShardSample(
+            key=item.sample_id,
+            hq_png=source_sample.hq_png,
+            lq_png=source_sample.lq_png,
+            meta=training_meta(item, dict(source_sample.meta)),
+        )
+
+
+def _store_training_shard(
+    store: ObjectStore,
+    degradation: str,
+    tar_key: str,
+    marker_key: str,
+    items: Sequence[TrainingItem],
+    samples: list[ShardSample],
+) -> list[dict[str, Any]]:
+    """Write one training shard, then its manifest (the completion marker); its rows."""
+    rows = [
+        {
+            "sample_id": item.sample_id,
+            "source": item.source,
+            "degradation": degradation,
+            "pair_shard_uri": store.uri(item.pair_tar_key),
+            "shard_uri": store.uri(tar_key),
+            "shard_key": item.sample_id,
+        }
+        for item in items
+    ]
+    with store.staging_dir() as staging:
+        local = staging / tar_key.rsplit("/", 1)[-1]
+        write_shard(samples, local)
+        store.put_file(tar_key, local, move=True)
+    table = pa.Table.from_pylist(rows, schema=TRAINING_MANIFEST_SCHEMA)
+    store.put_bytes(marker_key, parquet_bytes(table))
+    return rows
 
 
 def _check_copied_bytes(store: ObjectStore, item: TrainingItem, sample: ShardSample) -> None:

@@ -794,6 +794,50 @@ def write_pair_shards(
         all_rows.extend(rows)
         sizes[job.degradation][f"{job.name}.tar"] = sum(r["status"] == STATUS_OK for r in rows)
     done = report.shards_skipped
+
+    def landed(job: ShardJob, rows: list[dict]) -> None:
+        nonlocal done
+        report.shards_written += 1
+        all_rows.extend(rows)
+        sizes[job.degradation][f"{job.name}.tar"] = sum(row["status"] == STATUS_OK for row in rows)
+        done += 1
+        if progress is not None:
+            progress(done, len(jobs))
+
+    _build_and_store(store, pending, workers, landed)
+    for degradation, counts in sizes.items():
+        store.put_text(
+            f"{PAIR_SHARDS_PREFIX}/{source}/{degradation}/sizes.json",
+            json.dumps(dict(sorted(counts.items())), indent=1),
+        )
+    for pair in pairs:
+        if pair.status != STATUS_OK:
+            sample_id = pair_sample_id(pair, ())  # dropped while planning: no input was read
+            all_rows.append(_row(pair, pair.status, pair.reason, sample_id=sample_id))
+    store.put_bytes(f"{PAIR_SHARDS_PREFIX}/{source}/manifest.parquet", manifest_bytes(all_rows))
+    _tally(report, all_rows)
+    summary = json.dumps(asdict(report), indent=1)
+    store.put_text(f"{PAIR_SHARDS_PREFIX}/{source}/report.json", summary)
+    if report.samples_failed == 0:
+        # The finished marker, written last and only when nothing needs a retry.
+        store.put_text(f"{PAIR_SHARDS_PREFIX}/{source}/_SUCCESS.json", summary)
+    else:
+        store.delete(f"{PAIR_SHARDS_PREFIX}/{source}/_SUCCESS.json")
+    return report
+
+
+def _build_and_store(
+    store: ObjectStore,
+    pending: list[ShardJob],
+    workers: int,
+    landed: Callable[[ShardJob, list[dict]], None],
+) -> None:
+    """Build the pending shards (in ``workers`` processes when there are several) and store
+    them in order; ``landed(job, rows)`` runs once each is stored.
+
+    Storing a shard (fsync and rename, or an upload) overlaps building the next one; one
+    shard at most is in flight.
+    """
     with store.staging_dir() as staging:
         work_dir = str(staging)
         results: Iterable[tuple[ShardJob, tuple[str, str, list[dict]]]]
@@ -809,46 +853,28 @@ def write_pair_shards(
             results = (
                 (job, build_shard(job, work_dir, store.uri(job.key(".tar")))) for job in pending
             )
-        # Storing a shard (fsync and rename, or an upload) overlaps building the next
-        # one; one shard at most is in flight, and shards land in order.
         storing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cotir-shard-store")
         in_flight: tuple[ShardJob, Future[None], list[dict]] | None = None
-
-        def landed(job: ShardJob, stored: Future[None], rows: list[dict]) -> None:
-            nonlocal done
-            stored.result()
-            report.shards_written += 1
-            all_rows.extend(rows)
-            sizes[job.degradation][f"{job.name}.tar"] = sum(
-                row["status"] == STATUS_OK for row in rows
-            )
-            done += 1
-            if progress is not None:
-                progress(done, len(jobs))
-
         try:
             for job, (tar_path, manifest_path, rows) in results:
                 stored = storing.submit(_store_shard, store, job, tar_path, manifest_path)
                 if in_flight is not None:
-                    landed(*in_flight)
+                    in_flight[1].result()
+                    landed(in_flight[0], in_flight[2])
                 in_flight = (job, stored, rows)
             if in_flight is not None:
-                landed(*in_flight)
+                in_flight[1].result()
+                landed(in_flight[0], in_flight[2])
         finally:
             storing.shutdown(wait=True)
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
-    for degradation, counts in sizes.items():
-        store.put_text(
-            f"{PAIR_SHARDS_PREFIX}/{source}/{degradation}/sizes.json",
-            json.dumps(dict(sorted(counts.items())), indent=1),
-        )
-    for pair in pairs:
-        if pair.status != STATUS_OK:
-            identity = pair_sample_id(pair, ())  # dropped while planning: no input was read
-            all_rows.append(_row(pair, pair.status, pair.reason, sample_id=identity))
-    store.put_bytes(f"{PAIR_SHARDS_PREFIX}/{source}/manifest.parquet", manifest_bytes(all_rows))
-    for row in all_rows:
+
+
+def _tally(report: ShardStageReport, rows: list[dict[str, Any]]) -> None:
+    """Count the manifest rows into the report: ok per degradation and split, drops and
+    failures per reason."""
+    for row in rows:
         status = row["status"]
         if status == STATUS_OK:
             report.samples_ok += 1
@@ -863,11 +889,3 @@ def write_pair_shards(
                 report.samples_failed += 1
             reason = (row["reason"] or "unknown").split(":")[0]
             report.drop_reasons[reason] = report.drop_reasons.get(reason, 0) + 1
-    summary = json.dumps(asdict(report), indent=1)
-    store.put_text(f"{PAIR_SHARDS_PREFIX}/{source}/report.json", summary)
-    if report.samples_failed == 0:
-        # The finished marker, written last and only when nothing needs a retry.
-        store.put_text(f"{PAIR_SHARDS_PREFIX}/{source}/_SUCCESS.json", summary)
-    else:
-        store.delete(f"{PAIR_SHARDS_PREFIX}/{source}/_SUCCESS.json")
-    return report
