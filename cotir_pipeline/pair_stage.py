@@ -684,20 +684,20 @@ def build_shard(job: ShardJob, work_dir: str, shard_uri: str) -> tuple[str, str,
         try:
             made = materialize_pair(pair, job.size, fetched_root)
         except BadSampleError as error:
-            identity = pair_sample_id(pair, input_digests(pair, fetched_root))
-            rows.append(_row(pair, STATUS_DROPPED, str(error), sample_id=identity))
+            sample_id = pair_sample_id(pair, input_digests(pair, fetched_root))
+            rows.append(_row(pair, STATUS_DROPPED, str(error), sample_id=sample_id))
             continue
         except Exception as error:  # recorded, and the shard is rebuilt on the next run
-            identity = pair_sample_id(pair, input_digests(pair, fetched_root))
+            sample_id = pair_sample_id(pair, input_digests(pair, fetched_root))
             detail = traceback.format_exception_only(type(error), error)[-1].strip()
             reason = f"unexpected error: {detail}"
-            rows.append(_row(pair, STATUS_FAILED, reason, sample_id=identity))
+            rows.append(_row(pair, STATUS_FAILED, reason, sample_id=sample_id))
             continue
         recipe_json = json.dumps(made.applied, sort_keys=True) if made.applied else ""
-        identity = pair_sample_id(pair, made.digests)
+        sample_id = pair_sample_id(pair, made.digests)
         hq_png, lq_png = encode_png(made.hq), encode_png(made.lq)
         meta = {
-            "sample_id": identity,
+            "sample_id": sample_id,
             "source": pair.source,
             "item_key": pair.item_key,
             "split": pair.split,
@@ -706,15 +706,15 @@ def build_shard(job: ShardJob, work_dir: str, shard_uri: str) -> tuple[str, str,
             "seed": pair.seed,
             "crop_box": made.crop_box,
         }
-        samples.append(ShardSample(key=identity, hq_png=hq_png, lq_png=lq_png, meta=meta))
+        samples.append(ShardSample(key=sample_id, hq_png=hq_png, lq_png=lq_png, meta=meta))
         rows.append(
             _row(
                 pair,
                 STATUS_OK,
                 None,
-                sample_id=identity,
+                sample_id=sample_id,
                 shard_uri=shard_uri,
-                shard_key=identity,
+                shard_key=sample_id,
                 width=job.size,
                 height=job.size,
                 hq_sha256=hashlib.sha256(hq_png).hexdigest(),

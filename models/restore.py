@@ -182,7 +182,7 @@ def base_folder(folder: Path) -> Path:
     return folder
 
 
-def base_identity(folder: Path) -> dict[str, str]:
+def base_fingerprint(folder: Path) -> dict[str, str]:
     """What a checkpoint records about its base: path and digest (a prior's own sha256)."""
     from models.prior import RECORD_FILE, read_record
 
@@ -210,7 +210,7 @@ def _base_of_checkpoint(variant: Variant, meta: dict[str, object]) -> Path | Non
     if isinstance(recorded.get("path"), str):
         candidates.append(Path(str(recorded["path"])))
     for candidate in candidates:
-        if candidate.is_dir() and base_identity(candidate).get("sha256") == wanted:
+        if candidate.is_dir() and base_fingerprint(candidate).get("sha256") == wanted:
             return candidate  # from_variant checks it against its record
     raise MissingWeightsError(
         f"the checkpoint was trained on base {wanted[:16]}... (recorded at "

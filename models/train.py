@@ -763,7 +763,7 @@ def _build(
     no_adapter: bool = False,
 ) -> _Parts:
     from models.lora import apply_lora, freeze
-    from models.restore import CoTIRRestorer, base_identity, bundled_base_path
+    from models.restore import CoTIRRestorer, base_fingerprint, bundled_base_path
 
     variant = get_variant(config.variant)
     precision = str(accelerator.mixed_precision)
@@ -784,9 +784,9 @@ def _build(
     )
     base_info = None
     if base is not None:
-        base_info = base_identity(base)
+        base_info = base_fingerprint(base)
     elif variant.bundled_base is not None:
-        base_info = base_identity(bundled_base_path(variant))  # checked by from_variant
+        base_info = base_fingerprint(bundled_base_path(variant))  # checked by from_variant
     model = restorer.model
     apply_lora(model, variant.lora_rank, init_b=config.lora_init_b)
     model.velocity_delta = config.velocity == "delta"

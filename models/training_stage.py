@@ -42,7 +42,7 @@ def describe_base(
     under ``weights_dir`` (COTIR_WEIGHTS_DIR). A BaseModelError names what to fix when it
     is missing or altered.
     """
-    from models.restore import base_folder, base_identity, bundled_base_folder
+    from models.restore import base_fingerprint, base_folder, bundled_base_folder
 
     variant = get_variant(variant_name)
     try:
@@ -60,7 +60,7 @@ def describe_base(
             return {"variant": variant.name, "kind": "random (test toy, no base)"}
     except (MissingWeightsError, PriorIntegrityError, FileNotFoundError) as error:
         raise BaseModelError(str(error)) from None
-    described: dict[str, Any] = {"variant": variant.name, **base_identity(folder)}
+    described: dict[str, Any] = {"variant": variant.name, **base_fingerprint(folder)}
     try:
         record = read_record(folder)
     except FileNotFoundError:

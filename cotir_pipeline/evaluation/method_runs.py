@@ -218,12 +218,12 @@ def _cotir_method(
 
 
 def reset_if_stale(
-    store: ObjectStore, prefix: str, out_dir: Path, identity: Mapping[str, Any], log: Log
+    store: ObjectStore, prefix: str, out_dir: Path, made_by: Mapping[str, Any], log: Log
 ) -> None:
     """Drop outputs made by another restorer version or for another build of the set."""
 
     def same(record: Mapping[str, Any]) -> bool:
-        return all(record.get(key) == value for key, value in identity.items())
+        return all(record.get(key) == value for key, value in made_by.items())
 
     key = f"{prefix}/{RUN_RECORD}"
     if store.exists(key) and not same(json.loads(store.get_text(key))):
@@ -234,7 +234,7 @@ def reset_if_stale(
     if local.is_file() and not same(json.loads(local.read_text(encoding="utf-8"))):
         shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    local.write_text(json.dumps(dict(identity), indent=2), encoding="utf-8")
+    local.write_text(json.dumps(dict(made_by), indent=2), encoding="utf-8")
 
 
 def download_missing(store: ObjectStore, prefix: str, out_dir: Path) -> None:

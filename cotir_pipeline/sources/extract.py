@@ -77,6 +77,12 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: The completion marker's key for the archive's fingerprint (name, size, sha256 or
+#: mtime); its on-disk name predates the name of the idea and stays, so existing
+#: extractions are still recognised.
+MARKER_FINGERPRINT_KEY = "identity"
+
+
 class ArchiveError(ValueError):
     """An archive cannot be extracted; the message names the archive (and member)."""
 
@@ -177,10 +183,10 @@ def extract_archive(
         raise FileNotFoundError(f"{archive}: archive not found") from None
     if not stat.S_ISREG(status.st_mode):
         raise UnsupportedArchiveError(archive, "not a regular file")
-    identity = _identity(archive, status, archive_sha256)
+    fingerprint = _fingerprint(archive, status, archive_sha256)
 
     marker = read_marker(destination)
-    if marker is not None and marker.get("identity") == identity:
+    if marker is not None and marker.get(MARKER_FINGERPRINT_KEY) == fingerprint:
         return ExtractionReport(
             archive=archive,
             destination=destination,
@@ -202,8 +208,8 @@ def extract_archive(
         else:
             _extract_tar(archive, writer)
         writer.finish()
-        _write_marker(temporary, identity, writer)
-        _move_into_place(temporary, destination, identity)
+        _write_marker(temporary, fingerprint, writer)
+        _move_into_place(temporary, destination, fingerprint)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -220,13 +226,13 @@ def extract_archive(
 # -- destination handling ---------------------------------------------------------------
 
 
-def _identity(archive: Path, status: os.stat_result, sha256: str | None) -> dict[str, object]:
-    identity: dict[str, object] = {"name": archive.name, "size": status.st_size}
+def _fingerprint(archive: Path, status: os.stat_result, sha256: str | None) -> dict[str, object]:
+    fingerprint: dict[str, object] = {"name": archive.name, "size": status.st_size}
     if sha256 is not None:
-        identity["sha256"] = sha256.lower()
+        fingerprint["sha256"] = sha256.lower()
     else:
-        identity["mtime_ns"] = status.st_mtime_ns
-    return identity
+        fingerprint["mtime_ns"] = status.st_mtime_ns
+    return fingerprint
 
 
 def _as_int(value: object) -> int:
@@ -244,10 +250,10 @@ def _refuse_foreign_destination(destination: Path) -> None:
     )
 
 
-def _write_marker(folder: Path, identity: dict[str, object], writer: _TreeWriter) -> None:
+def _write_marker(folder: Path, fingerprint: dict[str, object], writer: _TreeWriter) -> None:
     record = {
         "format": _MARKER_FORMAT,
-        "identity": identity,
+        MARKER_FINGERPRINT_KEY: fingerprint,
         "members": writer.members,
         "files": writer.files,
         "total_bytes": writer.written,
@@ -258,12 +264,12 @@ def _write_marker(folder: Path, identity: dict[str, object], writer: _TreeWriter
         os.fsync(handle.fileno())
 
 
-def _move_into_place(temporary: Path, destination: Path, identity: dict[str, object]) -> None:
+def _move_into_place(temporary: Path, destination: Path, fingerprint: dict[str, object]) -> None:
     """Rename the finished folder to ``destination``; replace an outdated extraction."""
     old: Path | None = None
     if destination.exists():
         current = read_marker(destination)
-        if current is not None and current.get("identity") == identity:
+        if current is not None and current.get(MARKER_FINGERPRINT_KEY) == fingerprint:
             # Another process finished the same extraction first: keep its result.
             shutil.rmtree(temporary, ignore_errors=True)
             return
@@ -275,7 +281,7 @@ def _move_into_place(temporary: Path, destination: Path, identity: dict[str, obj
         if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
             raise
         current = read_marker(destination)
-        if current is None or current.get("identity") != identity:
+        if current is None or current.get(MARKER_FINGERPRINT_KEY) != fingerprint:
             raise
         shutil.rmtree(temporary, ignore_errors=True)
     fsync_folder(destination.parent)
