@@ -14,6 +14,7 @@ import io
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -22,6 +23,7 @@ from cotir_pipeline.scratch import scratch_dir
 from cotir_pipeline.shards import (
     STATUS_OK,
     CorruptShardError,
+    ShardSample,
     decode_png,
     read_manifest,
     read_shard,
@@ -76,14 +78,7 @@ def verify_source_shards(
     result.by_task = dict(
         sorted(Counter(row["task"] for row in rows if row["status"] == STATUS_OK).items())
     )
-    expected: dict[str, set[str]] = defaultdict(set)
-    degradation_of: dict[str, str] = {}
-    digests: dict[str, tuple[str | None, str | None]] = {}
-    for row in rows:
-        if row["status"] == STATUS_OK:
-            expected[row["shard_uri"]].add(row["shard_key"])
-            degradation_of[row["shard_key"]] = row["degradation"]
-            digests[row["shard_key"]] = (row.get("hq_sha256"), row.get("lq_sha256"))
+    expected, degradation_of, digests = _recorded_members(rows)
     tar_keys = sorted(info.key for info in store.list(f"{prefix}/") if info.key.endswith(".tar"))
     result.shards_total = len(tar_keys)
     unknown = set(expected) - {store.uri(key) for key in tar_keys}
@@ -96,7 +91,6 @@ def verify_source_shards(
         local = Path(work_dir) / "shard.tar"
         for key in tar_keys:
             store.download_file(key, local)
-            keys = []
             try:
                 samples = list(read_shard(local))
             except CorruptShardError as error:
@@ -104,15 +98,7 @@ def verify_source_shards(
                 result.damaged_shards.append(key)
                 result.shards_checked += 1
                 continue
-            changed = [
-                f"{sample.key}.{name}"
-                for sample in samples
-                for name, data, recorded in (
-                    ("hq.png", sample.hq_png, digests.get(sample.key, (None, None))[0]),
-                    ("lq.png", sample.lq_png, digests.get(sample.key, (None, None))[1]),
-                )
-                if recorded is not None and hashlib.sha256(data).hexdigest() != recorded
-            ]
+            changed = _changed_members(samples, digests)
             if changed:
                 result.mismatches.append(
                     f"{key}: {len(changed)} member(s) differ from their manifest sha256, "
@@ -120,26 +106,62 @@ def verify_source_shards(
                 )
                 result.damaged_shards.append(key)
             for sample in samples:
-                keys.append(sample.key)
                 label = degradation_of.get(sample.key, "?")
                 if len(result.preview_samples) < preview_count and label not in shown_degradations:
                     shown_degradations.add(label)
                     result.preview_samples.append((label, sample.lq_png, sample.hq_png))
-            wanted = expected.get(store.uri(key), set())
-            if len(keys) != len(set(keys)):
-                result.mismatches.append(f"{key}: repeated sample keys")
-            if set(keys) != wanted:
-                missing, extra = len(wanted - set(keys)), len(set(keys) - wanted)
-                result.mismatches.append(
-                    f"{key}: {missing} manifest rows without a sample, "
-                    f"{extra} samples without a row"
-                )
+            keys = [sample.key for sample in samples]
+            result.mismatches += _key_mismatches(key, keys, expected.get(store.uri(key), set()))
             result.shards_checked += 1
     if mark_damaged_for_rebuild and result.damaged_shards:
         for key in result.damaged_shards:
             store.delete(key.removesuffix(".tar") + ".parquet")
         store.delete(f"{prefix}/_SUCCESS.json")
     return result
+
+
+def _recorded_members(
+    rows: list[dict[str, Any]],
+) -> tuple[dict[str, set[str]], dict[str, str], dict[str, tuple[str | None, str | None]]]:
+    """From the manifest's ok rows: the sample keys per shard URI, each key's degradation,
+    and its recorded (HQ, LQ) sha256 digests."""
+    expected: dict[str, set[str]] = defaultdict(set)
+    degradation_of: dict[str, str] = {}
+    digests: dict[str, tuple[str | None, str | None]] = {}
+    for row in rows:
+        if row["status"] == STATUS_OK:
+            expected[row["shard_uri"]].add(row["shard_key"])
+            degradation_of[row["shard_key"]] = row["degradation"]
+            digests[row["shard_key"]] = (row.get("hq_sha256"), row.get("lq_sha256"))
+    return expected, degradation_of, digests
+
+
+def _changed_members(
+    samples: list[ShardSample], digests: dict[str, tuple[str | None, str | None]]
+) -> list[str]:
+    """Members whose bytes no longer have the sha256 the manifest recorded."""
+    return [
+        f"{sample.key}.{name}"
+        for sample in samples
+        for name, data, recorded in (
+            ("hq.png", sample.hq_png, digests.get(sample.key, (None, None))[0]),
+            ("lq.png", sample.lq_png, digests.get(sample.key, (None, None))[1]),
+        )
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded
+    ]
+
+
+def _key_mismatches(shard: str, keys: list[str], wanted: set[str]) -> list[str]:
+    """A shard's sample keys against its manifest rows: repeats, rows or samples missing."""
+    problems = []
+    if len(keys) != len(set(keys)):
+        problems.append(f"{shard}: repeated sample keys")
+    if set(keys) != wanted:
+        missing, extra = len(wanted - set(keys)), len(set(keys) - wanted)
+        problems.append(
+            f"{shard}: {missing} manifest rows without a sample, {extra} samples without a row"
+        )
+    return problems
 
 
 def preview_grid_png(samples: list[tuple[str, bytes, bytes]], tile: int = 96) -> bytes:

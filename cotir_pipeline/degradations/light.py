@@ -87,14 +87,10 @@ def low_light(
         "noise_sigma": noise_sigma,
         "seed": seed,
     }
-    allowed = {
-        "shift": {"shift"},
-        "gamma": {"gamma"},
-        "linear": {"max_value"},
-        "retinex": {"exponent", "noise_sigma", "seed"},
-    }[mode]
     extra = sorted(
-        name for name, value in given.items() if value is not None and name not in allowed
+        name
+        for name, value in given.items()
+        if value is not None and name not in _LOW_LIGHT_MODE_ARGS[mode]
     )
     if extra:
         raise ValueError(f"low_light: {extra} do not apply to mode {mode!r}")
@@ -121,20 +117,43 @@ def low_light(
         new_value = (value - low) / (high - low) * top if high > low else np.minimum(value, top)
         out = _scale_value_channel(img, new_value)
     else:
-        if exponent is None:
-            exponent = float(need_rng(rng, op, "exponent").uniform(2.0, 3.0))
-        params["exponent"] = check_range(op, "exponent", exponent, 1.0, 10.0)
-        if noise_sigma is None:
-            noise_sigma = float(need_rng(rng, op, "noise_sigma").uniform(0.03, 0.08))
-        params["noise_sigma"] = check_range(op, "noise_sigma", noise_sigma, 0.0, 1.0)
-        if seed is None:
-            seed = draw_seed(need_rng(rng, op, "seed"))
-        params["seed"] = int(seed)
-        light = illumination_map(img)[..., None] + 1e-7
-        reflectance = img / light
-        out = reflectance * light ** params["exponent"]
-        out = out + field_rng(params["seed"]).standard_normal(img.shape) * params["noise_sigma"]
+        out = _retinex_low_light(img, rng, params, exponent, noise_sigma, seed)
     return finish(out), params
+
+
+#: The parameters each low_light mode takes.
+_LOW_LIGHT_MODE_ARGS: dict[str, set[str]] = {
+    "shift": {"shift"},
+    "gamma": {"gamma"},
+    "linear": {"max_value"},
+    "retinex": {"exponent", "noise_sigma", "seed"},
+}
+
+
+def _retinex_low_light(
+    img: np.ndarray,
+    rng: np.random.Generator | None,
+    params: dict[str, Any],
+    exponent: float | None,
+    noise_sigma: float | None,
+    seed: int | None,
+) -> np.ndarray:
+    """low_light's retinex mode: reflectance times illumination**exponent, plus Gaussian
+    noise; draws the missing parameters in that order and records them in ``params``."""
+    op = "low_light"
+    if exponent is None:
+        exponent = float(need_rng(rng, op, "exponent").uniform(2.0, 3.0))
+    params["exponent"] = check_range(op, "exponent", exponent, 1.0, 10.0)
+    if noise_sigma is None:
+        noise_sigma = float(need_rng(rng, op, "noise_sigma").uniform(0.03, 0.08))
+    params["noise_sigma"] = check_range(op, "noise_sigma", noise_sigma, 0.0, 1.0)
+    if seed is None:
+        seed = draw_seed(need_rng(rng, op, "seed"))
+    params["seed"] = int(seed)
+    light = illumination_map(img)[..., None] + 1e-7
+    reflectance = img / light
+    out = reflectance * light ** params["exponent"]
+    return out + field_rng(params["seed"]).standard_normal(img.shape) * params["noise_sigma"]
 
 
 def over_exposure(
@@ -251,34 +270,13 @@ def flare(
         seed = draw_seed(draw("seed"))
 
     height, width = img.shape[:2]
-    diagonal = math.hypot(height, width)
     src_x, src_y = x * (width - 1), y * (height - 1)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    dist = np.hypot(xx - src_x, yy - src_y) / diagonal
-    light = np.exp(-dist / glow) * 0.6 + np.exp(-((dist / (0.2 * glow)) ** 2)) * 1.5
-    if streaks > 0:
-        theta = np.arctan2(yy - src_y, xx - src_x) - math.radians(streak_angle)
-        rays = np.abs(np.cos(theta * (streaks / 2.0))) ** 300
-        light = light + 0.5 * rays * np.exp(-dist / streak_length)
+    light = _flare_light(xx, yy, src_x, src_y, glow, streaks, streak_angle, streak_length)
     flare_rgb = light[..., None] * (intensity * np.asarray(tint))
-
-    layout = field_rng(int(seed))
-    centre_x, centre_y = (width - 1) / 2.0, (height - 1) / 2.0
-    for _ in range(int(ghosts)):
-        t = layout.uniform(0.3, 1.8)
-        gx = centre_x + (centre_x - src_x) * (t - 1.0)
-        gy = centre_y + (centre_y - src_y) * (t - 1.0)
-        radius = layout.uniform(0.015, 0.07)
-        strength = layout.uniform(0.04, 0.15) * intensity
-        colour = layout.uniform(0.3, 1.0, size=3)
-        ring = layout.random() < 0.3
-        r = np.hypot(xx - gx, yy - gy) / diagonal / radius
-        if ring:
-            shape = _smoothstep(0.7, 0.9, r) * (1.0 - _smoothstep(0.95, 1.1, r))
-        else:
-            shape = 1.0 - _smoothstep(0.8, 1.0, r)
-        flare_rgb = flare_rgb + shape[..., None] * (strength * colour)
-
+    flare_rgb = _add_flare_ghosts(
+        flare_rgb, xx, yy, src_x, src_y, intensity, int(ghosts), int(seed)
+    )
     out = linear_to_srgb(srgb_to_linear(img) + flare_rgb)
     params = {
         "x": x,
@@ -293,3 +291,57 @@ def flare(
         "seed": int(seed),
     }
     return finish(out), params
+
+
+def _flare_light(
+    xx: np.ndarray,
+    yy: np.ndarray,
+    src_x: float,
+    src_y: float,
+    glow: float,
+    streaks: int,
+    streak_angle: float,
+    streak_length: float,
+) -> np.ndarray:
+    """The flare's core, glow and star rays, per pixel (before tint and intensity)."""
+    diagonal = math.hypot(*xx.shape)
+    dist = np.hypot(xx - src_x, yy - src_y) / diagonal
+    light = np.exp(-dist / glow) * 0.6 + np.exp(-((dist / (0.2 * glow)) ** 2)) * 1.5
+    if streaks > 0:
+        theta = np.arctan2(yy - src_y, xx - src_x) - math.radians(streak_angle)
+        rays = np.abs(np.cos(theta * (streaks / 2.0))) ** 300
+        light = light + 0.5 * rays * np.exp(-dist / streak_length)
+    return light
+
+
+def _add_flare_ghosts(
+    flare_rgb: np.ndarray,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    src_x: float,
+    src_y: float,
+    intensity: float,
+    ghosts: int,
+    seed: int,
+) -> np.ndarray:
+    """``flare_rgb`` plus the ghosts, added one by one: soft tinted discs or rings on the
+    line from the source through the centre, their layout drawn from ``seed``."""
+    height, width = xx.shape
+    diagonal = math.hypot(height, width)
+    layout = field_rng(seed)
+    centre_x, centre_y = (width - 1) / 2.0, (height - 1) / 2.0
+    for _ in range(ghosts):
+        t = layout.uniform(0.3, 1.8)
+        gx = centre_x + (centre_x - src_x) * (t - 1.0)
+        gy = centre_y + (centre_y - src_y) * (t - 1.0)
+        radius = layout.uniform(0.015, 0.07)
+        strength = layout.uniform(0.04, 0.15) * intensity
+        colour = layout.uniform(0.3, 1.0, size=3)
+        ring = layout.random() < 0.3
+        r = np.hypot(xx - gx, yy - gy) / diagonal / radius
+        if ring:
+            shape = _smoothstep(0.7, 0.9, r) * (1.0 - _smoothstep(0.95, 1.1, r))
+        else:
+            shape = 1.0 - _smoothstep(0.8, 1.0, r)
+        flare_rgb = flare_rgb + shape[..., None] * (strength * colour)
+    return flare_rgb

@@ -115,22 +115,7 @@ def watermark(
     if not isinstance(tiled, bool | np.bool_):
         raise TypeError(f"watermark: tiled must be a bool, got {tiled!r}")
 
-    height, width = img.shape[:2]
-    size_px = max(8, round(size * min(height, width)))
-    mask = _text_mask(text, size_px, angle)
-    coverage = np.zeros((height, width))
-    centre_y, centre_x = y * (height - 1), x * (width - 1)
-    if tiled:
-        step_y, step_x = mask.shape[0] * 1.6 + size_px, mask.shape[1] * 1.2 + size_px
-        rows = int(np.ceil(height / step_y)) + 1
-        cols = int(np.ceil(width / step_x)) + 1
-        for i in range(-rows, rows + 1):
-            for j in range(-cols, cols + 1):
-                # offset every other row by half a step, like a brick pattern
-                shift = step_x / 2 if i % 2 else 0.0
-                _paste_max(coverage, mask, centre_y + i * step_y, centre_x + j * step_x + shift)
-    else:
-        _paste_max(coverage, mask, centre_y, centre_x)
+    coverage = _watermark_coverage(img.shape[:2], text, size, angle, x, y, bool(tiled))
     alpha = (opacity * coverage)[..., None]
     out = img * (1.0 - alpha) + gray * alpha
     params = {
@@ -144,3 +129,27 @@ def watermark(
         "tiled": bool(tiled),
     }
     return finish(out), params
+
+
+def _watermark_coverage(
+    shape: tuple[int, ...], text: str, size: float, angle: float, x: float, y: float, tiled: bool
+) -> np.ndarray:
+    """Per pixel, how much of it the text covers (0..1): one mark centred at (x W, y H),
+    or a brick-pattern grid of marks through that point."""
+    height, width = shape
+    size_px = max(8, round(size * min(height, width)))
+    mask = _text_mask(text, size_px, angle)
+    coverage = np.zeros((height, width))
+    centre_y, centre_x = y * (height - 1), x * (width - 1)
+    if not tiled:
+        _paste_max(coverage, mask, centre_y, centre_x)
+        return coverage
+    step_y, step_x = mask.shape[0] * 1.6 + size_px, mask.shape[1] * 1.2 + size_px
+    rows = int(np.ceil(height / step_y)) + 1
+    cols = int(np.ceil(width / step_x)) + 1
+    for i in range(-rows, rows + 1):
+        for j in range(-cols, cols + 1):
+            # offset every other row by half a step, like a brick pattern
+            shift = step_x / 2 if i % 2 else 0.0
+            _paste_max(coverage, mask, centre_y + i * step_y, centre_x + j * step_x + shift)
+    return coverage

@@ -290,7 +290,7 @@ class LocalRadosGateway:
     # ------------------------------------------------------------------ internals
 
     def _start_cluster(self) -> S3Endpoint:
-        wd = self.workdir
+        """One monitor, one OSD on a sparse file, radosgw and an S3 user, each waited for."""
         self._prepare_workdir()
         mon_port = _free_port(self.host)
         fsid = str(uuid.uuid4())
@@ -298,9 +298,19 @@ class LocalRadosGateway:
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("CEPH_")}
         self._env["CEPH_CONF"] = str(self.conf_path)
         # Sparse block file beside (not inside) the OSD data dir.
-        with (wd / "osd.block").open("wb") as fh:
+        with (self.workdir / "osd.block").open("wb") as fh:
             fh.truncate(self.block_size_gib * 1024**3)
+        self._start_monitor(fsid, mon_port)
+        self._start_osd()
+        url = self._start_radosgw()
+        access_key, secret_key = self._create_s3_user()
+        endpoint = S3Endpoint(url, access_key, secret_key)
+        self._wait("warm up s3 (create pools)", "radosgw", lambda: self._warm_up(endpoint))
+        return endpoint
 
+    def _start_monitor(self, fsid: str, mon_port: int) -> None:
+        """Create the monitor map and store, start ceph-mon and wait for quorum."""
+        wd = self.workdir
         self._run(
             "create monmap",
             [
@@ -337,6 +347,8 @@ class LocalRadosGateway:
         )
         self._wait("wait for monitor", "mon", self._mon_ready)
 
+    def _start_osd(self) -> None:
+        """Register the OSD, make its store on the block file, start it and wait until up."""
         osd_uuid = str(uuid.uuid4())
         self._run("register osd", self._ceph("osd", "new", osd_uuid, str(_OSD_ID)))
         self._run(
@@ -360,8 +372,8 @@ class LocalRadosGateway:
         )
         self._wait("wait for osd up", "osd", self._osd_up)
 
-        url = self._start_radosgw()
-
+    def _create_s3_user(self) -> tuple[str, str]:
+        """A fresh S3 user with random keys: (access key, secret key)."""
         alphabet = string.ascii_uppercase + string.digits
         access_key = "".join(secrets.choice(alphabet) for _ in range(20))
         secret_key = secrets.token_urlsafe(30)[:40]
@@ -385,9 +397,7 @@ class LocalRadosGateway:
             timeout_s=120.0,
             daemon="radosgw",
         )
-        endpoint = S3Endpoint(url, access_key, secret_key)
-        self._wait("warm up s3 (create pools)", "radosgw", lambda: self._warm_up(endpoint))
-        return endpoint
+        return access_key, secret_key
 
     def _prepare_workdir(self) -> None:
         """Kill daemons a crashed earlier run left behind, then wipe its state."""

@@ -793,17 +793,7 @@ def build_agenticir_set(
     """
     if per_combination is not None and per_combination < 1:
         raise ValueError(f"per_combination must be >= 1, got {per_combination}")
-    plan = agenticir_plan(len(clean_images), seed)
-    chosen = [p for p in plan if p.split == "test" or include_exploration]
-    if per_combination is not None:
-        kept: dict[tuple[str, str], int] = defaultdict(int)
-        reduced = []
-        for planned in chosen:
-            key = (planned.recipe, planned.split)
-            if kept[key] < per_combination:
-                kept[key] += 1
-                reduced.append(planned)
-        chosen = reduced
+    chosen = _agenticir_chosen(len(clean_images), seed, include_exploration, per_combination)
     order = {recipe.name: index for index, recipe in enumerate(get_recipe_set("agenticir"))}
     by_clean: dict[int, list[Any]] = defaultdict(list)
     for planned in chosen:
@@ -818,6 +808,13 @@ def build_agenticir_set(
                 subset = (
                     planned.group if planned.split == "test" else f"{planned.group}-exploration"
                 )
+                meta = {
+                    "group": planned.group,
+                    "combination_index": order[planned.recipe],
+                    "split": planned.split,
+                    "clean_index": planned.clean_index,
+                    "depth": "given" if depth is not None else "proxy",
+                }
                 yield _degraded_sample(
                     bench=name,
                     recipe_set="agenticir",
@@ -829,18 +826,10 @@ def build_agenticir_set(
                     subset=subset,
                     prompts=used_prompts,
                     prompt_seed=seed,
-                    meta={
-                        "group": planned.group,
-                        "combination_index": order[planned.recipe],
-                        "split": planned.split,
-                        "clean_index": planned.clean_index,
-                        "depth": "given" if depth is not None else "proxy",
-                    },
+                    meta=meta,
                 )
 
-    counts: dict[str, int] = defaultdict(int)
-    for planned in chosen:
-        counts[planned.group if planned.split == "test" else "exploration"] += 1
+    counts = Counter(p.group if p.split == "test" else "exploration" for p in chosen)
     info = {
         "kind": "agenticir",
         "seed": seed,
@@ -858,6 +847,25 @@ def build_agenticir_set(
         info=info,
         sort_key=lambda r: (r.meta["combination_index"], r.meta["split"], r.meta["clean_index"]),
     )
+
+
+def _agenticir_chosen(
+    clean_count: int, seed: int, include_exploration: bool, per_combination: int | None
+) -> list[Any]:
+    """The plan's test samples (and exploration ones if asked), the first
+    ``per_combination`` of each combination and split when given."""
+    plan = agenticir_plan(clean_count, seed)
+    chosen = [p for p in plan if p.split == "test" or include_exploration]
+    if per_combination is None:
+        return chosen
+    kept: dict[tuple[str, str], int] = defaultdict(int)
+    reduced = []
+    for planned in chosen:
+        key = (planned.recipe, planned.split)
+        if kept[key] < per_combination:
+            kept[key] += 1
+            reduced.append(planned)
+    return reduced
 
 
 def build_demo_agenticir_set(

@@ -639,38 +639,53 @@ def _write_parts(
             if part + threads < parts_total:
                 pending.append(pool.submit(make, part + threads))
             builder._tick("write parts", part + 1, parts_total)
-            if made is None:
-                continue
-            report.orphans += made.orphans
-            digest = file_sha256(made.path)
-            key = f"{PARTS_PREFIX}{made.bucket}-{digest[:16]}.parquet"
-            size = made.path.stat().st_size
-            if existing.get(key) == size:
-                report.parts_unchanged += 1
-            else:
-                store.put_file(key, made.path)
-                report.parts_written += 1
-            made.path.unlink()
-            for group, group_size in made.group_bytes.items():
-                report.bytes_by_group[group] = report.bytes_by_group.get(group, 0) + group_size
-            for counts, new in (
-                (report.status_counts, made.status_counts),
-                (report.stage_counts, made.stage_counts),
-            ):
-                for name, count in new.items():
-                    counts[name] = counts.get(name, 0) + count
-            entries.append(
-                {
-                    "bucket": made.bucket,
-                    "key": key,
-                    "rows": made.rows,
-                    "bytes": size,
-                    "sha256": digest,
-                }
-            )
-            report.samples += made.rows
-            report.bytes_total += size
+            if made is not None:
+                entries.append(_store_part(store, made, existing, report))
     report.parts = len(entries)
+    _commit_index(store, entries, digits, row_group_size, report)
+    keep = {entry["key"] for entry in entries}
+    for key in existing:
+        if key not in keep:
+            store.delete(key)
+            report.parts_deleted += 1
+
+
+def _store_part(
+    store: ObjectStore, made: _LocalPart, existing: Mapping[str, int], report: LineageReport
+) -> dict[str, Any]:
+    """Upload one part under its content-addressed key (unless stored already), add its
+    counts to the report; its index entry."""
+    report.orphans += made.orphans
+    digest = file_sha256(made.path)
+    key = f"{PARTS_PREFIX}{made.bucket}-{digest[:16]}.parquet"
+    size = made.path.stat().st_size
+    if existing.get(key) == size:
+        report.parts_unchanged += 1
+    else:
+        store.put_file(key, made.path)
+        report.parts_written += 1
+    made.path.unlink()
+    for group, group_size in made.group_bytes.items():
+        report.bytes_by_group[group] = report.bytes_by_group.get(group, 0) + group_size
+    for counts, new in (
+        (report.status_counts, made.status_counts),
+        (report.stage_counts, made.stage_counts),
+    ):
+        for name, count in new.items():
+            counts[name] = counts.get(name, 0) + count
+    report.samples += made.rows
+    report.bytes_total += size
+    return {"bucket": made.bucket, "key": key, "rows": made.rows, "bytes": size, "sha256": digest}
+
+
+def _commit_index(
+    store: ObjectStore,
+    entries: list[dict[str, Any]],
+    digits: int,
+    row_group_size: int,
+    report: LineageReport,
+) -> None:
+    """Write the index that names the parts (only when it changed): the commit point."""
     index = {
         "format": "cotir-sample-lineage",
         "schema_version": LINEAGE_SCHEMA_VERSION,
@@ -695,11 +710,6 @@ def _write_parts(
     if not unchanged:
         store.put_text(INDEX_KEY, text)  # the commit point: readers switch to the new parts
         report.index_written = True
-    keep = {entry["key"] for entry in entries}
-    for key in existing:
-        if key not in keep:
-            store.delete(key)
-            report.parts_deleted += 1
 
 
 def _count(counts: dict[str, int], column: pa.ChunkedArray) -> None:
