@@ -616,7 +616,6 @@ def train_prior(
     ``stop_after`` saves the state after that many steps and returns None (an
     interruption, for tests); a later call resumes exactly where it stopped.
     """
-    from diffusers import __version__ as diffusers_version
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -638,19 +637,7 @@ def train_prior(
     )
     generator = torch.Generator().manual_seed(config.seed)
     state_path = out / STATE_FILE
-    step = 0
-    log: list[dict[str, Any]] = []
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
-        if state.get("config_digest") == config.digest():
-            parts.transformer.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            step = int(state["step"])
-            log = list(state.get("log", []))
-            print_fn(f"resuming the prior at step {step} from {state_path}")
-        else:
-            print_fn(f"{state_path} belongs to another config; starting afresh")
+    step, log = _resume_prior(state_path, config, parts, optimizer, generator, print_fn)
     started = time.perf_counter()
     window: list[float] = []
     while step < config.steps:
@@ -694,7 +681,68 @@ def train_prior(
         flow_start="reference",
     )
     files = weight_files(out)
-    record = {
+    record = _prior_record(
+        config,
+        command=command,
+        photos=photos,
+        quality={"psnr": quality, "psnr_reference_start": quality_reference_start},
+        parent_record=parent_record,
+        log=log,
+        parameters=sum(p.numel() for p in transformer.parameters()),
+        elapsed=elapsed,
+        files=files,
+    )
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    state_path.unlink(missing_ok=True)
+    print_fn(
+        f"prior written to {out}: sha256 {record['sha256'][:16]}..., noise start: "
+        + ", ".join(f"{name} {value:.2f} dB" for name, value in quality.items())
+        + "; reference start: "
+        + ", ".join(f"{name} {value:.2f} dB" for name, value in quality_reference_start.items())
+    )
+    return record
+
+
+def _resume_prior(
+    state_path: Path,
+    config: PriorConfig,
+    parts: Any,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    print_fn: Callable[[str], None],
+) -> tuple[int, list[dict[str, Any]]]:
+    """Load an interrupted run's state of the same config: (step, loss log); (0, []) else."""
+    if not state_path.is_file():
+        return 0, []
+    state = torch.load(state_path, weights_only=False)
+    if state.get("config_digest") != config.digest():
+        print_fn(f"{state_path} belongs to another config; starting afresh")
+        return 0, []
+    parts.transformer.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    step = int(state["step"])
+    print_fn(f"resuming the prior at step {step} from {state_path}")
+    return step, list(state.get("log", []))
+
+
+def _prior_record(
+    config: PriorConfig,
+    *,
+    command: str,
+    photos: Any,
+    quality: dict[str, Any],
+    parent_record: dict[str, Any] | None,
+    log: list[dict[str, Any]],
+    parameters: int,
+    elapsed: float,
+    files: dict[str, Any],
+) -> dict[str, Any]:
+    """prior.json: the command, config, data, objective, measured quality, parent stage,
+    loss log, environment and the sha256 of every file."""
+    from diffusers import __version__ as diffusers_version
+
+    return {
         "format": RECORD_FORMAT,
         "variant": config.variant,
         "command": command,
@@ -718,8 +766,7 @@ def train_prior(
             f"{config.eval_size}px crops, {PRIOR_EVAL_STEPS} Euler steps, seed 42; psnr: the "
             "flow started at noise (the paper's sampler), psnr_reference_start: started at "
             "the reference image",
-            "psnr": quality,
-            "psnr_reference_start": quality_reference_start,
+            **quality,
         },
         "parent": None
         if parent_record is None
@@ -734,7 +781,7 @@ def train_prior(
         },
         "total_steps": config.total_steps(),
         "log": log,
-        "parameters": sum(p.numel() for p in transformer.parameters()),
+        "parameters": parameters,
         "training_seconds": round(elapsed, 1),
         "environment": {
             "torch": torch.__version__,
@@ -746,15 +793,6 @@ def train_prior(
         "files": files,
         "sha256": prior_digest(files),
     }
-    (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    state_path.unlink(missing_ok=True)
-    print_fn(
-        f"prior written to {out}: sha256 {record['sha256'][:16]}..., noise start: "
-        + ", ".join(f"{name} {value:.2f} dB" for name, value in quality.items())
-        + "; reference start: "
-        + ", ".join(f"{name} {value:.2f} dB" for name, value in quality_reference_start.items())
-    )
-    return record
 
 
 def build_parser() -> argparse.ArgumentParser:
