@@ -79,14 +79,28 @@ def _metadata(result: dg.ExecuteInProcessResult, node: str) -> dict[str, Any]:
 
 def _sensor_tick(scenario: Scenario, name: str, cursor: str | None) -> dg.SensorResult:
     sensor = scenario.definitions.resolve_sensor_def(name)
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=scenario.instance,
         instance_ref=scenario.instance.get_ref(),
         cursor=cursor,
         resources=scenario.definitions.resources,
         definitions=scenario.definitions,
-    )
-    return sensor.evaluate_tick(context)  # type: ignore[return-value]
+    ) as context:
+        return sensor.evaluate_tick(context)  # type: ignore[return-value]
+
+
+def _schedule_tick(
+    schedule: dg.ScheduleDefinition, definitions: dg.Definitions, instance: dg.DagsterInstance
+) -> Any:
+    """One tick of ``schedule`` at 03:00. The context is closed at once: an open one keeps
+    the instance it opened as Dagster's current one, which breaks later tests."""
+    with dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=NIGHT,
+        repository_def=definitions.get_repository_def(),
+        resources=definitions.resources,
+    ) as context:
+        return schedule.evaluate_tick(context)  # type: ignore[return-value]
 
 
 def _apply_partition_requests(instance: dg.DagsterInstance, tick: Any) -> None:
@@ -429,13 +443,7 @@ def test_nightly_schedule_requests_every_method_on_every_bench(scenario: Scenari
     schedule = scenario.definitions.resolve_schedule_def(NIGHTLY_SCHEDULE)
     assert schedule.cron_schedule == "0 3 * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
-    context = dg.build_schedule_context(
-        instance=scenario.instance,
-        scheduled_execution_time=NIGHT,
-        repository_def=scenario.definitions.get_repository_def(),
-        resources=scenario.definitions.resources,
-    )
-    requests = schedule.evaluate_tick(context).run_requests or []
+    requests = _schedule_tick(schedule, scenario.definitions, scenario.instance).run_requests or []
     methods = [*BUILTIN_METHODS, scenario.checkpoint_method]
     assert sorted(split_evaluation_partition(r.partition_key or "") for r in requests) == sorted(
         (method, bench) for method in methods for bench in DEMO_BENCHES
@@ -448,27 +456,12 @@ def test_schedule_skips_without_methods(tmp_path: Path) -> None:
     with dg.instance_for_test() as instance:
         # Resolved inside: Dagster resolves definitions against the current instance.
         schedule = definitions.resolve_schedule_def(NIGHTLY_SCHEDULE)
-        repository = definitions.get_repository_def()
-        tick = schedule.evaluate_tick(
-            dg.build_schedule_context(
-                instance=instance,
-                scheduled_execution_time=NIGHT,
-                repository_def=repository,
-                resources=definitions.resources,
-            )
-        )
+        tick = _schedule_tick(schedule, definitions, instance)
         assert not tick.run_requests
         assert tick.skip_message
         assert ensure_builtin_methods(instance) == list(BUILTIN_METHODS)
         assert ensure_builtin_methods(instance) == []
-        tick = schedule.evaluate_tick(
-            dg.build_schedule_context(
-                instance=instance,
-                scheduled_execution_time=NIGHT,
-                repository_def=repository,
-                resources=definitions.resources,
-            )
-        )
+        tick = _schedule_tick(schedule, definitions, instance)
         assert len(tick.run_requests or []) == len(BUILTIN_METHODS) * len(DEMO_BENCHES)
 
 
@@ -499,13 +492,8 @@ def test_the_full_profile_reports_unconfigured_sets_as_not_available(tmp_path: P
     with dg.instance_for_test() as instance:
         result = dg.materialize([definitions.resolve_assets_def("bench_sets")], instance=instance)
         ensure_builtin_methods(instance)
-        tick = definitions.resolve_schedule_def(NIGHTLY_SCHEDULE).evaluate_tick(
-            dg.build_schedule_context(
-                instance=instance,
-                scheduled_execution_time=NIGHT,
-                repository_def=definitions.get_repository_def(),
-                resources=definitions.resources,
-            )
+        tick = _schedule_tick(
+            definitions.resolve_schedule_def(NIGHTLY_SCHEDULE), definitions, instance
         )
         assert result.success
         metadata = _metadata(result, "bench_sets")
@@ -593,14 +581,13 @@ def _add_methods_from_sensor(
 ) -> list[str]:
     """One tick of the checkpoint sensor, its partition requests applied; the keys added."""
     sensor = definitions.resolve_sensor_def(CHECKPOINT_SENSOR)
-    tick = sensor.evaluate_tick(
-        dg.build_sensor_context(
-            instance=instance,
-            instance_ref=instance.get_ref(),
-            resources=definitions.resources,
-            definitions=definitions,
-        )
-    )
+    with dg.build_sensor_context(
+        instance=instance,
+        instance_ref=instance.get_ref(),
+        resources=definitions.resources,
+        definitions=definitions,
+    ) as context:
+        tick = sensor.evaluate_tick(context)
     _apply_partition_requests(instance, tick)
     return [key for r in tick.dynamic_partitions_requests for key in r.partition_keys]
 
@@ -671,14 +658,13 @@ def test_the_sensor_evaluates_final_checkpoints_and_skips_scored_benches(tmp_pat
             sensors=built.sensors,
             resources={"store": ObjectStoreResource.from_settings(settings), **built.resources},
         )
-        return definitions.resolve_sensor_def(CHECKPOINT_SENSOR).evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance,
-                instance_ref=instance.get_ref(),
-                resources=definitions.resources,
-                definitions=definitions,
-            )
-        )
+        with dg.build_sensor_context(
+            instance=instance,
+            instance_ref=instance.get_ref(),
+            resources=definitions.resources,
+            definitions=definitions,
+        ) as context:
+            return definitions.resolve_sensor_def(CHECKPOINT_SENSOR).evaluate_tick(context)
 
     default = evaluation_resource(settings)
     with dg.instance_for_test() as instance:

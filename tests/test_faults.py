@@ -985,7 +985,8 @@ def test_a_run_whose_worker_was_killed_is_marked_failed(tmp_path: Path) -> None:
             )
             runs[name] = run.run_id
         sensor = build_dead_run_worker_sensor()
-        result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        with dg.build_sensor_context(instance=instance) as context:
+            result = sensor.evaluate_tick(context)
         assert result.skip_message == f"marked 1 run(s) failed: {runs['killed']}"
         killed = instance.get_run_by_id(runs["killed"])
         alive = instance.get_run_by_id(runs["alive"])
@@ -993,7 +994,8 @@ def test_a_run_whose_worker_was_killed_is_marked_failed(tmp_path: Path) -> None:
         assert killed.status == dg.DagsterRunStatus.FAILURE
         assert alive is not None
         assert alive.status == dg.DagsterRunStatus.STARTED
-        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        with dg.build_sensor_context(instance=instance) as context:
+            again = sensor.evaluate_tick(context)
         assert again.skip_message == "every started run has a live worker"
 
 
