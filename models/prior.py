@@ -600,6 +600,57 @@ def _load_parent_weights(transformer: torch.nn.Module, parent_dir: Path) -> None
     transformer.load_state_dict(loaded.state_dict())
 
 
+def _ship_prior(
+    config: PriorConfig,
+    out: Path,
+    parts: PriorParts,
+    photos: PriorPhotos,
+    *,
+    command: str,
+    parent_record: dict[str, Any] | None,
+    log: list[dict[str, Any]],
+    elapsed: float,
+    print_fn: Callable[[str], None],
+) -> dict[str, Any]:
+    """Save the trained prior as bf16 ``save_pretrained`` weights, measure the saved copy
+    (from noise and from the reference) and write its record; the record."""
+    transformer = parts.transformer.eval().to(torch.bfloat16)
+    transformer.save_pretrained(str(out / TRANSFORMER_DIR), safe_serialization=True)
+    shipped = type(transformer).from_pretrained(
+        str(out / TRANSFORMER_DIR), torch_dtype=torch.float32, local_files_only=True
+    )
+    quality = measure_prior(
+        shipped, parts.text_encoder, photos.evaluation * 1.0, variant_name=config.variant
+    )
+    quality_reference_start = measure_prior(
+        shipped,
+        parts.text_encoder,
+        photos.evaluation * 1.0,
+        variant_name=config.variant,
+        flow_start="reference",
+    )
+    files = weight_files(out)
+    record = _prior_record(
+        config,
+        command=command,
+        photos=photos,
+        quality={"psnr": quality, "psnr_reference_start": quality_reference_start},
+        parent_record=parent_record,
+        log=log,
+        parameters=sum(p.numel() for p in transformer.parameters()),
+        elapsed=elapsed,
+        files=files,
+    )
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print_fn(
+        f"prior written to {out}: sha256 {record['sha256'][:16]}..., noise start: "
+        + ", ".join(f"{name} {value:.2f} dB" for name, value in quality.items())
+        + "; reference start: "
+        + ", ".join(f"{name} {value:.2f} dB" for name, value in quality_reference_start.items())
+    )
+    return record
+
+
 def train_prior(
     config: PriorConfig,
     out: Path,
@@ -665,41 +716,18 @@ def train_prior(
             print_fn(f"stopped after step {step}; the state is in {state_path}")
             return None
     elapsed = time.perf_counter() - started
-    transformer = parts.transformer.eval().to(torch.bfloat16)
-    transformer.save_pretrained(str(out / TRANSFORMER_DIR), safe_serialization=True)
-    shipped = type(transformer).from_pretrained(
-        str(out / TRANSFORMER_DIR), torch_dtype=torch.float32, local_files_only=True
-    )
-    quality = measure_prior(
-        shipped, parts.text_encoder, photos.evaluation * 1.0, variant_name=config.variant
-    )
-    quality_reference_start = measure_prior(
-        shipped,
-        parts.text_encoder,
-        photos.evaluation * 1.0,
-        variant_name=config.variant,
-        flow_start="reference",
-    )
-    files = weight_files(out)
-    record = _prior_record(
+    record = _ship_prior(
         config,
+        out,
+        parts,
+        photos,
         command=command,
-        photos=photos,
-        quality={"psnr": quality, "psnr_reference_start": quality_reference_start},
         parent_record=parent_record,
         log=log,
-        parameters=sum(p.numel() for p in transformer.parameters()),
         elapsed=elapsed,
-        files=files,
+        print_fn=print_fn,
     )
-    (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     state_path.unlink(missing_ok=True)
-    print_fn(
-        f"prior written to {out}: sha256 {record['sha256'][:16]}..., noise start: "
-        + ", ".join(f"{name} {value:.2f} dB" for name, value in quality.items())
-        + "; reference start: "
-        + ", ".join(f"{name} {value:.2f} dB" for name, value in quality_reference_start.items())
-    )
     return record
 
 

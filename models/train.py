@@ -1170,15 +1170,10 @@ def _end_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) -> TrainResult:
-    accelerator = parts.accelerator
-    config = parts.config
-    rank = accelerator.process_index
-    total = config.total_steps
-    stop = min(options.stop_at or total, total)
-    checkpointer = _Checkpointer(
-        out, accelerator, reporter, config.keep_checkpoints, options.store_url
-    )
+def _training_shards(
+    options: TrainOptions, accelerator: Any, out: Path, reporter: Reporter
+) -> dict[str, list[str]]:
+    """The shards by degradation folder, fetched first when they are remote (once per machine)."""
     with accelerator.local_main_process_first():
         from models.data import resolve_shard_source
 
@@ -1188,6 +1183,37 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
         f"training shards: {sum(len(v) for v in shards.values())} shards in {len(shards)} "
         f"degradation folders under {root}"
     )
+    return shards
+
+
+def _checkpoint(
+    options: TrainOptions,
+    parts: _Parts,
+    out: Path,
+    checkpointer: _Checkpointer,
+    consumed: ConsumptionLog,
+    position: DataPosition,
+    step: int,
+) -> None:
+    """Save step ``step``: this rank's noise and data position, what it consumed, the
+    model; then redraw the plots."""
+    rank_state = {"step": step, "rng": _rng_state(parts.noise), "data": position.state_dict()}
+    consumed.flush(step)
+    checkpointer.save(parts, step, rank_state)
+    if parts.accelerator.is_main_process and options.plots:
+        _plots(out, parts)
+
+
+def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) -> TrainResult:
+    accelerator = parts.accelerator
+    config = parts.config
+    rank = accelerator.process_index
+    total = config.total_steps
+    stop = min(options.stop_at or total, total)
+    checkpointer = _Checkpointer(
+        out, accelerator, reporter, config.keep_checkpoints, options.store_url
+    )
+    shards = _training_shards(options, accelerator, out, reporter)
 
     position = DataPosition(max(1, config.num_workers))
     start_step, data_seed, resume_from = _resume(options, parts, checkpointer, position, reporter)
@@ -1238,15 +1264,7 @@ def _run(options: TrainOptions, parts: _Parts, out: Path, reporter: Reporter) ->
             if step % config.log_every == 0 or step == stop:
                 reporter.metrics(record)
         if step % config.checkpoint_every == 0 or step == stop:
-            rank_state = {
-                "step": step,
-                "rng": _rng_state(parts.noise),
-                "data": position.state_dict(),
-            }
-            consumed.flush(step)
-            checkpointer.save(parts, step, rank_state)
-            if accelerator.is_main_process and options.plots:
-                _plots(out, parts)
+            _checkpoint(options, parts, out, checkpointer, consumed, position, step)
         if step >= stop:
             break
 

@@ -572,6 +572,48 @@ def _restore(restorer: Restorer, file_name: str, lq: np.ndarray, prompt: str, la
     return restorer.restore(lq, prompt, label), []
 
 
+def _restore_and_log(
+    restorer: Restorer,
+    bench_set: BenchSet,
+    record: BenchRecord,
+    target: Path,
+    prompt_kind: PromptKind,
+    log: Path,
+    strict: bool,
+) -> str | None:
+    """Restore one record and append its runtime line; the failure reason, or ``None``
+    when the output was written (``strict`` raises the failure instead)."""
+    entry: dict[str, Any] = {
+        "id": record.id,
+        "file": record.output_name,
+        "restorer": restorer.name,
+        "version": restorer.version,
+        "prompt_kind": prompt_kind,
+        "deg_type": record.deg_type,
+    }
+    try:
+        result, steps, seconds = _restore_record(
+            restorer, bench_set, record, target / record.output_name, prompt_kind
+        )
+    except Exception as error:
+        if strict:
+            raise
+        reason = f"{type(error).__name__}: {error}"
+        append_jsonl(log, {**entry, "status": "failed", "reason": reason})
+        return reason
+    append_jsonl(
+        log,
+        {
+            **entry,
+            "status": "ok",
+            "seconds": seconds,
+            "output_size": [int(result.shape[0]), int(result.shape[1])],
+            "steps": [asdict(step) for step in steps],
+        },
+    )
+    return None
+
+
 def run_restorer(
     restorer: Restorer,
     bench: BenchSet | Path,
@@ -612,36 +654,11 @@ def run_restorer(
     failed: list[tuple[str, str]] = []
     started_run = time.perf_counter()
     for record in pending:
-        entry: dict[str, Any] = {
-            "id": record.id,
-            "file": record.output_name,
-            "restorer": restorer.name,
-            "version": restorer.version,
-            "prompt_kind": prompt_kind,
-            "deg_type": record.deg_type,
-        }
-        try:
-            result, steps, seconds = _restore_record(
-                restorer, bench_set, record, target / record.output_name, prompt_kind
-            )
-        except Exception as error:
-            if strict:
-                raise
-            reason = f"{type(error).__name__}: {error}"
+        reason = _restore_and_log(restorer, bench_set, record, target, prompt_kind, log, strict)
+        if reason is None:
+            written += 1
+        else:
             failed.append((record.id, reason))
-            append_jsonl(log, {**entry, "status": "failed", "reason": reason})
-            continue
-        written += 1
-        append_jsonl(
-            log,
-            {
-                **entry,
-                "status": "ok",
-                "seconds": seconds,
-                "output_size": [int(result.shape[0]), int(result.shape[1])],
-                "steps": [asdict(step) for step in steps],
-            },
-        )
     return RunSummary(
         restorer=restorer.name,
         version=restorer.version,
