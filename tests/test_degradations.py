@@ -9,6 +9,7 @@ channel, JPEG leaves 8x8 blocks, ...).
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import os
@@ -37,8 +38,10 @@ from cotir_pipeline.degradations import (
     underwater,
     watermark,
 )
-from cotir_pipeline.degradations._core import luminance, resize_image
-from cotir_pipeline.degradations.weather import rain_layer
+from cotir_pipeline.degradations._core import SEED_LIMIT, luminance, resize_image
+from cotir_pipeline.degradations.parameters import Bernoulli, Each, Either, Ratio, SeedDraw
+from cotir_pipeline.degradations.samplers import Choice, Fixed, IntRange, Uniform
+from cotir_pipeline.degradations.weather import UNDERWATER_BY_WATER, rain_layer
 from cotir_test_support import REPO_ROOT
 
 PHOTOS = ("astronaut", "chelsea", "coffee")
@@ -78,6 +81,58 @@ def run(name: str, image: np.ndarray, seed: int, **params: object) -> tuple[np.n
 
 
 # ------------------------------------------------------------------ contract
+
+
+def _could_draw(default: object, value: object) -> bool:
+    """Whether ``value`` (as the operator records it) can come from the declared draw."""
+    if isinstance(default, Uniform):
+        return default.low <= float(value) < default.high  # type: ignore[arg-type]
+    if isinstance(default, IntRange):
+        number = float(value)  # type: ignore[arg-type]
+        return number.is_integer() and default.low <= number <= default.high
+    if isinstance(default, Ratio):
+        return _could_draw(default.numerator, round(float(value) * default.divisor))  # type: ignore[arg-type]
+    if isinstance(default, Choice):
+        return value in default.options
+    if isinstance(default, Fixed):
+        return value == default.value
+    if isinstance(default, Bernoulli):
+        return isinstance(value, bool)
+    if isinstance(default, SeedDraw):
+        return isinstance(value, int) and 0 <= value < SEED_LIMIT
+    if isinstance(default, Each):
+        parts = list(value)  # type: ignore[call-overload]
+        return len(parts) == len(default.parts) and all(
+            _could_draw(part, item) for part, item in zip(default.parts, parts, strict=True)
+        )
+    if isinstance(default, Either):
+        return _could_draw(default.first, value) or _could_draw(default.second, value)
+    raise AssertionError(f"no support check for {default!r}")
+
+
+@pytest.mark.parametrize("name", [n for n in OPERATOR_NAMES if OPERATORS[n].params is not None])
+def test_defaults_are_drawn_from_the_operators_declaration(name: str) -> None:
+    """Each operator's table (OPERATORS[name].params) is where its default ranges live:
+    every declared parameter is a keyword of the operator, and over many seeds each one is
+    drawn, always from its declared default."""
+    spec = OPERATORS[name]
+    table = spec.params
+    assert table is not None
+    assert table.operator == name
+    keywords = set(inspect.signature(spec.func).parameters)
+    assert set(table.params) <= keywords
+    image = photo("coffee", 37, 53)
+    seen: set[str] = set()
+    for seed in range(48):
+        _, params = run(name, image, seed)
+        declared = dict(table.params)
+        if name == "underwater":  # attenuation and backscatter: per water type
+            declared |= dict(UNDERWATER_BY_WATER[params["water"]].params)
+        for key, value in params.items():
+            if key in declared:
+                seen.add(key)
+                assert _could_draw(declared[key].default, value), (name, key, value)
+    assert set(table.params) <= seen, f"{name}: never drawn: {set(table.params) - seen}"
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

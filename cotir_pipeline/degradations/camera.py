@@ -19,23 +19,39 @@ from PIL import Image
 from scipy import ndimage
 
 from cotir_pipeline.degradations._core import (
-    check_choice,
     check_image,
-    check_int,
-    check_range,
     convolve,
-    draw_seed,
     field_rng,
     finish,
     gaussian_kernel_1d,
     luminance,
-    need_rng,
     resize_image,
 )
+from cotir_pipeline.degradations.parameters import (
+    Among,
+    AsInt,
+    Bernoulli,
+    Flag,
+    OperatorParams,
+    Param,
+    SeedDraw,
+    WholeWithin,
+    Within,
+)
+from cotir_pipeline.degradations.samplers import Choice, Fixed, IntRange, Uniform
 
 Result = tuple[np.ndarray, dict[str, Any]]
 
 NOISE_KINDS = ("gaussian", "poisson")
+
+NOISE = OperatorParams(
+    "noise",
+    kind=Param(Choice(NOISE_KINDS), Among(NOISE_KINDS)),
+    sigma=Param(Uniform(10.0, 40.0), Within(0.0, 255.0)),
+    scale=Param(Uniform(1.0, 3.0), Within(0.0, 100.0)),
+    color=Param(Bernoulli(0.7), Flag()),
+    seed=Param(SeedDraw(), AsInt()),
+)
 
 
 def noise(
@@ -57,32 +73,19 @@ def noise(
     added to all three. Defaults: kind 50/50, sigma U[10, 40), scale U[1, 3),
     colour noise with probability 0.7.
     """
-    op = "noise"
     img = check_image(image)
-    if kind is None:
-        kind = str(need_rng(rng, op, "kind").choice(NOISE_KINDS))
-    check_choice(op, "kind", kind, NOISE_KINDS)
+    kind = str(NOISE.resolve(rng, "kind", kind))
     params: dict[str, Any] = {"kind": kind}
     if kind == "gaussian":
         if scale is not None:
             raise ValueError("noise: 'scale' applies to Poisson noise only")
-        if sigma is None:
-            sigma = float(need_rng(rng, op, "sigma").uniform(10.0, 40.0))
-        params["sigma"] = check_range(op, "sigma", sigma, 0.0, 255.0)
+        params["sigma"] = NOISE.resolve(rng, "sigma", sigma)
     else:
         if sigma is not None:
             raise ValueError("noise: 'sigma' applies to Gaussian noise only")
-        if scale is None:
-            scale = float(need_rng(rng, op, "scale").uniform(1.0, 3.0))
-        params["scale"] = check_range(op, "scale", scale, 0.0, 100.0)
-    if color is None:
-        color = bool(need_rng(rng, op, "color").random() < 0.7)
-    if not isinstance(color, bool | np.bool_):
-        raise TypeError(f"noise: color must be a bool, got {color!r}")
-    params["color"] = bool(color)
-    if seed is None:
-        seed = draw_seed(need_rng(rng, op, "seed"))
-    params["seed"] = int(seed)
+        params["scale"] = NOISE.resolve(rng, "scale", scale)
+    params["color"] = NOISE.resolve(rng, "color", color)
+    params["seed"] = NOISE.resolve(rng, "seed", seed)
 
     field = field_rng(params["seed"])
     height, width = img.shape[:2]
@@ -100,6 +103,9 @@ def noise(
     return finish(out), params
 
 
+JPEG = OperatorParams("jpeg", quality=Param(IntRange(10, 40), WholeWithin(1, 100)))
+
+
 def jpeg(
     image: np.ndarray,
     rng: np.random.Generator | None = None,
@@ -111,11 +117,8 @@ def jpeg(
     4:2:0 chroma subsampling (the libjpeg and OpenCV default), baseline, no
     optimisation pass. Default quality: integer U{10..40}.
     """
-    op = "jpeg"
     img = check_image(image)
-    if quality is None:
-        quality = int(need_rng(rng, op, "quality").integers(10, 41))
-    quality = check_int(op, "quality", quality, 1, 100)
+    quality = JPEG.resolve(rng, "quality", quality)
     pixels = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(
@@ -149,6 +152,14 @@ def motion_kernel_taps(radius: int, sigma: float, angle: float) -> dict[tuple[in
     return taps
 
 
+MOTION_BLUR = OperatorParams(
+    "motion_blur",
+    radius=Param(IntRange(6, 16), WholeWithin(1, 200)),
+    sigma=Param(Uniform(2.0, 6.0), Within(1e-3, 1e3)),
+    angle=Param(Uniform(-90.0, 90.0), Within(-360.0, 360.0)),
+)
+
+
 def motion_blur(
     image: np.ndarray,
     rng: np.random.Generator | None = None,
@@ -163,17 +174,10 @@ def motion_blur(
     :func:`motion_kernel_taps` and the border replicated. Defaults: radius
     U{6..16}, sigma U[2, 6), angle U[-90, 90) degrees.
     """
-    op = "motion_blur"
     img = check_image(image)
-    if radius is None:
-        radius = int(need_rng(rng, op, "radius").integers(6, 17))
-    radius = check_int(op, "radius", radius, 1, 200)
-    if sigma is None:
-        sigma = float(need_rng(rng, op, "sigma").uniform(2.0, 6.0))
-    sigma = check_range(op, "sigma", sigma, 1e-3, 1e3)
-    if angle is None:
-        angle = float(need_rng(rng, op, "angle").uniform(-90.0, 90.0))
-    angle = check_range(op, "angle", angle, -360.0, 360.0)
+    radius = MOTION_BLUR.resolve(rng, "radius", radius)
+    sigma = MOTION_BLUR.resolve(rng, "sigma", sigma)
+    angle = MOTION_BLUR.resolve(rng, "angle", angle)
 
     taps = motion_kernel_taps(int(radius), sigma, angle)
     pad = max(max(abs(dy), abs(dx)) for dy, dx in taps)
@@ -206,6 +210,13 @@ def disk_kernel(radius: float, alias_sigma: float) -> np.ndarray:
     return ndimage.correlate1d(disk, smooth, axis=1, mode="mirror")
 
 
+DEFOCUS_BLUR = OperatorParams(
+    "defocus_blur",
+    radius=Param(IntRange(2, 6), Within(0.5, 100.0)),
+    alias_sigma=Param(Uniform(0.1, 0.5), Within(0.0, 10.0)),
+)
+
+
 def defocus_blur(
     image: np.ndarray,
     rng: np.random.Generator | None = None,
@@ -217,14 +228,9 @@ def defocus_blur(
 
     Defaults: radius U{2..6} pixels, alias_sigma U[0.1, 0.5).
     """
-    op = "defocus_blur"
     img = check_image(image)
-    if radius is None:
-        radius = int(need_rng(rng, op, "radius").integers(2, 7))
-    radius = check_range(op, "radius", radius, 0.5, 100.0)
-    if alias_sigma is None:
-        alias_sigma = float(need_rng(rng, op, "alias_sigma").uniform(0.1, 0.5))
-    alias_sigma = check_range(op, "alias_sigma", alias_sigma, 0.0, 10.0)
+    radius = DEFOCUS_BLUR.resolve(rng, "radius", radius)
+    alias_sigma = DEFOCUS_BLUR.resolve(rng, "alias_sigma", alias_sigma)
     kernel = disk_kernel(radius, alias_sigma)
     out = convolve(img, kernel, mode="reflect")
     return finish(out), {"radius": radius, "alias_sigma": alias_sigma}
@@ -236,6 +242,13 @@ LOW_RESOLUTION_FACTORS = (0.5, 1.0 / 3.0, 0.25)
 def low_resolution_size(height: int, width: int, factor: float) -> tuple[int, int]:
     """Output size of a downscale by ``factor``: ceil like MATLAB's imresize, at least 1."""
     return max(1, math.ceil(height * factor - 1e-9)), max(1, math.ceil(width * factor - 1e-9))
+
+
+LOW_RESOLUTION = OperatorParams(
+    "low_resolution",
+    factor=Param(Choice(LOW_RESOLUTION_FACTORS), Within(1e-3, 1.0)),
+    restore_size=Param(Fixed(False), Flag()),
+)
 
 
 def low_resolution(
@@ -252,15 +265,9 @@ def low_resolution(
     image is bicubic-upscaled back to HxW, for pair formats that need aligned
     sizes. Defaults: factor one of 1/2, 1/3, 1/4; restore_size False.
     """
-    op = "low_resolution"
     img = check_image(image)
-    if factor is None:
-        factor = float(need_rng(rng, op, "factor").choice(LOW_RESOLUTION_FACTORS))
-    factor = check_range(op, "factor", factor, 1e-3, 1.0)
-    if restore_size is None:
-        restore_size = False
-    if not isinstance(restore_size, bool | np.bool_):
-        raise TypeError(f"low_resolution: restore_size must be a bool, got {restore_size!r}")
+    factor = LOW_RESOLUTION.resolve(rng, "factor", factor)
+    restore_size = LOW_RESOLUTION.resolve(rng, "restore_size", restore_size)
     height, width = img.shape[:2]
     small_h, small_w = low_resolution_size(height, width, factor)
     out = resize_image(img, small_h, small_w, method="bicubic")

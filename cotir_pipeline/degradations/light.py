@@ -14,21 +14,40 @@ import numpy as np
 from cotir_pipeline.degradations._core import (
     check_choice,
     check_image,
-    check_int,
     check_range,
-    draw_seed,
     field_rng,
     finish,
     guided_filter,
     linear_to_srgb,
     luminance,
-    need_rng,
     srgb_to_linear,
 )
+from cotir_pipeline.degradations.parameters import (
+    Among,
+    AsInt,
+    Each,
+    OperatorParams,
+    Param,
+    SeedDraw,
+    WholeWithin,
+    Within,
+)
+from cotir_pipeline.degradations.samplers import Choice, Fixed, IntRange, Uniform
 
 Result = tuple[np.ndarray, dict[str, Any]]
 
 LOW_LIGHT_MODES = ("shift", "gamma", "linear", "retinex")
+
+LOW_LIGHT = OperatorParams(
+    "low_light",
+    mode=Param(Choice(LOW_LIGHT_MODES), Among(LOW_LIGHT_MODES)),
+    shift=Param(IntRange(30, 49), Within(0.0, 255.0)),
+    gamma=Param(Uniform(0.5, 0.7), Within(0.05, 1.0)),
+    max_value=Param(IntRange(100, 149), Within(1.0, 255.0)),
+    exponent=Param(Uniform(2.0, 3.0), Within(1.0, 10.0)),
+    noise_sigma=Param(Uniform(0.03, 0.08), Within(0.0, 1.0)),
+    seed=Param(SeedDraw(), AsInt()),
+)
 
 
 def _scale_value_channel(img: np.ndarray, new_value: np.ndarray) -> np.ndarray:
@@ -74,11 +93,8 @@ def low_light(
       N(0, noise_sigma^2) per channel (exponent U(2, 3), noise_sigma U(0.03, 0.08)).
     Default: a mode uniformly, with the ranges above.
     """
-    op = "low_light"
     img = check_image(image)
-    if mode is None:
-        mode = str(need_rng(rng, op, "mode").choice(LOW_LIGHT_MODES))
-    check_choice(op, "mode", mode, LOW_LIGHT_MODES)
+    mode = str(LOW_LIGHT.resolve(rng, "mode", mode))
     given = {
         "shift": shift,
         "gamma": gamma,
@@ -98,19 +114,13 @@ def low_light(
     params: dict[str, Any] = {"mode": mode}
     value = img.max(axis=2)
     if mode == "shift":
-        if shift is None:
-            shift = int(need_rng(rng, op, "shift").integers(30, 50))
-        params["shift"] = check_range(op, "shift", shift, 0.0, 255.0)
+        params["shift"] = LOW_LIGHT.resolve(rng, "shift", shift)
         out = _scale_value_channel(img, np.maximum(value - params["shift"] / 255.0, 0.0))
     elif mode == "gamma":
-        if gamma is None:
-            gamma = float(need_rng(rng, op, "gamma").uniform(0.5, 0.7))
-        params["gamma"] = check_range(op, "gamma", gamma, 0.05, 1.0)
+        params["gamma"] = LOW_LIGHT.resolve(rng, "gamma", gamma)
         out = _scale_value_channel(img, value ** (1.0 / params["gamma"]))
     elif mode == "linear":
-        if max_value is None:
-            max_value = int(need_rng(rng, op, "max_value").integers(100, 150))
-        params["max_value"] = check_range(op, "max_value", max_value, 1.0, 255.0)
+        params["max_value"] = LOW_LIGHT.resolve(rng, "max_value", max_value)
         low, high = float(value.min()), float(value.max())
         top = params["max_value"] / 255.0
         # a flat image has no range to stretch: cap it at the new maximum instead
@@ -140,20 +150,16 @@ def _retinex_low_light(
 ) -> np.ndarray:
     """low_light's retinex mode: reflectance times illumination**exponent, plus Gaussian
     noise; draws the missing parameters in that order and records them in ``params``."""
-    op = "low_light"
-    if exponent is None:
-        exponent = float(need_rng(rng, op, "exponent").uniform(2.0, 3.0))
-    params["exponent"] = check_range(op, "exponent", exponent, 1.0, 10.0)
-    if noise_sigma is None:
-        noise_sigma = float(need_rng(rng, op, "noise_sigma").uniform(0.03, 0.08))
-    params["noise_sigma"] = check_range(op, "noise_sigma", noise_sigma, 0.0, 1.0)
-    if seed is None:
-        seed = draw_seed(need_rng(rng, op, "seed"))
-    params["seed"] = int(seed)
+    params["exponent"] = LOW_LIGHT.resolve(rng, "exponent", exponent)
+    params["noise_sigma"] = LOW_LIGHT.resolve(rng, "noise_sigma", noise_sigma)
+    params["seed"] = LOW_LIGHT.resolve(rng, "seed", seed)
     light = illumination_map(img)[..., None] + 1e-7
     reflectance = img / light
     out = reflectance * light ** params["exponent"]
     return out + field_rng(params["seed"]).standard_normal(img.shape) * params["noise_sigma"]
+
+
+OVER_EXPOSURE = OperatorParams("over_exposure", ev=Param(Uniform(1.0, 2.5), Within(0.0, 8.0)))
 
 
 def over_exposure(
@@ -166,11 +172,8 @@ def over_exposure(
 
     Default ev U[1.0, 2.5).
     """
-    op = "over_exposure"
     img = check_image(image)
-    if ev is None:
-        ev = float(need_rng(rng, op, "ev").uniform(1.0, 2.5))
-    ev = check_range(op, "ev", ev, 0.0, 8.0)
+    ev = OVER_EXPOSURE.resolve(rng, "ev", ev)
     out = linear_to_srgb(srgb_to_linear(img) * 2.0**ev)
     return finish(out), {"ev": ev}
 
@@ -205,6 +208,28 @@ def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
+def _check_tint(operator: str, name: str, value: Any) -> list[float]:
+    """Three channel gains in [0, 1]."""
+    if len(value) != 3:
+        raise ValueError(f"{operator}: {name} must have 3 values, got {value!r}")
+    return [check_range(operator, name, part, 0.0, 1.0) for part in value]
+
+
+FLARE = OperatorParams(
+    "flare",
+    x=Param(Uniform(-0.05, 1.05), Within(-1.0, 2.0)),
+    y=Param(Uniform(-0.05, 0.6), Within(-1.0, 2.0)),
+    intensity=Param(Uniform(0.6, 1.5), Within(0.0, 10.0)),
+    glow=Param(Uniform(0.04, 0.12), Within(1e-3, 2.0)),
+    tint=Param(Each((Fixed(1.0), Uniform(0.8, 0.95), Uniform(0.55, 0.85))), _check_tint),
+    streaks=Param(Choice((0, 4, 6, 8)), WholeWithin(0, 32)),
+    streak_angle=Param(Uniform(0.0, 180.0), Within(-360.0, 360.0)),
+    streak_length=Param(Uniform(0.1, 0.3), Within(1e-3, 2.0)),
+    ghosts=Param(IntRange(2, 6), WholeWithin(0, 16)),
+    seed=Param(SeedDraw(), AsInt()),
+)
+
+
 def flare(
     image: np.ndarray,
     rng: np.random.Generator | None = None,
@@ -231,43 +256,17 @@ def flare(
     U[-0.05, 1.05), y U[-0.05, 0.6), intensity U[0.6, 1.5), glow U[0.04, 0.12),
     warm tint, streaks one of 0, 4, 6, 8, streak_length U[0.1, 0.3), ghosts U{2..6}.
     """
-    op = "flare"
     img = check_image(image)
-
-    def draw(name: str) -> np.random.Generator:
-        return need_rng(rng, op, name)
-
-    if x is None:
-        x = float(draw("x").uniform(-0.05, 1.05))
-    if y is None:
-        y = float(draw("y").uniform(-0.05, 0.6))
-    x, y = check_range(op, "x", x, -1.0, 2.0), check_range(op, "y", y, -1.0, 2.0)
-    if intensity is None:
-        intensity = float(draw("intensity").uniform(0.6, 1.5))
-    intensity = check_range(op, "intensity", intensity, 0.0, 10.0)
-    if glow is None:
-        glow = float(draw("glow").uniform(0.04, 0.12))
-    glow = check_range(op, "glow", glow, 1e-3, 2.0)
-    if tint is None:
-        generator = draw("tint")
-        tint = [1.0, float(generator.uniform(0.8, 0.95)), float(generator.uniform(0.55, 0.85))]
-    if len(tint) != 3:
-        raise ValueError(f"flare: tint must have 3 values, got {tint!r}")
-    tint = [check_range(op, "tint", value, 0.0, 1.0) for value in tint]
-    if streaks is None:
-        streaks = int(draw("streaks").choice([0, 4, 6, 8]))
-    streaks = check_int(op, "streaks", streaks, 0, 32)
-    if streak_angle is None:
-        streak_angle = float(draw("streak_angle").uniform(0.0, 180.0))
-    streak_angle = check_range(op, "streak_angle", streak_angle, -360.0, 360.0)
-    if streak_length is None:
-        streak_length = float(draw("streak_length").uniform(0.1, 0.3))
-    streak_length = check_range(op, "streak_length", streak_length, 1e-3, 2.0)
-    if ghosts is None:
-        ghosts = int(draw("ghosts").integers(2, 7))
-    ghosts = check_int(op, "ghosts", ghosts, 0, 16)
-    if seed is None:
-        seed = draw_seed(draw("seed"))
+    x = FLARE.resolve(rng, "x", x)
+    y = FLARE.resolve(rng, "y", y)
+    intensity = FLARE.resolve(rng, "intensity", intensity)
+    glow = FLARE.resolve(rng, "glow", glow)
+    tint = FLARE.resolve(rng, "tint", tint)
+    streaks = FLARE.resolve(rng, "streaks", streaks)
+    streak_angle = FLARE.resolve(rng, "streak_angle", streak_angle)
+    streak_length = FLARE.resolve(rng, "streak_length", streak_length)
+    ghosts = FLARE.resolve(rng, "ghosts", ghosts)
+    seed = FLARE.resolve(rng, "seed", seed)
 
     height, width = img.shape[:2]
     src_x, src_y = x * (width - 1), y * (height - 1)

@@ -17,15 +17,35 @@ from typing import Any
 import numpy as np
 
 from cotir_pipeline.degradations.camera import (
+    DEFOCUS_BLUR,
+    JPEG,
+    LOW_RESOLUTION,
+    MOTION_BLUR,
+    NOISE,
     defocus_blur,
     jpeg,
     low_resolution,
     motion_blur,
     noise,
 )
-from cotir_pipeline.degradations.light import flare, lost_color, low_light, over_exposure
-from cotir_pipeline.degradations.overlay import watermark
+from cotir_pipeline.degradations.light import (
+    FLARE,
+    LOW_LIGHT,
+    OVER_EXPOSURE,
+    flare,
+    lost_color,
+    low_light,
+    over_exposure,
+)
+from cotir_pipeline.degradations.overlay import WATERMARK, watermark
+from cotir_pipeline.degradations.parameters import OperatorParams
 from cotir_pipeline.degradations.weather import (
+    HAZE,
+    NONHOMOGENEOUS_HAZE,
+    RAIN,
+    RAINDROP,
+    SNOW,
+    UNDERWATER,
     haze,
     nonhomogeneous_haze,
     rain,
@@ -45,11 +65,13 @@ class OperatorSpec:
     ``degradation`` is the :class:`~cotir_pipeline.tasks.Degradation` it
     synthesises (labels are built from it), ``uses_depth`` says it takes a
     ``depth=`` map, and ``random`` says its output depends on the drawn seed.
+    ``params`` is its parameter table: each parameter's default draw and limits.
     """
 
     name: str
     degradation: Degradation
     func: OperatorFunc
+    params: OperatorParams | None = None
     uses_depth: bool = False
     random: bool = True
 
@@ -66,31 +88,43 @@ class OperatorSpec:
 
 
 def _spec(
-    func: OperatorFunc, degradation: Degradation, *, uses_depth: bool = False, random: bool = True
+    func: OperatorFunc,
+    degradation: Degradation,
+    params: OperatorParams | None,
+    *,
+    uses_depth: bool = False,
+    random: bool = True,
 ) -> OperatorSpec:
-    return OperatorSpec(func.__name__, degradation, func, uses_depth=uses_depth, random=random)
+    return OperatorSpec(
+        func.__name__, degradation, func, params, uses_depth=uses_depth, random=random
+    )
 
 
 OPERATORS: Mapping[str, OperatorSpec] = MappingProxyType(
     {
         spec.name: spec
         for spec in (
-            _spec(noise, Degradation.NOISE),
-            _spec(jpeg, Degradation.JPEG),
-            _spec(motion_blur, Degradation.MOTION_BLUR),
-            _spec(defocus_blur, Degradation.DEFOCUS_BLUR),
-            _spec(low_resolution, Degradation.LOW_RESOLUTION),
-            _spec(low_light, Degradation.LOW_LIGHT),
-            _spec(over_exposure, Degradation.OVER_EXPOSURE),
-            _spec(lost_color, Degradation.LOST_COLOR, random=False),
-            _spec(flare, Degradation.FLARE),
-            _spec(haze, Degradation.HAZE, uses_depth=True),
-            _spec(nonhomogeneous_haze, Degradation.NONHOMOGENEOUS_HAZE, uses_depth=True),
-            _spec(rain, Degradation.RAIN),
-            _spec(snow, Degradation.SNOW),
-            _spec(raindrop, Degradation.RAINDROP),
-            _spec(underwater, Degradation.UNDERWATER, uses_depth=True),
-            _spec(watermark, Degradation.WATERMARK),
+            _spec(noise, Degradation.NOISE, NOISE),
+            _spec(jpeg, Degradation.JPEG, JPEG),
+            _spec(motion_blur, Degradation.MOTION_BLUR, MOTION_BLUR),
+            _spec(defocus_blur, Degradation.DEFOCUS_BLUR, DEFOCUS_BLUR),
+            _spec(low_resolution, Degradation.LOW_RESOLUTION, LOW_RESOLUTION),
+            _spec(low_light, Degradation.LOW_LIGHT, LOW_LIGHT),
+            _spec(over_exposure, Degradation.OVER_EXPOSURE, OVER_EXPOSURE),
+            _spec(lost_color, Degradation.LOST_COLOR, None, random=False),
+            _spec(flare, Degradation.FLARE, FLARE),
+            _spec(haze, Degradation.HAZE, HAZE, uses_depth=True),
+            _spec(
+                nonhomogeneous_haze,
+                Degradation.NONHOMOGENEOUS_HAZE,
+                NONHOMOGENEOUS_HAZE,
+                uses_depth=True,
+            ),
+            _spec(rain, Degradation.RAIN, RAIN),
+            _spec(snow, Degradation.SNOW, SNOW),
+            _spec(raindrop, Degradation.RAINDROP, RAINDROP),
+            _spec(underwater, Degradation.UNDERWATER, UNDERWATER, uses_depth=True),
+            _spec(watermark, Degradation.WATERMARK, WATERMARK),
         )
     }
 )

@@ -12,10 +12,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cotir_pipeline.degradations._core import (
     check_image,
-    check_range,
     finish,
-    need_rng,
 )
+from cotir_pipeline.degradations.parameters import (
+    Bernoulli,
+    Either,
+    Flag,
+    OperatorParams,
+    Param,
+    Within,
+)
+from cotir_pipeline.degradations.samplers import Choice, Fixed, Uniform
 
 Result = tuple[np.ndarray, dict[str, Any]]
 
@@ -59,6 +66,26 @@ def _paste_max(target: np.ndarray, mask: np.ndarray, centre_y: float, centre_x: 
     np.maximum(target[t0:t1, l0:l1], region, out=target[t0:t1, l0:l1])
 
 
+def _check_text(operator: str, name: str, value: Any) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{operator}: {name} must be a non-empty string, got {value!r}")
+    return value
+
+
+WATERMARK = OperatorParams(
+    "watermark",
+    text=Param(Choice(WATERMARK_TEXTS), _check_text),
+    size=Param(Uniform(0.06, 0.14), Within(1e-3, 1.0)),
+    opacity=Param(Uniform(0.3, 0.7), Within(0.0, 1.0)),
+    angle=Param(Uniform(-45.0, 45.0), Within(-360.0, 360.0)),
+    x=Param(Uniform(0.25, 0.75), Within(-1.0, 2.0)),
+    y=Param(Uniform(0.2, 0.8), Within(-1.0, 2.0)),
+    gray=Param(Either(0.7, Fixed(1.0), Uniform(0.0, 0.3)), Within(0.0, 1.0)),
+    tiled=Param(Bernoulli(0.3), Flag()),
+)
+
+
 def watermark(
     image: np.ndarray,
     rng: np.random.Generator | None = None,
@@ -82,38 +109,15 @@ def watermark(
     U[-45, 45), x U[0.25, 0.75), y U[0.2, 0.8), gray 1.0 (white, 70%) or U[0, 0.3)
     (dark), tiled with probability 0.3.
     """
-    op = "watermark"
     img = check_image(image)
-
-    def draw(name: str) -> np.random.Generator:
-        return need_rng(rng, op, name)
-
-    if text is None:
-        text = str(draw("text").choice(WATERMARK_TEXTS))
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"watermark: text must be a non-empty string, got {text!r}")
-    if size is None:
-        size = float(draw("size").uniform(0.06, 0.14))
-    size = check_range(op, "size", size, 1e-3, 1.0)
-    if opacity is None:
-        opacity = float(draw("opacity").uniform(0.3, 0.7))
-    opacity = check_range(op, "opacity", opacity, 0.0, 1.0)
-    if angle is None:
-        angle = float(draw("angle").uniform(-45.0, 45.0))
-    angle = check_range(op, "angle", angle, -360.0, 360.0)
-    if x is None:
-        x = float(draw("x").uniform(0.25, 0.75))
-    if y is None:
-        y = float(draw("y").uniform(0.2, 0.8))
-    x, y = check_range(op, "x", x, -1.0, 2.0), check_range(op, "y", y, -1.0, 2.0)
-    if gray is None:
-        generator = draw("gray")
-        gray = 1.0 if generator.random() < 0.7 else float(generator.uniform(0.0, 0.3))
-    gray = check_range(op, "gray", gray, 0.0, 1.0)
-    if tiled is None:
-        tiled = bool(draw("tiled").random() < 0.3)
-    if not isinstance(tiled, bool | np.bool_):
-        raise TypeError(f"watermark: tiled must be a bool, got {tiled!r}")
+    text = WATERMARK.resolve(rng, "text", text)
+    size = WATERMARK.resolve(rng, "size", size)
+    opacity = WATERMARK.resolve(rng, "opacity", opacity)
+    angle = WATERMARK.resolve(rng, "angle", angle)
+    x = WATERMARK.resolve(rng, "x", x)
+    y = WATERMARK.resolve(rng, "y", y)
+    gray = WATERMARK.resolve(rng, "gray", gray)
+    tiled = WATERMARK.resolve(rng, "tiled", tiled)
 
     coverage = _watermark_coverage(img.shape[:2], text, size, angle, x, y, bool(tiled))
     alpha = (opacity * coverage)[..., None]

@@ -23,8 +23,14 @@ from typing import Any
 import numpy as np
 
 from cotir_pipeline.degradations._core import check_image, quantize_8bit
-from cotir_pipeline.degradations.camera import DEFOCUS_SEVERITIES, MOTION_SEVERITIES
+from cotir_pipeline.degradations.camera import (
+    DEFOCUS_SEVERITIES,
+    MOTION_BLUR,
+    MOTION_SEVERITIES,
+    NOISE,
+)
 from cotir_pipeline.degradations.depth import depth_proxy
+from cotir_pipeline.degradations.light import LOW_LIGHT
 from cotir_pipeline.degradations.operators import OPERATORS, get_operator
 from cotir_pipeline.degradations.samplers import (
     DEFAULTS,
@@ -35,6 +41,7 @@ from cotir_pipeline.degradations.samplers import (
     Sampler,
     Uniform,
 )
+from cotir_pipeline.degradations.weather import HAZE, RAIN, SNOW
 from cotir_pipeline.tasks import Degradation, composite_name
 
 AppliedStep = dict[str, Any]
@@ -206,27 +213,30 @@ def replay(
 # --------------------------------------------------------------------------------------------
 # AgenticIR evaluation set (the CoTIR paper and its public release)
 
-#: Operator samplers with the AgenticIR parameters.
+#: Operator samplers with the AgenticIR parameters. Where a range is the operator's own
+#: default it is read from the operator's declaration; the rest are AgenticIR's.
+_RAIN_STREAKS = {name: RAIN.default(name) for name in ("threshold", "length", "angle", "width")}
+
 AGENTICIR_SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
     {
         "noise": OneOf(
             (
                 Params.of(kind="gaussian", sigma=Uniform(20.0, 50.0), color=True),
-                Params.of(kind="poisson", scale=Uniform(1.0, 3.0), color=True),
+                Params.of(kind="poisson", scale=NOISE.default("scale"), color=True),
             )
         ),
         "jpeg": Params.of(quality=IntRange(10, 29)),
         "low_light": OneOf(
             (
-                Params.of(mode="shift", shift=IntRange(30, 49)),
-                Params.of(mode="gamma", gamma=Uniform(0.5, 0.7)),
-                Params.of(mode="linear", max_value=IntRange(100, 149)),
+                Params.of(mode="shift", shift=LOW_LIGHT.default("shift")),
+                Params.of(mode="gamma", gamma=LOW_LIGHT.default("gamma")),
+                Params.of(mode="linear", max_value=LOW_LIGHT.default("max_value")),
             )
         ),
-        "haze": Params.of(airlight=Uniform(0.7, 1.0), beta=Uniform(0.6, 1.8)),
+        "haze": Params.of(airlight=HAZE.default("airlight"), beta=HAZE.default("beta")),
         "motion_blur": OneOf(
             tuple(
-                Params.of(radius=radius, sigma=sigma, angle=Uniform(-90.0, 90.0))
+                Params.of(radius=radius, sigma=sigma, angle=MOTION_BLUR.default("angle"))
                 for radius, sigma in MOTION_SEVERITIES
             )
         ),
@@ -236,13 +246,7 @@ AGENTICIR_SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
                 for radius, alias in DEFOCUS_SEVERITIES
             )
         ),
-        "rain": Params.of(
-            threshold=Choice(tuple(value / 100 for value in range(50, 100))),
-            length=IntRange(20, 39),
-            angle=IntRange(-30, 29),
-            width=3,
-            intensity=1.0,
-        ),
+        "rain": Params.of(**_RAIN_STREAKS, intensity=RAIN.default("intensity")),
         "low_resolution": Params.of(factor=0.25, restore_size=False),
     }
 )
@@ -355,19 +359,18 @@ def agenticir_plan(n_clean: int = 100, seed: int = 0) -> list[PlannedSample]:
 CDD11_SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
     {
         "low_light": Params.of(
-            mode="retinex", exponent=Uniform(2.0, 3.0), noise_sigma=Uniform(0.03, 0.08)
+            mode="retinex",
+            exponent=LOW_LIGHT.default("exponent"),
+            noise_sigma=LOW_LIGHT.default("noise_sigma"),
         ),
         # Reconstruction: CDD-11 adds rain masks from a streak dataset; we synthesise them.
-        "rain": Params.of(
-            threshold=Choice(tuple(value / 100 for value in range(50, 100))),
-            length=IntRange(20, 39),
-            angle=IntRange(-30, 29),
-            width=3,
-            intensity=Uniform(0.6, 1.0),
-        ),
+        "rain": Params.of(**_RAIN_STREAKS, intensity=Uniform(0.6, 1.0)),
         # Reconstruction: synthetic flake masks, blended as m + x (1 - m) (CDD-11's blend).
         "snow": Params.of(
-            density=Uniform(0.4, 1.2), flake_size=Uniform(3.0, 6.0), brightness=1.0, veil=0.0
+            density=SNOW.default("density"),
+            flake_size=SNOW.default("flake_size"),
+            brightness=1.0,
+            veil=0.0,
         ),
         "haze": Params.of(
             beta=Uniform(1.0, 2.0), airlight=Uniform(0.6, 0.9), depth_blur=22, depth_cap=0.7

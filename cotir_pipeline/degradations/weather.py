@@ -21,18 +21,28 @@ from cotir_pipeline.degradations._core import (
     check_int,
     check_range,
     convolve,
-    draw_seed,
     field_rng,
     finish,
     gaussian_blur,
     gaussian_kernel_1d,
     linear_to_srgb,
-    need_rng,
     opencv_gaussian_sigma,
     smooth_field,
     srgb_to_linear,
 )
 from cotir_pipeline.degradations.depth import depth_proxy, normalize_depth
+from cotir_pipeline.degradations.parameters import (
+    Among,
+    AsInt,
+    Each,
+    OperatorParams,
+    Param,
+    Ratio,
+    SeedDraw,
+    WholeWithin,
+    Within,
+)
+from cotir_pipeline.degradations.samplers import Choice, Fixed, IntRange, Uniform
 
 Result = tuple[np.ndarray, dict[str, Any]]
 
@@ -51,6 +61,13 @@ def _distance(
             raise ValueError(f"{op}: depth_source is 'given' but no depth map was passed")
         return depth_proxy(img), "proxy"
     return normalize_depth(depth, height, width), depth_source or "given"
+
+
+HAZE = OperatorParams(
+    "haze",
+    beta=Param(Uniform(0.6, 1.8), Within(0.0, 20.0)),
+    airlight=Param(Uniform(0.7, 1.0), Within(0.0, 1.0)),
+)
 
 
 def haze(
@@ -74,12 +91,8 @@ def haze(
     """
     op = "haze"
     img = check_image(image)
-    if beta is None:
-        beta = float(need_rng(rng, op, "beta").uniform(0.6, 1.8))
-    beta = check_range(op, "beta", beta, 0.0, 20.0)
-    if airlight is None:
-        airlight = float(need_rng(rng, op, "airlight").uniform(0.7, 1.0))
-    airlight = check_range(op, "airlight", airlight, 0.0, 1.0)
+    beta = HAZE.resolve(rng, "beta", beta)
+    airlight = HAZE.resolve(rng, "airlight", airlight)
     depth_blur = check_int(op, "depth_blur", depth_blur, 0, 1000)
     if depth_cap is not None:
         depth_cap = check_range(op, "depth_cap", depth_cap, 0.0, 1.0)
@@ -98,6 +111,16 @@ def haze(
         "depth_cap": depth_cap,
     }
     return finish(out), params
+
+
+NONHOMOGENEOUS_HAZE = OperatorParams(
+    "nonhomogeneous_haze",
+    beta=Param(Uniform(1.0, 2.5), Within(0.0, 20.0)),
+    airlight=Param(Uniform(0.7, 1.0), Within(0.0, 1.0)),
+    patchiness=Param(Uniform(0.5, 0.9), Within(0.0, 1.0)),
+    cells=Param(IntRange(3, 6), WholeWithin(2, 64)),
+    seed=Param(SeedDraw(), AsInt()),
+)
 
 
 def nonhomogeneous_haze(
@@ -121,20 +144,11 @@ def nonhomogeneous_haze(
     """
     op = "nonhomogeneous_haze"
     img = check_image(image)
-    if beta is None:
-        beta = float(need_rng(rng, op, "beta").uniform(1.0, 2.5))
-    beta = check_range(op, "beta", beta, 0.0, 20.0)
-    if airlight is None:
-        airlight = float(need_rng(rng, op, "airlight").uniform(0.7, 1.0))
-    airlight = check_range(op, "airlight", airlight, 0.0, 1.0)
-    if patchiness is None:
-        patchiness = float(need_rng(rng, op, "patchiness").uniform(0.5, 0.9))
-    patchiness = check_range(op, "patchiness", patchiness, 0.0, 1.0)
-    if cells is None:
-        cells = int(need_rng(rng, op, "cells").integers(3, 7))
-    cells = check_int(op, "cells", cells, 2, 64)
-    if seed is None:
-        seed = draw_seed(need_rng(rng, op, "seed"))
+    beta = NONHOMOGENEOUS_HAZE.resolve(rng, "beta", beta)
+    airlight = NONHOMOGENEOUS_HAZE.resolve(rng, "airlight", airlight)
+    patchiness = NONHOMOGENEOUS_HAZE.resolve(rng, "patchiness", patchiness)
+    cells = NONHOMOGENEOUS_HAZE.resolve(rng, "cells", cells)
+    seed = NONHOMOGENEOUS_HAZE.resolve(rng, "seed", seed)
     distance, source = _distance(op, img, depth, depth_source)
     height, width = img.shape[:2]
     field = smooth_field(field_rng(int(seed)), height, width, int(cells))
@@ -212,6 +226,17 @@ def rain_layer(
     return (streaks - low) / (high - low)
 
 
+RAIN = OperatorParams(
+    "rain",
+    threshold=Param(Ratio(IntRange(50, 99), 100.0), Within(0.0, 256.0)),
+    length=Param(IntRange(20, 39), WholeWithin(2, 99)),
+    angle=Param(IntRange(-30, 29), Within(-90.0, 90.0)),
+    width=Param(Fixed(3), WholeWithin(1, 15)),
+    intensity=Param(Fixed(1.0), Within(0.0, 2.0)),
+    seed=Param(SeedDraw(), AsInt()),
+)
+
+
 def rain(
     image: np.ndarray,
     rng: np.random.Generator | None = None,
@@ -232,27 +257,15 @@ def rain(
     Defaults (AgenticIR / MiOIR): threshold U{50..99}/100, length U{20..39},
     angle U{-30..29} degrees, width 3, intensity 1.
     """
-    op = "rain"
     img = check_image(image)
-    if threshold is None:
-        threshold = int(need_rng(rng, op, "threshold").integers(50, 100)) / 100.0
-    threshold = check_range(op, "threshold", threshold, 0.0, 256.0)
-    if length is None:
-        length = int(need_rng(rng, op, "length").integers(20, 40))
-    length = check_int(op, "length", length, 2, 99)
-    if angle is None:
-        angle = int(need_rng(rng, op, "angle").integers(-30, 30))
-    angle = check_range(op, "angle", angle, -90.0, 90.0)
-    if width is None:
-        width = 3
-    width = check_int(op, "width", width, 1, 15)
+    threshold = RAIN.resolve(rng, "threshold", threshold)
+    length = RAIN.resolve(rng, "length", length)
+    angle = RAIN.resolve(rng, "angle", angle)
+    width = RAIN.resolve(rng, "width", width)
     if width % 2 == 0:
         raise ValueError(f"rain: width must be odd (a centred Gaussian), got {width}")
-    if intensity is None:
-        intensity = 1.0
-    intensity = check_range(op, "intensity", intensity, 0.0, 2.0)
-    if seed is None:
-        seed = draw_seed(need_rng(rng, op, "seed"))
+    intensity = RAIN.resolve(rng, "intensity", intensity)
+    seed = RAIN.resolve(rng, "seed", seed)
     height, img_width = img.shape[:2]
     layer = rain_layer(
         height,
@@ -287,6 +300,16 @@ def _gaussian_peak(sigma: float) -> float:
     return float((1.0 / taps.sum()) ** 2)
 
 
+SNOW = OperatorParams(
+    "snow",
+    density=Param(Uniform(0.4, 1.2), Within(0.0, 50.0)),
+    flake_size=Param(Uniform(3.0, 6.0), Within(0.1, 100.0)),
+    brightness=Param(Uniform(0.85, 1.0), Within(0.0, 1.0)),
+    veil=Param(Uniform(0.0, 0.15), Within(0.0, 1.0)),
+    seed=Param(SeedDraw(), AsInt()),
+)
+
+
 def snow(
     image: np.ndarray,
     rng: np.random.Generator | None = None,
@@ -307,22 +330,12 @@ def snow(
     then a uniform veil: out (1 - veil) + brightness * veil. Defaults: density
     U[0.4, 1.2), flake_size U[3, 6) px, brightness U[0.85, 1.0), veil U[0, 0.15).
     """
-    op = "snow"
     img = check_image(image)
-    if density is None:
-        density = float(need_rng(rng, op, "density").uniform(0.4, 1.2))
-    density = check_range(op, "density", density, 0.0, 50.0)
-    if flake_size is None:
-        flake_size = float(need_rng(rng, op, "flake_size").uniform(3.0, 6.0))
-    flake_size = check_range(op, "flake_size", flake_size, 0.1, 100.0)
-    if brightness is None:
-        brightness = float(need_rng(rng, op, "brightness").uniform(0.85, 1.0))
-    brightness = check_range(op, "brightness", brightness, 0.0, 1.0)
-    if veil is None:
-        veil = float(need_rng(rng, op, "veil").uniform(0.0, 0.15))
-    veil = check_range(op, "veil", veil, 0.0, 1.0)
-    if seed is None:
-        seed = draw_seed(need_rng(rng, op, "seed"))
+    density = SNOW.resolve(rng, "density", density)
+    flake_size = SNOW.resolve(rng, "flake_size", flake_size)
+    brightness = SNOW.resolve(rng, "brightness", brightness)
+    veil = SNOW.resolve(rng, "veil", veil)
+    seed = SNOW.resolve(rng, "seed", seed)
 
     height, width = img.shape[:2]
     field = field_rng(int(seed))
@@ -353,6 +366,16 @@ def snow(
     return finish(out), params
 
 
+RAINDROP = OperatorParams(
+    "raindrop",
+    count=Param(IntRange(10, 40), WholeWithin(0, 1000)),
+    radius=Param(Uniform(0.03, 0.08), Within(1e-3, 0.5)),
+    blur=Param(Uniform(1.5, 4.0), Within(0.0, 50.0)),
+    magnification=Param(Uniform(0.4, 1.0), Within(0.0, 4.0)),
+    seed=Param(SeedDraw(), AsInt()),
+)
+
+
 def raindrop(
     image: np.ndarray,
     rng: np.random.Generator | None = None,
@@ -373,22 +396,12 @@ def raindrop(
     Defaults: count U{10..40}, radius U[0.03, 0.08), blur U[1.5, 4),
     magnification U[0.4, 1.0).
     """
-    op = "raindrop"
     img = check_image(image)
-    if count is None:
-        count = int(need_rng(rng, op, "count").integers(10, 41))
-    count = check_int(op, "count", count, 0, 1000)
-    if radius is None:
-        radius = float(need_rng(rng, op, "radius").uniform(0.03, 0.08))
-    radius = check_range(op, "radius", radius, 1e-3, 0.5)
-    if blur is None:
-        blur = float(need_rng(rng, op, "blur").uniform(1.5, 4.0))
-    blur = check_range(op, "blur", blur, 0.0, 50.0)
-    if magnification is None:
-        magnification = float(need_rng(rng, op, "magnification").uniform(0.4, 1.0))
-    magnification = check_range(op, "magnification", magnification, 0.0, 4.0)
-    if seed is None:
-        seed = draw_seed(need_rng(rng, op, "seed"))
+    count = RAINDROP.resolve(rng, "count", count)
+    radius = RAINDROP.resolve(rng, "radius", radius)
+    blur = RAINDROP.resolve(rng, "blur", blur)
+    magnification = RAINDROP.resolve(rng, "magnification", magnification)
+    seed = RAINDROP.resolve(rng, "seed", seed)
 
     height, width = img.shape[:2]
     soft = gaussian_blur(img, blur, mode="nearest")
@@ -433,16 +446,30 @@ def raindrop(
 
 
 WATER_TYPES = ("blue", "green")
-#: Per-type ranges of the attenuation (1/m) and backscatter (veiling light) per R, G, B.
-_Ranges = tuple[tuple[float, float], ...]
-_WATER_RANGES: dict[str, tuple[_Ranges, _Ranges]] = {
-    "blue": (
-        ((0.35, 0.6), (0.06, 0.12), (0.03, 0.08)),
-        ((0.0, 0.05), (0.15, 0.3), (0.3, 0.5)),
+
+UNDERWATER = OperatorParams(
+    "underwater",
+    water=Param(Choice(WATER_TYPES), Among(WATER_TYPES)),
+    distance=Param(Uniform(2.0, 8.0), Within(0.0, 100.0)),
+)
+
+
+def _rgb(*ranges: tuple[float, float]) -> Each:
+    return Each(tuple(Uniform(low, high) for low, high in ranges))
+
+
+#: Per water type, the defaults of the attenuation (1/m) and the backscatter (veiling
+#: light) per R, G, B; checked together after both are known (see :func:`underwater`).
+UNDERWATER_BY_WATER: dict[str, OperatorParams] = {
+    "blue": OperatorParams(
+        "underwater",
+        attenuation=Param(_rgb((0.35, 0.6), (0.06, 0.12), (0.03, 0.08))),
+        backscatter=Param(_rgb((0.0, 0.05), (0.15, 0.3), (0.3, 0.5))),
     ),
-    "green": (
-        ((0.4, 0.7), (0.05, 0.1), (0.15, 0.3)),
-        ((0.0, 0.05), (0.3, 0.5), (0.15, 0.3)),
+    "green": OperatorParams(
+        "underwater",
+        attenuation=Param(_rgb((0.4, 0.7), (0.05, 0.1), (0.15, 0.3))),
+        backscatter=Param(_rgb((0.0, 0.05), (0.3, 0.5), (0.15, 0.3))),
     ),
 }
 
@@ -468,23 +495,14 @@ def underwater(
     """
     op = "underwater"
     img = check_image(image)
-    if water is None:
-        water = str(need_rng(rng, op, "water").choice(WATER_TYPES))
-    check_choice(op, "water", water, WATER_TYPES)
-    att_ranges, back_ranges = _WATER_RANGES[water]
-    if attenuation is None:
-        generator = need_rng(rng, op, "attenuation")
-        attenuation = [float(generator.uniform(lo, hi)) for lo, hi in att_ranges]
-    if backscatter is None:
-        generator = need_rng(rng, op, "backscatter")
-        backscatter = [float(generator.uniform(lo, hi)) for lo, hi in back_ranges]
+    water = str(UNDERWATER.resolve(rng, "water", water))
+    attenuation = UNDERWATER_BY_WATER[water].resolve(rng, "attenuation", attenuation)
+    backscatter = UNDERWATER_BY_WATER[water].resolve(rng, "backscatter", backscatter)
     if len(attenuation) != 3 or len(backscatter) != 3:
         raise ValueError("underwater: attenuation and backscatter need 3 values (R, G, B)")
     attenuation = [check_range(op, "attenuation", v, 0.0, 10.0) for v in attenuation]
     backscatter = [check_range(op, "backscatter", v, 0.0, 1.0) for v in backscatter]
-    if distance is None:
-        distance = float(need_rng(rng, op, "distance").uniform(2.0, 8.0))
-    distance = check_range(op, "distance", distance, 0.0, 100.0)
+    distance = UNDERWATER.resolve(rng, "distance", distance)
     scene, source = _distance(op, img, depth, depth_source)
     transmission = np.exp(-np.asarray(attenuation) * (distance * scene)[..., None])
     linear = srgb_to_linear(img) * transmission + np.asarray(backscatter) * (1.0 - transmission)
