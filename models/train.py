@@ -71,7 +71,7 @@ from cotir_pipeline.checkpoint_layout import (
     MODEL_DIR,
     MODEL_HASH_FIELD,
 )
-from cotir_pipeline.digests import file_sha256
+from cotir_pipeline.digests import file_sha256, folder_sha256
 from models.consumption import ConsumptionLog
 from models.data import DataPosition, derive_seed, discover_shards, make_loader
 from models.dual import DualOptimizer
@@ -449,15 +449,6 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 # -- checkpoints --------------------------------------------------------------------------------
-
-
-def folder_sha256(folder: Path) -> str:
-    """One digest over a folder: sorted relative paths and their file digests."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(file_sha256(path).encode() + b"\n")
-    return digest.hexdigest()
 
 
 def export_inference_checkpoint(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cotir_pipeline.digests import folder_sha256
+
 RUN = "rtestapp0001"
 STEP = 2
 
@@ -24,7 +26,6 @@ def save_demo_run(training_root: Path, run: str = RUN, step: int = STEP) -> Path
     from models.lora import apply_lora
     from models.restore import CoTIRRestorer
     from models.testing import randomize_gates
-    from models.train import folder_sha256
 
     restorer = CoTIRRestorer.from_variant("demo")
     torch.manual_seed(0)

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from cotir_pipeline.digests import file_sha256
+from cotir_pipeline.digests import cached_file_sha256
 from cotir_pipeline.evaluation._io import read_rgb
 
 ReferenceKind = Literal["full", "no"]
@@ -414,17 +414,6 @@ class WeightLocations:
         return folders[store]
 
 
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        _HASH_CACHE[key] = file_sha256(path)
-    return _HASH_CACHE[key]
-
-
 def _hf_repo_folder(cache: Path, repo_id: str) -> Path:
     return cache / ("models--" + repo_id.replace("/", "--"))
 
@@ -459,7 +448,7 @@ def _missing_files(weight: WeightFile, locations: WeightLocations) -> list[str]:
         path = folder / weight.filename
         if not path.is_file() or path.stat().st_size == 0:
             return [f"{weight.filename} ({weight.purpose}) not found in {folder}/"]
-        if weight.sha256 is not None and _sha256(path) != weight.sha256:
+        if weight.sha256 is not None and cached_file_sha256(path) != weight.sha256:
             return [
                 f"{path} ({weight.purpose}) has the wrong SHA-256 (expected {weight.sha256}); "
                 "pyiqa would try to download it again"
