@@ -338,8 +338,9 @@ class CoTIRTransformer(nn.Module):
 
 
 def has_peft_layers(transformer: nn.Module) -> bool:
-    """Whether peft LoRA layers sit in ``transformer`` (not merged into its weights)."""
-    return bool(getattr(transformer, "_hf_peft_config_loaded", False))
+    """Whether peft LoRA layers sit in ``transformer`` (injected, not merged into its
+    weights): the one test of it, also behind :func:`models.lora.has_lora`."""
+    return any("lora_A" in name for name, _ in transformer.named_parameters())
 
 
 # -- token layout --------------------------------------------------------------------------

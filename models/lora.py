@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
-from models.backbones import BackboneKind, CoTIRTransformer
+from models.backbones import BackboneKind, CoTIRTransformer, has_peft_layers
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -120,7 +120,7 @@ def lora_config(
 
 def has_lora(model: CoTIRTransformer) -> bool:
     """Whether LoRA layers were already injected into the model's transformer."""
-    return any("lora_A" in name for name, _ in model.transformer.named_parameters())
+    return has_peft_layers(model.transformer)
 
 
 def apply_lora(
