@@ -512,12 +512,12 @@ def finished_checkpoints(root: Path) -> list[Path]:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The checkpoint ``latest`` names if finished, else the newest finished one."""
-    pointer = root / LATEST_FILE
-    if pointer.is_file():
-        named = root / pointer.read_text(encoding="utf-8").strip()
-        if (named / CHECKPOINT_MARKER).is_file():
-            return named
+    """The newest finished checkpoint under ``root``.
+
+    The ``latest`` pointer is written after a checkpoint's folder is renamed into place,
+    so a process killed between the two leaves it naming the one before; the finished
+    folders themselves are the record (their names sort by step).
+    """
     finished = finished_checkpoints(root)
     return finished[-1] if finished else None
 

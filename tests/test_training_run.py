@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from cotir_pipeline.checkpoint_layout import CHECKPOINT_MARKER
 from cotir_test_support import REPO_ROOT
 from models.consumption import (
     CONSUMED_DIR,
@@ -27,6 +28,7 @@ from models.train import (
     LATEST_FILE,
     ResumeError,
     TrainResult,
+    latest_checkpoint,
     parse_options,
     train,
 )
@@ -181,6 +183,22 @@ def test_the_run_records_which_samples_each_step_consumed(
     shutil.copytree(out / CONSUMED_DIR, copy / CONSUMED_DIR)
     assert ConsumptionLog(copy, rank=0, start_step=middle).forget_after(middle) == 1
     assert read_consumption(copy).equals(early)
+
+
+def test_a_stale_latest_pointer_does_not_hide_a_newer_finished_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A run killed after renaming step-4 into place but before rewriting ``latest``
+    resumes from step 4, not from the step ``latest`` still names; unfinished folders
+    (no marker) never count."""
+    for step in (2, 4, 6):
+        folder = tmp_path / f"step-{step:07d}"
+        folder.mkdir()
+        if step < 6:
+            (folder / CHECKPOINT_MARKER).write_text("{}")
+    (tmp_path / LATEST_FILE).write_text("step-0000002\n")
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-0000004"
+    assert latest_checkpoint(tmp_path / "missing") is None
 
 
 def test_resume_required_without_a_checkpoint_fails(shard_root: Path, tmp_path: Path) -> None:
