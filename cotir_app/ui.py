@@ -203,7 +203,7 @@ class _Page:
                 method=self.chosen_method(label, typed, variant_name),
                 prompt=text,
                 degradation=name or None,
-                steps=int(step_count),
+                steps=int(step_count) or None,
                 seed=int(seed_value or 0),
                 device=device_name,
                 tile_size=int(tile) if use_tiles else None,
@@ -344,7 +344,7 @@ def _prompt_controls() -> _PromptControls:
 def _sampling_controls() -> _SamplingControls:
     with gr.Accordion("Sampling and post-processing", open=False):
         return _SamplingControls(
-            steps=gr.Slider(1, 50, value=4, step=1, label="Euler steps"),
+            steps=gr.Slider(0, 50, value=0, step=1, label="Euler steps (0: the model's own)"),
             seed=gr.Number(42, precision=0, label="Seed"),
             max_edge=gr.Number(
                 DEFAULT_MAX_LONG_EDGE, precision=0, label="Max long edge (0: as is)"

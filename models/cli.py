@@ -170,7 +170,7 @@ def restore(
 
     from models.tiling import default_overlap
 
-    n_steps = steps or restorer.variant.steps
+    n_steps = steps or restorer.default_steps
     output.parent.mkdir(parents=True, exist_ok=True)
     with tqdm(total=n_steps * len(prompts), desc="restoring", unit="step", file=sys.stderr) as bar:
         try:

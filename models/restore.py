@@ -298,6 +298,9 @@ class CoTIRRestorer:
         self.variant = variant
         #: Where the Euler sampler starts: Gaussian noise (the paper) or the LQ tokens.
         self.flow_start = "noise"
+        #: Euler steps when a call names none (None: the variant's); a checkpoint trained
+        #: only at the flow's start records 1.
+        self.sample_steps: int | None = None
         #: Sample as the public release's inference does (RoPE from bf16 position ids,
         #: :class:`ReleaseRotaryEmbedding`; noise from a generator on the device in the
         #: latents' dtype; latents kept in that dtype between steps; sizes floored to
@@ -312,6 +315,11 @@ class CoTIRRestorer:
         self.model = model.to(self.device).eval()
         self.codec = codec.to(self.device).eval()
         self.text_encoder = text_encoder.to(self.device).eval()
+
+    @property
+    def default_steps(self) -> int:
+        """Euler steps when a call names none: the checkpoint's own, else the variant's."""
+        return self.sample_steps if self.sample_steps is not None else self.variant.steps
 
     @property
     def dtype(self) -> torch.dtype:
@@ -426,9 +434,11 @@ class CoTIRRestorer:
             )
             load_checkpoint(restorer.model, folder, merge_lora=merge_lora)
             flow_start = str(meta.get("flow_start", "noise"))
+            sample_steps = meta.get("sample_steps")
             release_files = False
         elif (folder / RELEASE_ADAPTER_FILE).is_file():
             flow_start = "noise"
+            sample_steps = None
             release_files = True
             if not variant:
                 raise ValueError("the release's checkpoint files name no variant; pass variant=")
@@ -455,6 +465,12 @@ class CoTIRRestorer:
         if flow_start not in ("noise", "reference"):
             raise ValueError(f"{folder}: unknown flow_start {flow_start!r}")
         loaded.flow_start = flow_start
+        if sample_steps is not None:
+            if not isinstance(sample_steps, int) or sample_steps < 1:
+                raise ValueError(
+                    f"{folder}: sample_steps must be a positive int, got {sample_steps!r}"
+                )
+            loaded.sample_steps = sample_steps
         loaded.model.velocity_delta = velocity == "delta"
         loaded.release_compat = release_files if release_compat is None else release_compat
         return loaded
@@ -549,7 +565,7 @@ class CoTIRRestorer:
             raise TypeError(f"expected a PIL image, got {type(image).__name__}")
         if not prompt or not prompt.strip():
             raise ValueError("the instruction is empty")
-        steps = self.variant.steps if steps is None else steps
+        steps = self.default_steps if steps is None else steps
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         tiles = None if tile_size is None else self._tile_tokens(tile_size, tile_overlap)

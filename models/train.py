@@ -129,6 +129,7 @@ class TrainOptions:
     lora_init_b: str | None = None
     trainable_dtype: str | None = None
     flow_start: str | None = None
+    flow_times: str | None = None
     velocity: str | None = None
     fm_weighting: str | None = None
     fm_relative_floor: float | None = None
@@ -236,6 +237,12 @@ def _add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
         "(the demo's main recipe).",
     )
     group.add_argument(
+        "--flow-times",
+        choices=["logit_normal", "start"],
+        help="logit_normal: t = sigmoid(N(0, 1)) (the paper, default); start: every sample "
+        "at t = 1, the LQ itself, sampled in one step (needs --flow-start reference).",
+    )
+    group.add_argument(
         "--velocity",
         choices=["model", "delta"],
         help="model: the output is the velocity (the paper, default); delta: the change "
@@ -243,15 +250,16 @@ def _add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--fm-weighting",
-        choices=["mean", "relative"],
+        choices=["mean", "relative", "log"],
         help="mean: the paper's flow-matching MSE (default); relative: each sample's error "
-        "relative to its target's energy (the demo's LQ-start recipe).",
+        "relative to its target's energy; log: the log of that ratio (the demo's LQ-start "
+        "recipe).",
     )
     group.add_argument(
         "--fm-relative-floor",
         type=float,
-        help="Floor added to each target's mean square under --fm-weighting relative "
-        "(default 1e-3, on the [-1, 1] pixel scale).",
+        help="Floor added to each target's mean square under --fm-weighting relative or "
+        "log (default 1e-3, on the [-1, 1] pixel scale).",
     )
     group.add_argument(
         "--no-adapter",
@@ -312,6 +320,7 @@ def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
         lora_init_b=args.lora_init_b,
         trainable_dtype=args.trainable_dtype,
         flow_start=args.flow_start,
+        flow_times=args.flow_times,
         velocity=args.velocity,
         fm_weighting=args.fm_weighting,
         fm_relative_floor=args.fm_relative_floor,
@@ -341,6 +350,7 @@ def build_config(options: TrainOptions) -> TrainConfig:
         "lora_init_b",
         "trainable_dtype",
         "flow_start",
+        "flow_times",
         "velocity",
         "fm_weighting",
         "fm_relative_floor",
@@ -918,6 +928,8 @@ def _train_step(parts: _Parts, batch: Any) -> dict[str, torch.Tensor]:
     inputs = _model_inputs(parts, batch)
     clean = inputs["clean"]
     t = sample_timesteps(clean.shape[0], generator=parts.noise, device=device)
+    if config.flow_times == "start":
+        t = torch.ones_like(t)
     noise = torch.randn(clean.shape, generator=parts.noise).to(device)
     if config.flow_start == "reference":
         # The demo's main recipe: the flow runs from the LQ tokens to the HQ tokens.
@@ -938,7 +950,8 @@ def _train_step(parts: _Parts, batch: Any) -> dict[str, torch.Tensor]:
     loss_fm = flow_matching_loss(
         output.sample[:, :n_tokens],
         velocity_target(clean, noise),
-        relative_floor=config.fm_relative_floor if config.fm_weighting == "relative" else None,
+        relative_floor=config.fm_relative_floor if config.fm_weighting != "mean" else None,
+        log_ratio=config.fm_weighting == "log",
     )
     predictions = {"scene": output.scene, "degradation": output.degradation, "plan": output.plan}
     if mode is ConstraintMode.NONE:
@@ -1028,6 +1041,7 @@ class _Checkpointer:
                 extra_meta={
                     "flow_start": parts.config.flow_start,
                     "velocity": parts.config.velocity,
+                    **({"sample_steps": 1} if parts.config.flow_times == "start" else {}),
                     "base": parts.base,
                 },
             )

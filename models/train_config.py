@@ -291,6 +291,12 @@ class TrainConfig(_Frozen):
         description="noise: the paper's flow from Gaussian noise to HQ; reference: the flow "
         "starts at the LQ reference tokens (the demo's main recipe, docs/TRAINING.md).",
     )
+    flow_times: Literal["logit_normal", "start"] = Field(
+        default="logit_normal",
+        description="logit_normal: flow times t = sigmoid(N(0, 1)) (the paper); start: every "
+        "sample at t = 1, the LQ itself, where the LQ-start sampler takes its one step (the "
+        "checkpoint records sample_steps = 1).",
+    )
     velocity: Literal["model", "delta"] = Field(
         default="model",
         description="model: the network's output is the velocity (the paper); delta: the "
@@ -298,16 +304,18 @@ class TrainConfig(_Frozen):
         "training, so the LQ-start flow starts as the identity map (the demo's LQ-start "
         "recipe, docs/TRAINING.md).",
     )
-    fm_weighting: Literal["mean", "relative"] = Field(
+    fm_weighting: Literal["mean", "relative", "log"] = Field(
         default="mean",
         description="mean: the paper's flow-matching MSE; relative: each sample's error "
         "divided by its target's energy plus fm_relative_floor (nearly clean pairs count "
-        "as much as heavily degraded ones; for the LQ-start flow).",
+        "as much as heavily degraded ones; for the LQ-start flow); log: the log of that "
+        "ratio, each sample's velocity PSNR gain over predicting zero.",
     )
     fm_relative_floor: float = Field(
         default=DEFAULT_RELATIVE_FLOOR,
         gt=0,
-        description="Floor added to each target's mean square under relative weighting.",
+        description="Floor added to each sample's error and target mean square under "
+        "relative and log weighting.",
     )
     num_workers: int = Field(default=0, ge=0, description="Data loader worker processes.")
     text_cache_size: int = Field(
@@ -338,6 +346,11 @@ class TrainConfig(_Frozen):
             )
         if self.optimizer.lr < self.schedule.min_lr:
             raise ValueError(f"lr {self.optimizer.lr} is below min_lr {self.schedule.min_lr}")
+        if self.flow_times == "start" and self.flow_start != "reference":
+            raise ValueError(
+                "flow_times 'start' trains at t = 1 only, which is the LQ itself only when the "
+                "flow starts at it: it needs flow_start 'reference'"
+            )
         return self
 
     @property
@@ -416,11 +429,14 @@ class TrainConfig(_Frozen):
 
 
 #: The demo's LQ-start recipe (docs/TRAINING.md) as ``models.train`` flags: the flow runs
-#: from the LQ tokens, the velocity is the fine-tune's change to the base, and each pair's
-#: error counts relative to its own target.
+#: from the LQ tokens, trained at its start (t = 1, the LQ itself) where the sampler takes
+#: its one step; the velocity is the fine-tune's change to the base, and each pair's error
+#: counts relative to its own target.
 LQ_START_FLAGS: tuple[str, ...] = (
     "--flow-start",
     "reference",
+    "--flow-times",
+    "start",
     "--velocity",
     "delta",
     "--fm-weighting",

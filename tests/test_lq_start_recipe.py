@@ -19,7 +19,7 @@ from cotir_pipeline.demo_photos import DEMO_PHOTOS, load_photo
 PROMPT = "Please remove the haze."
 
 
-def _save_untrained(folder: Path, velocity: str) -> Path:
+def _save_untrained(folder: Path, velocity: str, **meta: object) -> Path:
     from models.checkpoint_io import save_checkpoint
     from models.lora import apply_lora
     from models.restore import CoTIRRestorer
@@ -30,7 +30,7 @@ def _save_untrained(folder: Path, velocity: str) -> Path:
         restorer.model,
         folder,
         variant="demo",
-        extra_meta={"flow_start": "reference", "velocity": velocity},
+        extra_meta={"flow_start": "reference", "velocity": velocity, **meta},
     )
     return folder
 
@@ -67,3 +67,39 @@ def test_a_checkpoint_with_an_unknown_velocity_is_refused(tmp_path: Path) -> Non
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ValueError, match="unknown velocity 'residual'"):
         CoTIRRestorer.from_pretrained(folder)
+
+
+def test_a_checkpoint_trained_at_the_flows_start_is_sampled_in_its_one_step(
+    tmp_path: Path,
+) -> None:
+    """--flow-times start trains at t = 1 only; the checkpoint says so (sample_steps 1) and
+    the restorer takes that one step unless a call asks for more."""
+    from models.restore import CoTIRRestorer
+
+    image = _photo_crop()
+    one = CoTIRRestorer.from_pretrained(_save_untrained(tmp_path / "one", "delta", sample_steps=1))
+    assert one.default_steps == 1
+    steps: list[tuple[int, int]] = []
+    one.restore(image, PROMPT, on_step=lambda step, total: steps.append((step, total)))
+    assert steps == [(1, 1)]
+    steps.clear()
+    one.restore(image, PROMPT, steps=3, on_step=lambda step, total: steps.append((step, total)))
+    assert steps[-1] == (3, 3)
+    default = CoTIRRestorer.from_pretrained(_save_untrained(tmp_path / "four", "delta"))
+    assert default.default_steps == default.variant.steps
+
+    folder = _save_untrained(tmp_path / "bad", "delta", sample_steps=0)
+    with pytest.raises(ValueError, match="sample_steps must be a positive int"):
+        CoTIRRestorer.from_pretrained(folder)
+
+
+def test_training_at_the_flows_start_needs_the_lq_start_flow() -> None:
+    from pydantic import ValidationError
+
+    from models.train import build_config, parse_options
+
+    base = ["--variant", "demo", "--shards", "s", "--out", "o", "--flow-times", "start"]
+    with pytest.raises(ValidationError, match="needs flow_start 'reference'"):
+        build_config(parse_options(base))
+    config = build_config(parse_options([*base, "--flow-start", "reference"]))
+    assert config.flow_times == "start"

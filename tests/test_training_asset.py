@@ -186,6 +186,7 @@ def test_resources_from_settings(tmp_path: Path) -> None:
     # The LQ-start row is the demo's LQ-start recipe, not only its flow start.
     assert command[command.index("--flow-start") + 1] == "reference"
     assert command[command.index("--velocity") + 1] == "delta"
+    assert command[command.index("--flow-times") + 1] == "start"
     assert command[command.index("--fm-weighting") + 1] == "relative"
     assert "--base" not in command  # the variant's own (shipped) base
 

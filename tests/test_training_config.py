@@ -328,13 +328,19 @@ def test_the_lq_start_flags_set_the_whole_recipe_and_the_paper_is_the_default() 
 
     base = ["--variant", "demo", "--shards", "s", "--out", "o"]
     paper = build_config(parse_options(base))
-    assert (paper.flow_start, paper.velocity, paper.fm_weighting) == ("noise", "model", "mean")
-    lq_start = build_config(parse_options([*base, *LQ_START_FLAGS]))
-    assert (lq_start.flow_start, lq_start.velocity, lq_start.fm_weighting) == (
-        "reference",
-        "delta",
-        "relative",
+    assert (paper.flow_start, paper.flow_times, paper.velocity, paper.fm_weighting) == (
+        "noise",
+        "logit_normal",
+        "model",
+        "mean",
     )
+    lq_start = build_config(parse_options([*base, *LQ_START_FLAGS]))
+    assert (lq_start.flow_start, lq_start.flow_times, lq_start.velocity) == (
+        "reference",
+        "start",
+        "delta",
+    )
+    assert lq_start.fm_weighting == "relative"
     assert lq_start.fm_relative_floor == pytest.approx(1e-3)
     floor = build_config(parse_options([*base, *LQ_START_FLAGS, "--fm-relative-floor", "2e-4"]))
     assert floor.fm_relative_floor == pytest.approx(2e-4)

@@ -80,6 +80,32 @@ def test_relative_weighting_counts_a_nearly_clean_pair_as_much_as_a_degraded_one
         flow_matching_loss(prediction, target, relative_floor=0.0)
 
 
+def test_log_weighting_is_the_velocity_psnr_gain_and_bounds_a_wrong_clean_pair() -> None:
+    target = torch.stack([torch.full((4, 8), 0.5), torch.full((4, 8), 0.01)])
+    # Zero prediction (the untrained delta velocity): no gain on either sample.
+    zero = torch.zeros_like(target)
+    assert float(flow_matching_loss(zero, target, relative_floor=1e-12, log_ratio=True)) == (
+        pytest.approx(0.0, abs=1e-6)
+    )
+    # Each sample 10 dB better than zero: error a tenth of its target's energy.
+    better = target * (1 - 0.1**0.5)
+    expected = math.log(0.1)
+    assert float(flow_matching_loss(better, target, relative_floor=1e-12, log_ratio=True)) == (
+        pytest.approx(expected, rel=1e-4)
+    )
+    # The clean sample predicted badly: under the relative weighting its gradient is
+    # 1 / energy times its error's, hundreds of times the degraded sample's; under the log
+    # weighting both are scaled by their own current error, so neither swamps the batch.
+    wrong = torch.stack([target[0] * 0.5, torch.full((4, 8), 0.2)]).requires_grad_(True)
+    flow_matching_loss(wrong, target, relative_floor=1e-3).backward()
+    relative_ratio = float(wrong.grad[1].norm() / wrong.grad[0].norm())
+    wrong.grad = None
+    flow_matching_loss(wrong, target, relative_floor=1e-3, log_ratio=True).backward()
+    log_ratio = float(wrong.grad[1].norm() / wrong.grad[0].norm())
+    assert relative_ratio > 100
+    assert log_ratio < 10
+
+
 def test_cot_head_loss_known_values() -> None:
     d = 4
     a = torch.zeros(1, 2, d)

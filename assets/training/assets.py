@@ -130,8 +130,8 @@ def _checkpoint_description(flow_start: str | None) -> str:
     """What a checkpoint asset trains, for the UI."""
     objective = (
         "the demo's LQ-start recipe (its main row: the flow from the LQ tokens to the HQ "
-        "ones, the velocity as the change to the frozen prior, each pair's error relative to "
-        "its own target)"
+        "ones, trained at its start and sampled in one step, the velocity as the change to "
+        "the frozen prior, each pair's error relative to its own target)"
         if flow_start == "reference"
         else "the profile's recipe (TrainingResource.flow_start; by default the paper's "
         "objective: flow from noise to HQ, the LQ as reference tokens)"
