@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -276,6 +277,32 @@ def initial_noise(
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
+@dataclass(frozen=True)
+class _Sampling:
+    """How a checkpoint is sampled, from its ``cotir.json`` (the release's: the paper's)."""
+
+    flow_start: str = "noise"
+    velocity: str = "model"
+    steps: int | None = None
+
+
+def _sampling_of(folder: Path, meta: Mapping[str, object]) -> _Sampling:
+    """The checked ``flow_start``, ``velocity`` and ``sample_steps`` of a checkpoint."""
+    flow_start = str(meta.get("flow_start", "noise"))
+    if flow_start not in ("noise", "reference"):
+        raise ValueError(f"{folder}: unknown flow_start {flow_start!r}")
+    velocity = str(meta.get("velocity", "model"))
+    if velocity not in ("model", "delta"):
+        raise ValueError(f"{folder}: unknown velocity {velocity!r}")
+    recorded = meta.get("sample_steps")
+    steps: int | None = None
+    if recorded is not None:
+        if isinstance(recorded, bool) or not isinstance(recorded, int) or recorded < 1:
+            raise ValueError(f"{folder}: sample_steps must be a positive int, got {recorded!r}")
+        steps = recorded
+    return _Sampling(flow_start, velocity, steps)
+
+
 class CoTIRRestorer:
     """A loaded CoTIR model: transformer + adapter (+ LoRA), codec, text encoder."""
 
@@ -415,13 +442,11 @@ class CoTIRRestorer:
             if folder.is_absolute():
                 raise MissingWeightsError(f"the CoTIR checkpoint {folder} does not exist")
             folder = require_weights(_settings(settings), str(folder), what="CoTIR checkpoint")
-        velocity = "model"
+        sampling = _Sampling()  # the release's files: the paper's
         if (folder / META_FILE).is_file():
             meta = read_checkpoint_meta(folder)
-            velocity = str(meta.get("velocity", "model"))
-            if velocity not in ("model", "delta"):
-                raise ValueError(f"{folder}: unknown velocity {velocity!r}")
-            if velocity == "delta":
+            sampling = _sampling_of(folder, meta)
+            if sampling.velocity == "delta":
                 merge_lora = False  # the base's own output is needed beside the LoRA'd one
             name = variant or meta.get("variant")
             if not name:
@@ -433,12 +458,8 @@ class CoTIRRestorer:
                 name, settings=settings, device="cpu", dtype=dtype, base=base
             )
             load_checkpoint(restorer.model, folder, merge_lora=merge_lora)
-            flow_start = str(meta.get("flow_start", "noise"))
-            sample_steps = meta.get("sample_steps")
             release_files = False
         elif (folder / RELEASE_ADAPTER_FILE).is_file():
-            flow_start = "noise"
-            sample_steps = None
             release_files = True
             if not variant:
                 raise ValueError("the release's checkpoint files name no variant; pass variant=")
@@ -462,16 +483,9 @@ class CoTIRRestorer:
             restorer.text_encoder,
             device=device,
         )
-        if flow_start not in ("noise", "reference"):
-            raise ValueError(f"{folder}: unknown flow_start {flow_start!r}")
-        loaded.flow_start = flow_start
-        if sample_steps is not None:
-            if not isinstance(sample_steps, int) or sample_steps < 1:
-                raise ValueError(
-                    f"{folder}: sample_steps must be a positive int, got {sample_steps!r}"
-                )
-            loaded.sample_steps = sample_steps
-        loaded.model.velocity_delta = velocity == "delta"
+        loaded.flow_start = sampling.flow_start
+        loaded.sample_steps = sampling.steps
+        loaded.model.velocity_delta = sampling.velocity == "delta"
         loaded.release_compat = release_files if release_compat is None else release_compat
         return loaded
 
