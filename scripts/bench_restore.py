@@ -135,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     cold_s, floor_s = statistics.median(cold), statistics.median(floor)
     cold_all_s = statistics.median(cold_all)
     warm_s, chain_s = statistics.median(warm), statistics.median(classical)
-    print(f"cotir restore, 128x128 px, {restorer.variant.steps} Euler steps, {env_note}")
+    # A checkpoint whose velocity is its change to the base keeps peft's layers either way.
+    merged_label = (
+        "LoRA as peft layers (delta velocity: never merged)"
+        if restorer.model.velocity_delta
+        else "LoRA merged (default)"
+    )
+    print(f"cotir restore, 128x128 px, {restorer.default_steps} Euler steps, {env_note}")
     print("| measurement | seconds (median) | baseline | baseline seconds | ratio |")
     print("|---|---:|---|---:|---:|")
     print(
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if layered_s is not None:
         print(
-            f"| warm restore, LoRA merged (default) | {warm_s:.3f} | peft's unmerged LoRA "
+            f"| warm restore, {merged_label} | {warm_s:.3f} | peft's unmerged LoRA "
             f"layers | {layered_s:.3f} | {warm_s / layered_s:.2f}x |"
         )
     return 0
