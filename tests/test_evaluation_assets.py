@@ -560,34 +560,42 @@ def test_a_method_whose_every_sample_fails_fails_its_partition_with_a_reason(
     assert "MissingOutputError" in message
 
 
-def _with_method_folders(scenario: Scenario, folders: dict[str, str]) -> dg.Definitions:
-    """The evaluation definitions with ``evaluation.method_folders`` set."""
-    resource = evaluation_resource(scenario.settings)
-    custom = EvaluationResource(**{**resource.model_dump(), "method_folders": folders})
-    built = build_evaluation_definitions(scenario.settings, evaluation=custom)
+def _evaluation_definitions(
+    settings: CotirSettings, evaluation: EvaluationResource
+) -> dg.Definitions:
+    """The evaluation stage's definitions with this ``evaluation`` resource and a store."""
+    built = build_evaluation_definitions(settings, evaluation=evaluation)
     return dg.Definitions(
         assets=built.assets,
         jobs=built.jobs,
         sensors=built.sensors,
-        resources={
-            "store": ObjectStoreResource.from_settings(scenario.settings),
-            **built.resources,
-        },
+        resources={"store": ObjectStoreResource.from_settings(settings), **built.resources},
     )
 
 
-def _add_methods_from_sensor(
-    definitions: dg.Definitions, instance: dg.DagsterInstance
-) -> list[str]:
-    """One tick of the checkpoint sensor, its partition requests applied; the keys added."""
-    sensor = definitions.resolve_sensor_def(CHECKPOINT_SENSOR)
+def _with_method_folders(scenario: Scenario, folders: dict[str, str]) -> dg.Definitions:
+    """The evaluation definitions with ``evaluation.method_folders`` set."""
+    resource = evaluation_resource(scenario.settings)
+    custom = EvaluationResource(**{**resource.model_dump(), "method_folders": folders})
+    return _evaluation_definitions(scenario.settings, custom)
+
+
+def _checkpoint_sensor_tick(definitions: dg.Definitions, instance: dg.DagsterInstance) -> Any:
+    """One tick of the checkpoint sensor (its context closed at once, see _schedule_tick)."""
     with dg.build_sensor_context(
         instance=instance,
         instance_ref=instance.get_ref(),
         resources=definitions.resources,
         definitions=definitions,
     ) as context:
-        tick = sensor.evaluate_tick(context)
+        return definitions.resolve_sensor_def(CHECKPOINT_SENSOR).evaluate_tick(context)
+
+
+def _add_methods_from_sensor(
+    definitions: dg.Definitions, instance: dg.DagsterInstance
+) -> list[str]:
+    """One tick of the checkpoint sensor, its partition requests applied; the keys added."""
+    tick = _checkpoint_sensor_tick(definitions, instance)
     _apply_partition_requests(instance, tick)
     return [key for r in tick.dynamic_partitions_requests for key in r.partition_keys]
 
@@ -651,20 +659,7 @@ def test_the_sensor_evaluates_final_checkpoints_and_skips_scored_benches(tmp_pat
     final_method = "cotir-demo-lqflow-r0123456789-s10"
 
     def tick(evaluation: EvaluationResource, instance: dg.DagsterInstance) -> Any:
-        built = build_evaluation_definitions(settings, evaluation=evaluation)
-        definitions = dg.Definitions(
-            assets=built.assets,
-            jobs=built.jobs,
-            sensors=built.sensors,
-            resources={"store": ObjectStoreResource.from_settings(settings), **built.resources},
-        )
-        with dg.build_sensor_context(
-            instance=instance,
-            instance_ref=instance.get_ref(),
-            resources=definitions.resources,
-            definitions=definitions,
-        ) as context:
-            return definitions.resolve_sensor_def(CHECKPOINT_SENSOR).evaluate_tick(context)
+        return _checkpoint_sensor_tick(_evaluation_definitions(settings, evaluation), instance)
 
     default = evaluation_resource(settings)
     with dg.instance_for_test() as instance:
