@@ -191,6 +191,29 @@ def test_resources_from_settings(tmp_path: Path) -> None:
     assert "--base" not in command  # the variant's own (shipped) base
 
 
+def test_the_demo_trains_its_paper_objective_row_at_table_vii_budget(tmp_path: Path) -> None:
+    """The demo's second row trains 300 steps (as Table VII's arms), its main row the
+    variant's schedule; COTIR_TRAIN_STEPS sets both; the full profile keeps the variant's."""
+
+    def steps_of(command: list[str]) -> str | None:
+        return command[command.index("--steps") + 1] if "--steps" in command else None
+
+    def commands(settings: CotirSettings) -> tuple[str | None, str | None]:
+        training = training_resource(settings)
+        paper = training.command(shards="/s", out=tmp_path / "p", store_url=None)
+        lq = training.command(
+            shards="/s", out=tmp_path / "l", store_url=None, flow_start="reference"
+        )
+        return steps_of(paper), steps_of(lq)
+
+    assert commands(CotirSettings(home=tmp_path)) == ("300", None)
+    assert commands(CotirSettings(home=tmp_path, train_steps=40)) == ("40", "40")
+    full = CotirSettings(home=tmp_path, profile="full", annotation_backend="template")
+    assert (
+        steps_of(training_resource(full).command(shards="/s", out=tmp_path, store_url=None)) is None
+    )
+
+
 def test_metrics_table_samples_rows() -> None:
     records = [
         {"step": s, "lr": 1e-4, "loss_fm": 1.0 / s, "lambda_scene": s * 1e-4} for s in range(1, 50)

@@ -51,6 +51,13 @@ class TrainingResource(dg.ConfigurableResource):
     upload_checkpoints: bool = Field(
         default=True, description="Also copy every checkpoint into the object store."
     )
+    paper_objective_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Schedule length of the paper-objective run (cotir_checkpoint) when the "
+        f"LQ-start run ({LQ_FLOW_ASSET}) is the main row; None: `steps`. The demo trains it "
+        "for 300 steps, the budget of Table VII's arms (docs/TRAINING.md).",
+    )
     flow_start: Literal["noise", "reference"] = Field(
         default="noise",
         description="Main run's flow start: noise (the paper's objective) or the LQ tokens.",
@@ -132,15 +139,19 @@ class TrainingResource(dg.ConfigurableResource):
             "--resume",
             "auto",
         ]
-        if (flow_start or self.flow_start) == "reference":
+        lq_start = (flow_start or self.flow_start) == "reference"
+        if lq_start:
             command += list(LQ_START_FLAGS)
         else:
             command += ["--flow-start", "noise"]
         base = self.base_folder()
         if base is not None:
             command += ["--base", str(base)]
-        if self.steps is not None:
-            command += ["--steps", str(self.steps)]
+        steps = self.steps
+        if self.lq_flow_run and not lq_start and self.paper_objective_steps is not None:
+            steps = self.paper_objective_steps
+        if steps is not None:
+            command += ["--steps", str(steps)]
         if self.num_workers is not None:
             command += ["--num-workers", str(self.num_workers)]
         if store_url:
