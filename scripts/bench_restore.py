@@ -11,7 +11,11 @@ In one run:
 - warm: per-image restore time in a loaded process (median of ``--repeats``), against
   the classical tool chain on the same image as the baseline; with ``--checkpoint``,
   also the checkpoint's LoRA merged into the float32 weights (the default) against
-  peft's unmerged layers (``merge_lora=False``), timed alternately.
+  peft's unmerged layers (``merge_lora=False``), timed alternately;
+- cold, by stage: one more fresh process that loads the same way (the unused packages
+  hidden as ``cotir restore`` hides them) and prints the seconds of each stage: torch,
+  diffusers' top level, the transformer class (with peft and transformers behind it),
+  the project's model code, loading the checkpoint, the first and a second restore.
 
 It prints each number and the ratios. ``--checkpoint`` is a trained demo checkpoint
 (its ``model/`` folder); without it the shipped prior alone is timed.
@@ -43,6 +47,51 @@ ALL_IMPORTS = (
     "import sys\nimport models.cli\nmodels.cli.modules_to_hide = lambda: ()\n"
     "from cotir_pipeline.cli import main\nmain()\n"
 )
+
+#: A fresh process that loads and restores like ``cotir restore`` and prints the seconds
+#: of each stage as ``name<TAB>seconds`` lines (argv: image, checkpoint folder or "").
+STAGES = """
+import sys, time
+started = time.perf_counter()
+def mark(name):
+    global started
+    now = time.perf_counter()
+    print(f"{name}\t{now - started:.3f}", flush=True)
+    started = now
+import torch
+mark("import torch")
+from models.cli import hidden_modules, modules_to_hide
+with hidden_modules(modules_to_hide()):
+    import diffusers
+    mark("import diffusers (its top level: torch._dynamo)")
+    from diffusers import Flux2Transformer2DModel
+    mark("the transformer class (every diffusers model, peft, transformers)")
+    from models.restore import CoTIRRestorer
+    mark("the project's model code")
+    if sys.argv[2]:
+        restorer = CoTIRRestorer.from_pretrained(sys.argv[2])
+    else:
+        restorer = CoTIRRestorer.from_variant("demo")
+    mark("load prior, text encoder and checkpoint")
+from PIL import Image
+image = Image.open(sys.argv[1]).convert("RGB")
+restorer.restore(image, "Please remove the haze.")
+mark("first restore")
+restorer.restore(image, "Please remove the haze.")
+mark("second restore")
+"""
+
+
+def _stages(image: Path, checkpoint: Path | None) -> list[tuple[str, float]]:
+    """The seconds of each stage of one fresh process (:data:`STAGES`)."""
+    done = subprocess.run(
+        [sys.executable, "-c", STAGES, str(image), str(checkpoint or "")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    lines = [line.split("\t") for line in done.stdout.splitlines() if "\t" in line]
+    return [(name, float(seconds)) for name, seconds in lines]
 
 
 def _cotir_command() -> list[str]:
@@ -96,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         floor = [
             _wall([sys.executable, "-c", COLD_BASELINE, str(image)]) for _ in range(args.repeats)
         ]
+        stages = _stages(image, args.checkpoint)
 
         from PIL import Image
 
@@ -161,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| warm restore, {merged_label} | {warm_s:.3f} | peft's unmerged LoRA "
             f"layers | {layered_s:.3f} | {warm_s / layered_s:.2f}x |"
         )
+    print()
+    print("| cold process, by stage | seconds |")
+    print("|---|---:|")
+    for name, seconds in stages:
+        print(f"| {name} | {seconds:.2f} |")
+    print(f"| all | {sum(seconds for _, seconds in stages):.2f} |")
     return 0
 
 
