@@ -76,7 +76,7 @@ def _checkpoint_option(step_folder: Path) -> MethodOption | None:
 def discover_checkpoints(training_root: Path) -> list[MethodOption]:
     """The newest finished checkpoint of every training run under ``training_root``
     (``<variant>/<run>/checkpoints/step-N``), most recently trained first."""
-    from models.train import latest_checkpoint
+    from models.run_checkpoints import latest_checkpoint
 
     found: list[tuple[float, MethodOption]] = []
     for checkpoints in training_root.glob(f"*/*/{CHECKPOINTS_DIR}"):

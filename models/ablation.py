@@ -76,7 +76,8 @@ def train_arm(
     variant: str = "demo",
 ) -> tuple[Path, float]:
     """Train one arm with one seed (resumed when its run folder already has checkpoints)."""
-    from models.train import TrainOptions, train
+    from models.train import train
+    from models.train_options import TrainOptions
 
     _, mode, adapter = ARMS[arm]
     started = time.perf_counter()

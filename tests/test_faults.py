@@ -1009,7 +1009,8 @@ def test_a_checkpoint_half_written_by_a_killed_run_is_ignored_and_the_resume_is_
     """A run killed while writing its step-8 checkpoint leaves a `.partial-step-0000008`
     folder and no `latest` update: the resume starts from the last finished checkpoint
     (step 4) and ends bit-identical to a run that was never interrupted."""
-    from models.train import parse_options, train
+    from models.train import train
+    from models.train_options import parse_options
     from training_shards_support import write_shards
 
     shards = write_shards(tmp_path / "shards", samples_per_shard=3)

@@ -96,7 +96,7 @@ def test_a_checkpoint_trained_at_the_flows_start_is_sampled_in_its_one_step(
 def test_training_at_the_flows_start_needs_the_lq_start_flow() -> None:
     from pydantic import ValidationError
 
-    from models.train import build_config, parse_options
+    from models.train_options import build_config, parse_options
 
     base = ["--variant", "demo", "--shards", "s", "--out", "o", "--flow-times", "start"]
     with pytest.raises(ValidationError, match="needs flow_start 'reference'"):

@@ -323,8 +323,8 @@ def test_shipped_prompts_have_no_list_for_our_jpeg_types() -> None:
 
 
 def test_the_lq_start_flags_set_the_whole_recipe_and_the_paper_is_the_default() -> None:
-    from models.train import build_config, parse_options
     from models.train_config import LQ_START_FLAGS
+    from models.train_options import build_config, parse_options
 
     base = ["--variant", "demo", "--shards", "s", "--out", "o"]
     paper = build_config(parse_options(base))

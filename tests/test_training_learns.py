@@ -66,7 +66,8 @@ def _write_pairs(root: Path, pairs: list[tuple[np.ndarray, np.ndarray]]) -> Path
 @pytest.mark.slow
 def test_training_memorises_four_pairs_with_the_paper_objective(tmp_path: Path) -> None:
     from models.restore import CoTIRRestorer
-    from models.train import TrainOptions, train
+    from models.train import train
+    from models.train_options import TrainOptions
 
     pairs = _pairs()
     shards = _write_pairs(tmp_path / "shards", pairs)

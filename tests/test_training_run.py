@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cotir_pipeline.checkpoint_layout import CHECKPOINT_MARKER
+from cotir_pipeline.checkpoint_layout import CHECKPOINT_MARKER, CHECKPOINTS_DIR, LATEST_FILE
 from cotir_test_support import REPO_ROOT
 from models.consumption import (
     CONSUMED_DIR,
@@ -23,16 +23,10 @@ from models.consumption import (
     read_consumption,
 )
 from models.metrics_plots import read_jsonl
-from models.train import (
-    CHECKPOINTS_DIR,
-    LATEST_FILE,
-    ResumeError,
-    TrainResult,
-    latest_checkpoint,
-    parse_options,
-    train,
-)
+from models.run_checkpoints import latest_checkpoint
+from models.train import ResumeError, TrainResult, train
 from models.train_config import config_for_variant
+from models.train_options import parse_options
 from training_shards_support import write_shards
 
 

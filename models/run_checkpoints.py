@@ -1,0 +1,113 @@
+"""A training run's checkpoint folders: the inference export, the finished folders and
+the newest of them, and their copies in the object store (marker last, ``latest``
+pointer after it). The names come from :mod:`cotir_pipeline.checkpoint_layout`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cotir_pipeline.checkpoint_layout import CHECKPOINT_MARKER, LATEST_FILE, MODEL_DIR
+from models.variants import Variant
+
+
+def export_inference_checkpoint(
+    trainable: Mapping[str, torch.Tensor],
+    variant: Variant,
+    folder: Path,
+    *,
+    lora_bias: bool = True,
+    extra_meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write adapter + LoRA as an inference checkpoint (``models.checkpoint_io`` layout).
+
+    ``trainable`` holds the full (gathered) trainable tensors by parameter name; they are
+    assigned into a skeleton built on the meta device, so no base weights are needed
+    here and any wrapping (DDP, FSDP) of the training model is irrelevant.
+    """
+    from models.backbones import CoTIRTransformer
+    from models.checkpoint_io import save_checkpoint
+    from models.lora import apply_lora
+
+    skeleton = CoTIRTransformer.from_config(
+        variant.backbone,
+        variant.transformer_config,
+        text_dim=variant.text_dim,
+        adapter_depth=variant.adapter_depth,
+        device="meta",
+    )
+    apply_lora(skeleton, variant.lora_rank, lora_bias=lora_bias)
+    wanted = {name for name, p in skeleton.named_parameters() if p.requires_grad}
+    missing = sorted(wanted - set(trainable))
+    if missing:
+        raise ValueError(f"trainable state lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    selected = {name: trainable[name] for name in wanted}
+    skeleton.load_state_dict(selected, strict=False, assign=True)
+    return save_checkpoint(skeleton, folder, variant=variant.name, extra_meta=extra_meta)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers never see a partial file."""
+    from cotir_pipeline.store.local import write_atomically
+
+    write_atomically(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _open_store(url: str) -> Any:
+    """The store at ``url`` with the client settings the launching process handed down."""
+    from cotir_pipeline.store import inherited_store_config, open_store
+
+    return open_store(inherited_store_config(url))
+
+
+def finished_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders with their completion marker, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        path
+        for path in root.iterdir()
+        if path.is_dir() and path.name.startswith("step-") and (path / CHECKPOINT_MARKER).is_file()
+    )
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest finished checkpoint under ``root``.
+
+    The ``latest`` pointer is written after a checkpoint's folder is renamed into place,
+    so a process killed between the two leaves it naming the one before; the finished
+    folders themselves are the record (their names sort by step).
+    """
+    finished = finished_checkpoints(root)
+    return finished[-1] if finished else None
+
+
+def fetch_latest_from_store(store_url: str, root: Path) -> Path | None:
+    """Download the store's latest finished checkpoint into ``root``; None if it has none."""
+    store = _open_store(store_url)
+    if not store.exists(LATEST_FILE):
+        return None
+    name = store.get_text(LATEST_FILE).strip()
+    if not store.exists(f"{name}/{CHECKPOINT_MARKER}"):
+        return None
+    target = root / name
+    for info in store.list(f"{name}/"):
+        relative = info.key.removeprefix(f"{name}/")
+        if relative != CHECKPOINT_MARKER:
+            store.download_file(info.key, target.joinpath(*relative.split("/")))
+    store.download_file(f"{name}/{CHECKPOINT_MARKER}", target / CHECKPOINT_MARKER)
+    return target
+
+
+def upload_checkpoint(store_url: str, folder: Path) -> str:
+    """Upload a finished checkpoint folder (marker last) and point ``latest`` at it."""
+    store = _open_store(store_url)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKPOINT_MARKER)
+    for path in files:
+        store.put_file(f"{folder.name}/{path.relative_to(folder).as_posix()}", path)
+    store.put_file(f"{folder.name}/{CHECKPOINT_MARKER}", folder / CHECKPOINT_MARKER)
+    store.put_text(LATEST_FILE, folder.name + "\n")
+    return f"{store.url.rstrip('/')}/{folder.name}/{MODEL_DIR}"
