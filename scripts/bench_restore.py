@@ -211,13 +211,18 @@ def main(argv: list[str] | None = None) -> int:
             f"| warm restore, {merged_label} | {warm_s:.3f} | peft's unmerged LoRA "
             f"layers | {layered_s:.3f} | {warm_s / layered_s:.2f}x |"
         )
+    _print_stages(stages)
+    return 0
+
+
+def _print_stages(stages: list[tuple[str, float]]) -> None:
+    """The stage table of one cold process, with its total."""
     print()
     print("| cold process, by stage | seconds |")
     print("|---|---:|")
     for name, seconds in stages:
         print(f"| {name} | {seconds:.2f} |")
     print(f"| all | {sum(seconds for _, seconds in stages):.2f} |")
-    return 0
 
 
 if __name__ == "__main__":
