@@ -102,16 +102,12 @@ def evaluation_resource(settings: CotirSettings) -> EvaluationResource:
 
 def training_resource(settings: CotirSettings) -> TrainingResource:
     """The ``training`` resource of the settings' profile."""
-    values = _values("training", settings.profile)
-    if settings.train_steps is not None:
-        # COTIR_TRAIN_STEPS sets the length of every run, the paper-objective row's too.
-        values["paper_objective_steps"] = None
     return TrainingResource(
         steps=settings.train_steps,
         output_dir=str(settings.home / "training"),
         home=str(settings.home),
         weights_dir=str(settings.weights_dir) if settings.weights_dir else None,
-        **values,
+        **_values("training", settings.profile),
     )
 
 

@@ -49,7 +49,8 @@ ALL_IMPORTS = (
 )
 
 #: A fresh process that loads and restores like ``cotir restore`` and prints the seconds
-#: of each stage as ``name<TAB>seconds`` lines (argv: image, checkpoint folder or "").
+#: of each stage as ``name<TAB>seconds`` lines (argv: image, checkpoint folder or "",
+#: prompt).
 STAGES = """
 import sys, time
 started = time.perf_counter()
@@ -75,9 +76,9 @@ with hidden_modules(modules_to_hide()):
     mark("load prior, text encoder and checkpoint")
 from PIL import Image
 image = Image.open(sys.argv[1]).convert("RGB")
-restorer.restore(image, "Please remove the haze.")
+restorer.restore(image, sys.argv[3])
 mark("first restore")
-restorer.restore(image, "Please remove the haze.")
+restorer.restore(image, sys.argv[3])
 mark("second restore")
 """
 
@@ -85,7 +86,7 @@ mark("second restore")
 def _stages(image: Path, checkpoint: Path | None) -> list[tuple[str, float]]:
     """The seconds of each stage of one fresh process (:data:`STAGES`)."""
     done = subprocess.run(
-        [sys.executable, "-c", STAGES, str(image), str(checkpoint or "")],
+        [sys.executable, "-c", STAGES, str(image), str(checkpoint or ""), PROMPT],
         check=True,
         capture_output=True,
         text=True,

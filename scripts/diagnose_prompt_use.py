@@ -28,13 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from cotir_pipeline.evaluation.bench_sets import read_bench_set
+from cotir_pipeline.evaluation.metrics import load_metric
 from cotir_pipeline.images import load_rgb8
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of two uint8 images, peak 255."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
 def change_stats(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
@@ -55,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = read_bench_set(args.bench)
     restorer = restorer_from_checkpoint(args.checkpoint)
+    psnr = load_metric("psnr").score_arrays  # the bench tables' own PSNR
     records = [r for r in bench.records if bench.hq_files.get(r.id) is not None]
     if not records:
         parser.error(f"{args.bench} has no sample with ground truth")

@@ -55,8 +55,9 @@ class TrainingResource(dg.ConfigurableResource):
         default=None,
         ge=1,
         description="Schedule length of the paper-objective run (cotir_checkpoint) when the "
-        f"LQ-start run ({LQ_FLOW_ASSET}) is the main row; None: `steps`. The demo trains it "
-        "for 300 steps, the budget of Table VII's arms (docs/TRAINING.md).",
+        f"LQ-start run ({LQ_FLOW_ASSET}) is the main row and `steps` is unset (a set `steps`, "
+        "e.g. COTIR_TRAIN_STEPS, is every run's length); None: the variant's. The demo trains "
+        "it for 300 steps, the budget of Table VII's arms (docs/TRAINING.md).",
     )
     flow_start: Literal["noise", "reference"] = Field(
         default="noise",
@@ -148,7 +149,7 @@ class TrainingResource(dg.ConfigurableResource):
         if base is not None:
             command += ["--base", str(base)]
         steps = self.steps
-        if self.lq_flow_run and not lq_start and self.paper_objective_steps is not None:
+        if steps is None and self.lq_flow_run and not lq_start:
             steps = self.paper_objective_steps
         if steps is not None:
             command += ["--steps", str(steps)]
