@@ -374,19 +374,17 @@ def image_ids(
     """
     if grid_height < 1 or grid_width < 1:
         raise ValueError(f"grid must be at least 1x1, got {grid_height}x{grid_width}")
-    rows = torch.arange(grid_height, device=device).repeat_interleave(grid_width)
-    cols = torch.arange(grid_width, device=device).repeat(grid_height)
-    if kind is BackboneKind.FLUX1_KONTEXT:
-        ids = torch.zeros(grid_height * grid_width, 3, device=device)
-        ids[:, 0] = FLUX1_REFERENCE_T if reference else 0
-        ids[:, 1] = rows.float()
-        ids[:, 2] = cols.float()
-        return ids
-    ids = torch.zeros(grid_height * grid_width, 4, dtype=torch.long, device=device)
-    ids[:, 0] = FLUX2_REFERENCE_T if reference else 0
-    ids[:, 1] = rows
-    ids[:, 2] = cols
-    return ids
+    # Broadcast aranges, no in-place writes: the same ids, and a graph that exports with
+    # the grid's size dynamic (models.onnx_export).
+    rows = torch.arange(grid_height, device=device)[:, None].expand(grid_height, grid_width)
+    cols = torch.arange(grid_width, device=device)[None, :].expand(grid_height, grid_width)
+    flux1 = kind is BackboneKind.FLUX1_KONTEXT
+    t_value = (FLUX1_REFERENCE_T if flux1 else FLUX2_REFERENCE_T) if reference else 0
+    axes = [torch.full_like(rows, t_value), rows, cols]
+    if not flux1:
+        axes.append(torch.zeros_like(rows))
+    ids = torch.stack(axes, dim=-1).reshape(grid_height * grid_width, len(axes))
+    return ids.float() if flux1 else ids
 
 
 def grid_to_tokens(grid: torch.Tensor) -> torch.Tensor:

@@ -507,6 +507,16 @@ class CoTIRRestorer:
             )
         return tile_size // stride, tile_overlap // stride
 
+    def guidance(self) -> torch.Tensor | None:
+        """The distilled guidance scale a FLUX.1 transformer with guidance embeddings takes
+        (the variant's, else 1); None for every other transformer."""
+        if self.variant.backbone is not BackboneKind.FLUX1_KONTEXT:
+            return None
+        if not self.model.transformer.config.guidance_embeds:
+            return None
+        value = self.variant.guidance if self.variant.guidance is not None else 1.0
+        return torch.full((1,), value, device=self.device, dtype=torch.float32)
+
     def _velocity_fn(
         self, text: TextEncoding, grid_h: int, grid_w: int
     ) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
@@ -521,10 +531,7 @@ class CoTIRRestorer:
             ]
         )
         txt_ids = text_ids(kind, text.embeds.shape[1], device=self.device)
-        guidance = None
-        if kind is BackboneKind.FLUX1_KONTEXT and self.model.transformer.config.guidance_embeds:
-            value = self.variant.guidance if self.variant.guidance is not None else 1.0
-            guidance = torch.full((1,), value, device=self.device, dtype=torch.float32)
+        guidance = self.guidance()
         pooled = text.pooled if kind is BackboneKind.FLUX1_KONTEXT else None
 
         def velocity(x: torch.Tensor, reference: torch.Tensor, t: float) -> torch.Tensor:

@@ -15,62 +15,25 @@ Only the noisy target tokens count towards the sequence length, as in the pipeli
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-#: Sizes are rounded to multiples of this (8x VAE, 2x2 patches).
-SIZE_MULTIPLE = 16
+from models.sampling_math import SIZE_MULTIPLE, flux1_mu, flux2_mu, round_size, time_shift
+
+__all__ = [
+    "SIZE_MULTIPLE",
+    "euler_sample",
+    "flux1_mu",
+    "flux2_mu",
+    "round_size",
+    "schedule_for",
+    "shifted_sigmas",
+]
+
 
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 StepCallback = Callable[[int, int], None]
-
-
-def round_size(
-    width: int,
-    height: int,
-    multiple: int = SIZE_MULTIPLE,
-    *,
-    down: bool = False,
-) -> tuple[int, int]:
-    """Multiples of ``multiple`` (at least one) for an image size: nearest, or ``down``.
-
-    ``down`` floors, as the public release's inference does; nearest moves the image
-    less (at most half a multiple) and is ours.
-    """
-    if width < 1 or height < 1:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    if multiple < 1:
-        raise ValueError(f"multiple must be positive, got {multiple}")
-
-    def rounded(value: int) -> int:
-        if down:
-            return max(multiple, (value // multiple) * multiple)
-        return max(multiple, math.floor(value / multiple + 0.5) * multiple)
-
-    return rounded(width), rounded(height)
-
-
-def flux1_mu(
-    image_seq_len: int,
-    *,
-    base_shift: float = 0.5,
-    max_shift: float = 1.15,
-    base_seq_len: int = 256,
-    max_seq_len: int = 4096,
-) -> float:
-    """FLUX.1's shift: linear in the image token count (diffusers' ``calculate_shift``)."""
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-    return float(calculate_shift(image_seq_len, base_seq_len, max_seq_len, base_shift, max_shift))
-
-
-def flux2_mu(image_seq_len: int, steps: int) -> float:
-    """FLUX.2's empirical shift (diffusers' ``compute_empirical_mu``)."""
-    from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
-
-    return float(compute_empirical_mu(image_seq_len=image_seq_len, num_steps=steps))
 
 
 def shifted_sigmas(steps: int, mu: float) -> torch.Tensor:
@@ -78,7 +41,7 @@ def shifted_sigmas(steps: int, mu: float) -> torch.Tensor:
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     base = torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64)
-    shifted = math.exp(mu) / (math.exp(mu) + (1.0 / base - 1.0))
+    shifted = time_shift(mu, base)
     return torch.cat([shifted, torch.zeros(1, dtype=torch.float64)])
 
 

@@ -15,7 +15,7 @@ targets, never trainable features. Weights are read from local folders only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,19 +123,27 @@ class MiniLMTextEncoder(TextEncoder):
         self, prompts: str | Sequence[str], max_length: int = MAX_TEXT_TOKENS
     ) -> TextEncoding:
         """Last hidden states per token; pooled = mean over the real (unpadded) tokens."""
+        batch = self.batch(prompts, max_length)
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"]
+        return TextEncoding(embeds=hidden, mask=mask, pooled=self.pool(hidden, mask))
+
+    def batch(self, prompts: str | Sequence[str], max_length: int) -> Mapping[str, torch.Tensor]:
+        """Token ids, attention mask and token types, padded and truncated to ``max_length``."""
         _check_length(max_length, self.max_positions)
-        batch = self.tokenizer(
+        return self.tokenizer(
             _as_list(prompts),
             padding="max_length",
             max_length=max_length,
             truncation=True,
             return_tensors="pt",
         ).to(self.device)
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"]
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean of the per-token features over the real (unpadded) tokens."""
         weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return TextEncoding(embeds=hidden, mask=mask, pooled=pooled)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 def minilm_folder() -> Path:

@@ -126,7 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="A demo checkpoint's model/ folder.")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--export",
+        action="store_true",
+        help="Export the checkpoint to ONNX first when it has no current export (timed).",
+    )
     args = parser.parse_args(argv)
+    export_s = _export_if_asked(args.checkpoint) if args.export else None
+    engines = ["torch"]
+    if args.checkpoint is not None and _has_current_export(args.checkpoint):
+        engines.append("onnx")
     env_note = f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,7 +146,16 @@ def main(argv: list[str] | None = None) -> int:
             extra = ["--checkpoint", str(args.checkpoint)]
         else:
             extra = ["--variant", "demo"]
-        cold = [_wall([*command, str(folder / f"out{i}.png"), *extra]) for i in range(args.repeats)]
+        # The engines alternate, so each ratio compares the same stretch of machine time.
+        cold: dict[str, list[float]] = {engine: [] for engine in engines}
+        for i in range(args.repeats):
+            for engine in engines:
+                out = str(folder / f"{engine}{i}.png")
+                cold[engine].append(_wall([*command, out, *extra, "--engine", engine]))
+        apart = (
+            _levels_apart(folder / "torch0.png", folder / "onnx0.png") if len(engines) > 1 else None
+        )
+        extra = [*extra, "--engine", "torch"]
         arguments = command[len(_cotir_command()) :]
         cold_all = [
             _wall([sys.executable, "-c", ALL_IMPORTS, *arguments, str(folder / "all.png"), *extra])
@@ -173,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 model.restore(lq, PROMPT)
                 series.append(time.perf_counter() - started)
         warm = times[0]
+        onnx_warm_s = _warm_onnx(args.checkpoint, lq, args.repeats) if len(engines) > 1 else None
         layered_s = statistics.median(times[1]) if len(times) > 1 else None
         chain = SequentialToolChain(order="label", name="classical_chain")
         array = np.asarray(lq)
@@ -183,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             chain.restore(array, PROMPT, "haze")
             classical.append(time.perf_counter() - started)
 
-    cold_s, floor_s = statistics.median(cold), statistics.median(floor)
+    cold_s, floor_s = statistics.median(cold["torch"]), statistics.median(floor)
     cold_all_s = statistics.median(cold_all)
     warm_s, chain_s = statistics.median(warm), statistics.median(classical)
     # A checkpoint whose velocity is its change to the base keeps peft's layers either way.
@@ -212,8 +231,75 @@ def main(argv: list[str] | None = None) -> int:
             f"| warm restore, {merged_label} | {warm_s:.3f} | peft's unmerged LoRA "
             f"layers | {layered_s:.3f} | {warm_s / layered_s:.2f}x |"
         )
+    if "onnx" in cold:
+        onnx_s = statistics.median(cold["onnx"])
+        print(
+            f"| cold `cotir restore --engine onnx` | {onnx_s:.2f} | cold `--engine torch` "
+            f"| {cold_s:.2f} | {onnx_s / cold_s:.2f}x |"
+        )
+        print(
+            f"| cold `cotir restore --engine onnx` | {onnx_s:.2f} | python + import torch + "
+            f"read image | {floor_s:.2f} | {onnx_s / floor_s:.2f}x |"
+        )
+    if onnx_warm_s is not None:
+        print(
+            f"| warm restore, ONNX engine | {onnx_warm_s:.3f} | torch engine "
+            f"| {warm_s:.3f} | {onnx_warm_s / warm_s:.2f}x |"
+        )
+    if apart is not None:
+        print(
+            f"\nONNX against torch engine PNG: at most {apart[0]} level(s) apart, "
+            f"{apart[1]:.3%} of values differ"
+        )
+    if export_s is not None:
+        print(f"`cotir export-onnx` of the checkpoint: {export_s:.1f} s")
     _print_stages(stages)
     return 0
+
+
+def _has_current_export(checkpoint: Path) -> bool:
+    from models.onnx_restore import ExportMissingError, StaleExportError, read_manifest
+
+    try:
+        read_manifest(checkpoint)
+    except (ExportMissingError, StaleExportError):
+        return False
+    return True
+
+
+def _export_if_asked(checkpoint: Path | None) -> float | None:
+    """Seconds of exporting the checkpoint to ONNX (None: nothing to export, or current)."""
+    if checkpoint is None or _has_current_export(checkpoint):
+        return None
+    from models.onnx_export import export_onnx
+
+    started = time.perf_counter()
+    export_onnx(checkpoint)
+    return time.perf_counter() - started
+
+
+def _warm_onnx(checkpoint: Path, image: object, repeats: int) -> float:
+    """Median seconds of one restore by the loaded ONNX engine, after a warm-up."""
+    from models.onnx_restore import OnnxRestorer
+
+    exported = OnnxRestorer.from_checkpoint(checkpoint)
+    exported.restore(image, PROMPT)  # type: ignore[arg-type]
+    times = []
+    for _ in range(max(repeats, 5)):
+        started = time.perf_counter()
+        exported.restore(image, PROMPT)  # type: ignore[arg-type]
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _levels_apart(first: Path, second: Path) -> tuple[int, float]:
+    """Largest difference of two 8-bit PNGs and the share of values that differ."""
+    from PIL import Image
+
+    a = np.asarray(Image.open(first), dtype=np.int16)
+    b = np.asarray(Image.open(second), dtype=np.int16)
+    difference = np.abs(a - b)
+    return int(difference.max()), float((difference > 0).mean())
 
 
 def _print_stages(stages: list[tuple[str, float]]) -> None:

@@ -39,6 +39,19 @@ def test_flux1_shift_is_linear_from_half_at_256_to_1_15_at_4096_tokens() -> None
     assert flux1_mu(1024) == pytest.approx(0.5 + 0.65 * (1024 - 256) / 3840)
 
 
+def test_the_shift_formulas_are_diffusers_own_bit_for_bit() -> None:
+    """The sampler's torch-free mu (models.sampling_math) against the pipelines' functions."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+    from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
+
+    for seq_len in (1, 16, 64, 255, 256, 1024, 4096, 4300, 4301, 9000):
+        assert flux1_mu(seq_len) == calculate_shift(seq_len, 256, 4096, 0.5, 1.15)
+        shifted = flux1_mu(seq_len, base_shift=0.3, max_shift=1.2)
+        assert shifted == calculate_shift(seq_len, 256, 4096, 0.3, 1.2)
+        for steps in (1, 2, 4, 5, 20, 50):
+            assert flux2_mu(seq_len, steps) == compute_empirical_mu(seq_len, steps)
+
+
 @pytest.mark.parametrize(
     ("kind", "seq_len", "steps"), [("flux1", 1024, 20), ("flux2", 1024, 5), ("flux2", 5000, 4)]
 )
