@@ -17,6 +17,11 @@ In one run:
   diffusers' top level, the transformer class (with peft and transformers behind it),
   the project's model code, loading the checkpoint, the first and a second restore.
 
+- engines: with a checkpoint that has a current ONNX export (``--export`` makes one
+  and times it), the cold process on ``--engine onnx`` against ``--engine torch``
+  (alternately), the ONNX engine's warm restore against the torch engine's, and how
+  far apart the two engines' PNGs are.
+
 It prints each number and the ratios. ``--checkpoint`` is a trained demo checkpoint
 (its ``model/`` folder); without it the shipped prior alone is timed.
 
