@@ -8,6 +8,7 @@ inside the command, so ``cotir --help`` and ``cotir restore --help`` stay fast.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,10 +277,20 @@ def _exported_restorer(
         if not folder.exists() and not folder.is_absolute():
             folder = require_weights(settings, str(folder), what="CoTIR checkpoint")
         exported = OnnxRestorer.from_checkpoint(folder)
-    except (MissingWeightsError, ExportMissingError) as error:
+    except MissingWeightsError as error:
         if engine == "onnx":
             raise click.ClickException(str(error)) from None
         return None  # the torch engine reports a missing checkpoint its own way
+    except ExportMissingError as error:
+        if engine == "onnx":
+            raise click.ClickException(str(error)) from None
+        if _exportable(folder):
+            click.echo(
+                f"cotir: tip: `cotir export-onnx {folder}` once makes cold restores of this "
+                "checkpoint several times faster (see --engine)",
+                err=True,
+            )
+        return None
     except StaleExportError as error:
         if engine == "onnx":
             raise click.ClickException(str(error)) from None
@@ -292,6 +303,19 @@ def _exported_restorer(
             )
         return None  # the torch engine decides what --variant means for this folder
     return exported
+
+
+def _exportable(checkpoint: Path) -> bool:
+    """Whether the folder is one of our checkpoints of a variant the ONNX export covers."""
+    from cotir_pipeline.checkpoint_layout import META_FILE
+    from models.variants import CodecKind, get_variant
+
+    try:
+        meta = json.loads((checkpoint / META_FILE).read_text())
+        variant = get_variant(str(meta["variant"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return variant.is_demo and variant.codec is CodecKind.PIXEL
 
 
 @click.command("export-onnx")
@@ -329,6 +353,8 @@ def export_onnx(checkpoint: Path, force: bool) -> None:
             folder = export(checkpoint)
         except (ExportError, MissingWeightsError, ValueError) as error:
             raise click.ClickException(str(error)) from None
+        except OSError as error:  # a read-only checkpoint folder, a full disk
+            raise click.ClickException(f"cannot write the export: {error}") from None
     click.echo(str(folder))
 
 

@@ -219,6 +219,38 @@ def make_chunk(
     pair_dropped = (roll >= 0.01) & (roll < 0.03)
     failed = (roll >= 0.03) & (roll < 0.0305)
     ok = ~(plan_dropped | pair_dropped | failed)
+    plan, recipe_json = _plan_table(spec, index, labels, split, plan_dropped, rng)
+    outcomes = (plan_dropped, pair_dropped, failed)
+    manifest = _manifest_table(spec, index, ids, labels, tasks, plan, recipe_json, outcomes, rng)
+    train = ok & (np.asarray(split.to_numpy(zero_copy_only=False)) == "train")
+    bench = ok & ~train
+    annotations, filters, training_shards = _annotation_tables(ids, labels, train, start, rng)
+    kept_ids = training_shards.column("sample_id").combine_chunks()
+    runs = _run_tables(kept_ids, trained_total, rng)
+    benches, evaluations = _bench_tables(spec, ids.filter(pa.array(bench)), bench_room, rng)
+    return Chunk(
+        plan=plan,
+        manifest=manifest,
+        annotations=annotations,
+        filters=filters,
+        training_shards=training_shards,
+        runs=runs,
+        benches=benches,
+        evaluations=evaluations,
+        sample_ids=ids,
+    )
+
+
+def _plan_table(
+    spec: SourceSpec,
+    index: np.ndarray,
+    labels: pa.Array,
+    split: pa.Array,
+    plan_dropped: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[pa.Table, pa.Array]:
+    """The pair plan's rows (``raw_pairs``), and each sample's recipe as JSON."""
+    count = len(index)
     scene = padded(index // 40, 4)
     frame = padded(index % 40 * 7 + 1, 6)
     if spec.synthetic:
@@ -264,6 +296,28 @@ def make_chunk(
         },
         schema=PLAN_SCHEMA,
     )
+    return plan, recipe_json
+
+
+def _manifest_table(
+    spec: SourceSpec,
+    index: np.ndarray,
+    ids: pa.Array,
+    labels: pa.Array,
+    tasks: pa.Array,
+    plan: pa.Table,
+    recipe_json: pa.Array,
+    outcomes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    rng: np.random.Generator,
+) -> pa.Table:
+    """The pair shard manifest's rows: each sample stored, dropped or failed."""
+    count = len(index)
+    plan_dropped, pair_dropped, failed = outcomes
+    ok = ~(plan_dropped | pair_dropped | failed)
+    plan_reason = plan.column("reason").combine_chunks()
+    item_key = plan.column("item_key").combine_chunks()
+    split = plan.column("split").combine_chunks()
+    seed = plan.column("seed").combine_chunks()
     status = where_else(
         ok,
         pa.scalar("ok"),
@@ -319,8 +373,13 @@ def make_chunk(
         },
         schema=MANIFEST_SCHEMA,
     )
-    train = ok & (np.asarray(split.to_numpy(zero_copy_only=False)) == "train")
-    bench = ok & ~train
+    return manifest
+
+
+def _annotation_tables(
+    ids: pa.Array, labels: pa.Array, train: np.ndarray, start: int, rng: np.random.Generator
+) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """The annotation, filter and training-shard rows of the chunk's training samples."""
     annotated_ids = ids.filter(pa.array(train))
     annotated = len(annotated_ids)
     annotation_failed = rng.random(annotated) < 0.01
@@ -363,6 +422,14 @@ def make_chunk(
             "shard_key": kept_ids,
         }
     )
+    return annotations, filters, training_shards
+
+
+def _run_tables(
+    kept_ids: pa.Array, trained_total: int, rng: np.random.Generator
+) -> dict[str, pa.Table]:
+    """Which training steps of each run drew each kept sample."""
+    kept = len(kept_ids)
     runs: dict[str, pa.Table] = {}
     for run, steps, batch in RUNS:
         # Each run draws steps x batch samples uniformly from the training set: a sample
@@ -380,7 +447,13 @@ def make_chunk(
                 "times": pa.array(times[drawn], pa.int32()),
             }
         )
-    bench_ids = ids.filter(pa.array(bench))
+    return runs
+
+
+def _bench_tables(
+    spec: SourceSpec, bench_ids: pa.Array, bench_room: dict[str, int], rng: np.random.Generator
+) -> tuple[dict[str, pa.Table], dict[str, pa.Table]]:
+    """Bench set members among the chunk's test samples, and every method's scores of them."""
     bench_of = rng.integers(0, len(BENCHES), len(bench_ids))
     benches: dict[str, pa.Table] = {}
     evaluations: dict[str, pa.Table] = {}
@@ -418,17 +491,7 @@ def make_chunk(
                     "score:ssim": pa.array(rng.uniform(0.5, 0.95, rows)),
                 }
             )
-    return Chunk(
-        plan=plan,
-        manifest=manifest,
-        annotations=annotations,
-        filters=filters,
-        training_shards=training_shards,
-        runs=runs,
-        benches=benches,
-        evaluations=evaluations,
-        sample_ids=ids,
-    )
+    return benches, evaluations
 
 
 class Writers:
@@ -577,6 +640,297 @@ def line(label: str, value: str, note: str = "") -> None:
     print(f"  {label:<58} {value:>14}  {note}")
 
 
+def _generate(store: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Write the synthetic store and print the size of each stage's input files."""
+    print("generate (every stage's per-sample rows, real schemas):", flush=True)
+    started = time.perf_counter()
+    generated = generate(store, args.samples, args.sources, args.seed, args.lookups)
+    input_bytes = {
+        stage: sum(path.stat().st_size for path in (store / stage).rglob("*.parquet"))
+        for stage in (
+            "raw_pairs",
+            "pair_shards",
+            "cot_annotations",
+            "filtered_annotations",
+            "training_shards",
+            "training_runs",
+            "bench_sets",
+            "metric_scores",
+        )
+    }
+    print(f"  generated in {time.perf_counter() - started:.0f} s; input files:")
+    for stage, size in input_bytes.items():
+        line(f"{stage}/ manifests", f"{size / 1e6:,.1f} MB")
+
+    return generated
+
+
+def _build(store: Path, env: dict[str, str], args: argparse.Namespace) -> tuple[int, bool]:
+    """Build the index in a subprocess; print its time, memory and size. Returns the
+    build's peak RSS and whether every stage stays under the per-sample size target."""
+    input_bytes = {
+        stage: sum(path.stat().st_size for path in (store / stage).rglob("*.parquet"))
+        for stage in ("raw_pairs", "pair_shards")
+    }
+    print("build (`cotir lineage --build --json`, a subprocess):", flush=True)
+    seconds, peak, output, code = timed_child([str(COTIR), "lineage", "--build", "--json"], env)
+    if code != 0:
+        raise SystemExit(f"the build failed with exit code {code}")
+    report = json.loads(output)
+    line("build wall time", f"{seconds:,.1f} s", f"({args.samples / seconds:,.0f} samples/s)")
+    line("build peak RSS", f"{peak / 2**30:,.2f} GiB", "(target < 8 GiB)")
+    line("samples indexed", f"{report['samples']:,}")
+    line("parts / hex digits", f"{report['parts']} / {report['hex_digits']}")
+    line("status counts", json.dumps(report["status_counts"]))
+    line("furthest stage counts", "", json.dumps(report["stage_counts"]))
+
+    print("size on disk (compressed column chunks per group, bytes per sample):")
+    samples = max(report["samples"], 1)
+    per_stage_ok = True
+    for group, size in report["bytes_by_group"].items():
+        per_sample = size / samples
+        if group in {stage.name for stage in STAGES} or group in ("identity", "overall"):
+            per_stage_ok &= per_sample < TARGET_BYTES_PER_STAGE
+        line(f"{group}", f"{per_sample:,.1f} B", f"{size / 1e6:,.1f} MB")
+    line(
+        "total",
+        f"{report['bytes_total'] / samples:,.1f} B",
+        f"{report['bytes_total'] / 1e6:,.1f} MB",
+    )
+    pair_input = input_bytes["pair_shards"] + input_bytes["raw_pairs"]
+    line(
+        "index / (raw_pairs + pair_shards manifests)",
+        f"{report['bytes_total'] / pair_input:.2f}x",
+    )
+
+    return peak, per_stage_ok
+
+
+def _warm_lookups(store: Path, probes: list[str], duckdb: Any) -> dict[str, tuple[float, float]]:
+    """Point look-ups in this process (pyarrow, and DuckDB when installed): p50/p99 ms."""
+    index = open_lineage(store)
+    misses = hex_strings(np.random.default_rng(1), 200, 32).to_pylist()
+    print(f"point look-ups, warm process, {len(probes)} random ids:", flush=True)
+    fresh = latencies(lambda sample_id: open_lineage(store).lookup(sample_id), probes)
+    first = latencies(index.lookup, probes)
+    warm = latencies(index.lookup, probes)
+    require(all(index.lookup(i) is not None for i in probes[:50]), "probe ids are indexed")
+    miss = latencies(index.lookup, misses)
+    results: dict[str, tuple[float, float]] = {}
+    for label, values in (
+        ("pyarrow lookup() (opens the index every call)", fresh),
+        ("pyarrow LineageIndex, first touch of each part", first),
+        ("pyarrow LineageIndex, warm (footers cached)", warm),
+        ("pyarrow LineageIndex, warm, ids not indexed", miss),
+    ):
+        p50, p99 = statistics.median(values), percentile(values, 0.99)
+        results[label] = (p50, p99)
+        line(label, f"p50 {p50:6.2f} ms", f"p99 {p99:6.2f} ms")
+    if duckdb is not None:
+        duck = duckdb_lookup_factory(index, store)
+        latencies(duck, probes[:20])
+        duck_values = latencies(duck, probes)
+        check = duck(probes[0])
+        require(check is not None and check["sample_id"] == probes[0], "duckdb look-up")
+        p50, p99 = statistics.median(duck_values), percentile(duck_values, 0.99)
+        line(
+            "duckdb read_parquet(part) WHERE sample_id = ?, warm",
+            f"p50 {p50:6.2f} ms",
+            f"p99 {p99:6.2f} ms",
+        )
+        base50, base99 = results["pyarrow lookup() (opens the index every call)"]
+        line(
+            "ratio duckdb / pyarrow lookup()",
+            f"p50 {p50 / base50:5.2f}x",
+            f"p99 {p99 / base99:5.2f}x",
+        )
+        warm50, warm99 = results["pyarrow LineageIndex, warm (footers cached)"]
+        line(
+            "ratio duckdb / pyarrow LineageIndex warm",
+            f"p50 {p50 / warm50:5.2f}x",
+            f"p99 {p99 / warm99:5.2f}x",
+        )
+
+    return results
+
+
+def _cold_lookups(
+    store: Path,
+    env: dict[str, str],
+    generated: dict[str, Any],
+    args: argparse.Namespace,
+    duckdb: Any,
+) -> list[float]:
+    """``cotir lineage <id>`` in fresh processes, and the bare costs under it."""
+    probes = generated["probe_ids"]
+    print(f"cold look-up, a new process per call ({args.cold_calls} calls):", flush=True)
+    cold = []
+    for sample_id in probes[: args.cold_calls]:
+        elapsed, _, text, code = timed_child([str(COTIR), "lineage", sample_id], env)
+        require(code == 0 and sample_id in text, f"cold CLI look-up: {text}")
+        cold.append(elapsed)
+    line(
+        "`cotir lineage <id>` end to end",
+        f"median {statistics.median(cold):.2f} s",
+        f"max {max(cold):.2f} s",
+    )
+    # Chains that reach the scores and the training steps: a bench sample scored by
+    # every method, and a sample the 120k-step run trained on.
+    chains = (
+        ("bench sample, 10 methods x 2 prompts", generated["bench_probe"], "scores:"),
+        ("trained sample, its runs' steps", generated["run_probe"], "steps "),
+    )
+    for label, sample_id, marker in chains:
+        chain = []
+        for _ in range(args.cold_calls):
+            elapsed, _, text, code = timed_child([str(COTIR), "lineage", sample_id], env)
+            require(code == 0 and marker in text, f"cold CLI chain of a {label}: {text}")
+            chain.append(elapsed)
+        line(
+            f"`cotir lineage <id>`, {label}",
+            f"median {statistics.median(chain):.2f} s",
+            f"max {max(chain):.2f} s",
+        )
+    cold_json = [
+        timed_child([str(COTIR), "lineage", sample_id, "--json"], env)[0]
+        for sample_id in probes[: args.cold_calls]
+    ]
+    line(
+        "`cotir lineage <id> --json`",
+        f"median {statistics.median(cold_json):.2f} s",
+        f"max {max(cold_json):.2f} s",
+    )
+    _cold_baselines(store, env, probes[: args.cold_calls], duckdb)
+    return cold
+
+
+def _cold_baselines(store: Path, env: dict[str, str], probes: list[str], duckdb: Any) -> None:
+    """What a cold look-up costs without the CLI: Python and the CLI's import, and the
+    bare look-up through pyarrow and through DuckDB."""
+    python = sys.executable
+    bare = [
+        timed_child([python, "-c", "import cotir_pipeline.cli"], env)[0] for _ in range(len(probes))
+    ]
+    line(
+        "  of which: start Python + import cotir_pipeline.cli",
+        f"median {statistics.median(bare):.2f} s",
+    )
+    if duckdb is not None:
+        script = (
+            "import json, sys, duckdb\n"
+            "store, sample_id = sys.argv[1], sys.argv[2]\n"
+            "meta = json.load(open(store + '/sample_lineage/_index.json'))\n"
+            "digits = meta['hex_digits']\n"
+            "bucket = sample_id[:digits] if digits else 'all'\n"
+            "key = next(p['key'] for p in meta['parts'] if p['bucket'] == bucket)\n"
+            "row = duckdb.execute('SELECT * FROM read_parquet(?) WHERE sample_id = ?',"
+            " [store + '/' + key, sample_id]).fetchone()\n"
+            "print(row[0])\n"
+        )
+        duck_cold = [
+            timed_child([python, "-c", script, str(store), sample_id], env)[0]
+            for sample_id in probes
+        ]
+        line(
+            "python -c 'duckdb look-up' (no CLI, no settings)",
+            f"median {statistics.median(duck_cold):.2f} s",
+        )
+        pyarrow_script = (
+            "import sys\nfrom cotir_pipeline.lineage.read import lookup\n"
+            "print(lookup(sys.argv[1], sys.argv[2]).sample_id)\n"
+        )
+        arrow_cold = [
+            timed_child([python, "-c", pyarrow_script, str(store), sample_id], env)[0]
+            for sample_id in probes
+        ]
+        line(
+            "python -c 'pyarrow lookup()' (no CLI, no settings)",
+            f"median {statistics.median(arrow_cold):.2f} s",
+        )
+        line(
+            "ratio cold duckdb / cold pyarrow",
+            f"{statistics.median(duck_cold) / statistics.median(arrow_cold):5.2f}x",
+        )
+
+
+def _listings(store: Path, env: dict[str, str], generated: dict[str, Any], duckdb: Any) -> None:
+    """Filtered listings, warm with pyarrow (and DuckDB) and cold through the CLI."""
+    source = generated["query_source"]
+    filters = [
+        f"source = '{source}' and status = 'dropped'",
+        "stage = 'filtered_annotations' and filter_score < 0.2",
+    ]
+    print("filtered listings (limit 50, count of all matches):", flush=True)
+    for text in filters:
+        index_q = open_lineage(store)
+        started = time.perf_counter()
+        result = index_q.query(text, limit=50)
+        arrow_s = time.perf_counter() - started
+        started = time.perf_counter()
+        index_q.query(text, limit=50)
+        arrow_warm = time.perf_counter() - started
+        line(
+            f"pyarrow: {text}",
+            f"{arrow_s * 1000:,.0f} ms",
+            f"warm {arrow_warm * 1000:,.0f} ms, {result.matched:,} matches",
+        )
+        elapsed, _, output, code = timed_child(
+            [str(COTIR), "lineage", "--where", text, "--limit", "50", "--json"], env
+        )
+        require(code == 0 and json.loads(output)["matched"] == result.matched, "CLI --where")
+        line("  cold `cotir lineage --where ... --limit 50`", f"{elapsed:,.2f} s")
+        if duckdb is not None:
+            import duckdb as duck_module
+
+            connection = duck_module.connect()
+            connection.execute("SET threads TO 2")
+            glob = str(store / "sample_lineage" / "parts" / "*.parquet")
+            columns = ", ".join(DEFAULT_QUERY_COLUMNS)
+            started = time.perf_counter()
+            count = connection.execute(
+                f"SELECT count(*) FROM read_parquet('{glob}') WHERE {text}"
+            ).fetchone()[0]
+            rows = connection.execute(
+                f"SELECT {columns} FROM read_parquet('{glob}') WHERE {text} "
+                "ORDER BY sample_id LIMIT 50"
+            ).fetchall()
+            duck_s = time.perf_counter() - started
+            require(count == result.matched, f"duckdb count {count} != {result.matched}")
+            same = [row[0] for row in rows] == [row["sample_id"] for row in result.rows]
+            require(same, "duckdb and pyarrow list the same first rows")
+            line(
+                "  duckdb: count + first 50 by sample_id",
+                f"{duck_s * 1000:,.0f} ms",
+                f"ratio duckdb / pyarrow {duck_s / arrow_s:.2f}x",
+            )
+
+
+def _print_targets(
+    results: dict[str, tuple[float, float]], cold: list[float], per_stage_ok: bool, peak: int
+) -> None:
+    """PASS or MISS for each target of the lineage issue."""
+    own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print("targets:")
+    warm99 = results["pyarrow lookup() (opens the index every call)"][1]
+    line(
+        "warm look-up p99 < 50 ms (lookup() per call)",
+        "PASS" if warm99 < TARGET_WARM_MS else "MISS",
+        f"{warm99:.2f} ms",
+    )
+    line(
+        "cold CLI < 2 s",
+        "PASS" if max(cold) < TARGET_COLD_S else "MISS",
+        f"max {max(cold):.2f} s",
+    )
+    line("< 100 bytes per sample per stage", "PASS" if per_stage_ok else "MISS")
+    line(
+        "build peak RSS < 8 GiB",
+        "PASS" if peak < 8 * 2**30 else "MISS",
+        f"{peak / 2**30:.2f} GiB",
+    )
+    line("(this benchmark process's own peak RSS)", f"{own_peak / 2**30:.2f} GiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=5_200_000)
@@ -604,253 +958,12 @@ def main() -> None:
         f"pyarrow {pa.__version__}, duckdb {duckdb.__version__ if duckdb else 'not installed'}"
     )
     try:
-        print("generate (every stage's per-sample rows, real schemas):", flush=True)
-        started = time.perf_counter()
-        generated = generate(store, args.samples, args.sources, args.seed, args.lookups)
-        input_bytes = {
-            stage: sum(path.stat().st_size for path in (store / stage).rglob("*.parquet"))
-            for stage in (
-                "raw_pairs",
-                "pair_shards",
-                "cot_annotations",
-                "filtered_annotations",
-                "training_shards",
-                "training_runs",
-                "bench_sets",
-                "metric_scores",
-            )
-        }
-        print(f"  generated in {time.perf_counter() - started:.0f} s; input files:")
-        for stage, size in input_bytes.items():
-            line(f"{stage}/ manifests", f"{size / 1e6:,.1f} MB")
-
-        print("build (`cotir lineage --build --json`, a subprocess):", flush=True)
-        seconds, peak, output, code = timed_child([str(COTIR), "lineage", "--build", "--json"], env)
-        if code != 0:
-            raise SystemExit(f"the build failed with exit code {code}")
-        report = json.loads(output)
-        line("build wall time", f"{seconds:,.1f} s", f"({args.samples / seconds:,.0f} samples/s)")
-        line("build peak RSS", f"{peak / 2**30:,.2f} GiB", "(target < 8 GiB)")
-        line("samples indexed", f"{report['samples']:,}")
-        line("parts / hex digits", f"{report['parts']} / {report['hex_digits']}")
-        line("status counts", json.dumps(report["status_counts"]))
-        line("furthest stage counts", "", json.dumps(report["stage_counts"]))
-
-        print("size on disk (compressed column chunks per group, bytes per sample):")
-        samples = max(report["samples"], 1)
-        per_stage_ok = True
-        for group, size in report["bytes_by_group"].items():
-            per_sample = size / samples
-            if group in {stage.name for stage in STAGES} or group in ("identity", "overall"):
-                per_stage_ok &= per_sample < TARGET_BYTES_PER_STAGE
-            line(f"{group}", f"{per_sample:,.1f} B", f"{size / 1e6:,.1f} MB")
-        line(
-            "total",
-            f"{report['bytes_total'] / samples:,.1f} B",
-            f"{report['bytes_total'] / 1e6:,.1f} MB",
-        )
-        pair_input = input_bytes["pair_shards"] + input_bytes["raw_pairs"]
-        line(
-            "index / (raw_pairs + pair_shards manifests)",
-            f"{report['bytes_total'] / pair_input:.2f}x",
-        )
-
-        index = open_lineage(store)
-        probes = generated["probe_ids"]
-        misses = hex_strings(np.random.default_rng(1), 200, 32).to_pylist()
-        print(f"point look-ups, warm process, {len(probes)} random ids:", flush=True)
-        fresh = latencies(lambda sample_id: open_lineage(store).lookup(sample_id), probes)
-        first = latencies(index.lookup, probes)
-        warm = latencies(index.lookup, probes)
-        require(all(index.lookup(i) is not None for i in probes[:50]), "probe ids are indexed")
-        miss = latencies(index.lookup, misses)
-        results: dict[str, tuple[float, float]] = {}
-        for label, values in (
-            ("pyarrow lookup() (opens the index every call)", fresh),
-            ("pyarrow LineageIndex, first touch of each part", first),
-            ("pyarrow LineageIndex, warm (footers cached)", warm),
-            ("pyarrow LineageIndex, warm, ids not indexed", miss),
-        ):
-            p50, p99 = statistics.median(values), percentile(values, 0.99)
-            results[label] = (p50, p99)
-            line(label, f"p50 {p50:6.2f} ms", f"p99 {p99:6.2f} ms")
-        if duckdb is not None:
-            duck = duckdb_lookup_factory(index, store)
-            latencies(duck, probes[:20])
-            duck_values = latencies(duck, probes)
-            check = duck(probes[0])
-            require(check is not None and check["sample_id"] == probes[0], "duckdb look-up")
-            p50, p99 = statistics.median(duck_values), percentile(duck_values, 0.99)
-            line(
-                "duckdb read_parquet(part) WHERE sample_id = ?, warm",
-                f"p50 {p50:6.2f} ms",
-                f"p99 {p99:6.2f} ms",
-            )
-            base50, base99 = results["pyarrow lookup() (opens the index every call)"]
-            line(
-                "ratio duckdb / pyarrow lookup()",
-                f"p50 {p50 / base50:5.2f}x",
-                f"p99 {p99 / base99:5.2f}x",
-            )
-            warm50, warm99 = results["pyarrow LineageIndex, warm (footers cached)"]
-            line(
-                "ratio duckdb / pyarrow LineageIndex warm",
-                f"p50 {p50 / warm50:5.2f}x",
-                f"p99 {p99 / warm99:5.2f}x",
-            )
-
-        print(f"cold look-up, a new process per call ({args.cold_calls} calls):", flush=True)
-        cold = []
-        for sample_id in probes[: args.cold_calls]:
-            elapsed, _, text, code = timed_child([str(COTIR), "lineage", sample_id], env)
-            require(code == 0 and sample_id in text, f"cold CLI look-up: {text}")
-            cold.append(elapsed)
-        line(
-            "`cotir lineage <id>` end to end",
-            f"median {statistics.median(cold):.2f} s",
-            f"max {max(cold):.2f} s",
-        )
-        # Chains that reach the scores and the training steps: a bench sample scored by
-        # every method, and a sample the 120k-step run trained on.
-        chains = (
-            ("bench sample, 10 methods x 2 prompts", generated["bench_probe"], "scores:"),
-            ("trained sample, its runs' steps", generated["run_probe"], "steps "),
-        )
-        for label, sample_id, marker in chains:
-            chain = []
-            for _ in range(args.cold_calls):
-                elapsed, _, text, code = timed_child([str(COTIR), "lineage", sample_id], env)
-                require(code == 0 and marker in text, f"cold CLI chain of a {label}: {text}")
-                chain.append(elapsed)
-            line(
-                f"`cotir lineage <id>`, {label}",
-                f"median {statistics.median(chain):.2f} s",
-                f"max {max(chain):.2f} s",
-            )
-        cold_json = [
-            timed_child([str(COTIR), "lineage", sample_id, "--json"], env)[0]
-            for sample_id in probes[: args.cold_calls]
-        ]
-        line(
-            "`cotir lineage <id> --json`",
-            f"median {statistics.median(cold_json):.2f} s",
-            f"max {max(cold_json):.2f} s",
-        )
-        python = sys.executable
-        bare = [
-            timed_child([python, "-c", "import cotir_pipeline.cli"], env)[0]
-            for _ in range(args.cold_calls)
-        ]
-        line(
-            "  of which: start Python + import cotir_pipeline.cli",
-            f"median {statistics.median(bare):.2f} s",
-        )
-        if duckdb is not None:
-            script = (
-                "import json, sys, duckdb\n"
-                "store, sample_id = sys.argv[1], sys.argv[2]\n"
-                "meta = json.load(open(store + '/sample_lineage/_index.json'))\n"
-                "digits = meta['hex_digits']\n"
-                "bucket = sample_id[:digits] if digits else 'all'\n"
-                "key = next(p['key'] for p in meta['parts'] if p['bucket'] == bucket)\n"
-                "row = duckdb.execute('SELECT * FROM read_parquet(?) WHERE sample_id = ?',"
-                " [store + '/' + key, sample_id]).fetchone()\n"
-                "print(row[0])\n"
-            )
-            duck_cold = [
-                timed_child([python, "-c", script, str(store), sample_id], env)[0]
-                for sample_id in probes[: args.cold_calls]
-            ]
-            line(
-                "python -c 'duckdb look-up' (no CLI, no settings)",
-                f"median {statistics.median(duck_cold):.2f} s",
-            )
-            pyarrow_script = (
-                "import sys\nfrom cotir_pipeline.lineage.read import lookup\n"
-                "print(lookup(sys.argv[1], sys.argv[2]).sample_id)\n"
-            )
-            arrow_cold = [
-                timed_child([python, "-c", pyarrow_script, str(store), sample_id], env)[0]
-                for sample_id in probes[: args.cold_calls]
-            ]
-            line(
-                "python -c 'pyarrow lookup()' (no CLI, no settings)",
-                f"median {statistics.median(arrow_cold):.2f} s",
-            )
-            line(
-                "ratio cold duckdb / cold pyarrow",
-                f"{statistics.median(duck_cold) / statistics.median(arrow_cold):5.2f}x",
-            )
-
-        source = generated["query_source"]
-        filters = [
-            f"source = '{source}' and status = 'dropped'",
-            "stage = 'filtered_annotations' and filter_score < 0.2",
-        ]
-        print("filtered listings (limit 50, count of all matches):", flush=True)
-        for text in filters:
-            index_q = open_lineage(store)
-            started = time.perf_counter()
-            result = index_q.query(text, limit=50)
-            arrow_s = time.perf_counter() - started
-            started = time.perf_counter()
-            index_q.query(text, limit=50)
-            arrow_warm = time.perf_counter() - started
-            line(
-                f"pyarrow: {text}",
-                f"{arrow_s * 1000:,.0f} ms",
-                f"warm {arrow_warm * 1000:,.0f} ms, {result.matched:,} matches",
-            )
-            elapsed, _, output, code = timed_child(
-                [str(COTIR), "lineage", "--where", text, "--limit", "50", "--json"], env
-            )
-            require(code == 0 and json.loads(output)["matched"] == result.matched, "CLI --where")
-            line("  cold `cotir lineage --where ... --limit 50`", f"{elapsed:,.2f} s")
-            if duckdb is not None:
-                import duckdb as duck_module
-
-                connection = duck_module.connect()
-                connection.execute("SET threads TO 2")
-                glob = str(store / "sample_lineage" / "parts" / "*.parquet")
-                columns = ", ".join(DEFAULT_QUERY_COLUMNS)
-                started = time.perf_counter()
-                count = connection.execute(
-                    f"SELECT count(*) FROM read_parquet('{glob}') WHERE {text}"
-                ).fetchone()[0]
-                rows = connection.execute(
-                    f"SELECT {columns} FROM read_parquet('{glob}') WHERE {text} "
-                    "ORDER BY sample_id LIMIT 50"
-                ).fetchall()
-                duck_s = time.perf_counter() - started
-                require(count == result.matched, f"duckdb count {count} != {result.matched}")
-                same = [row[0] for row in rows] == [row["sample_id"] for row in result.rows]
-                require(same, "duckdb and pyarrow list the same first rows")
-                line(
-                    "  duckdb: count + first 50 by sample_id",
-                    f"{duck_s * 1000:,.0f} ms",
-                    f"ratio duckdb / pyarrow {duck_s / arrow_s:.2f}x",
-                )
-
-        own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        print("targets:")
-        warm50, warm99 = results["pyarrow lookup() (opens the index every call)"]
-        line(
-            "warm look-up p99 < 50 ms (lookup() per call)",
-            "PASS" if warm99 < TARGET_WARM_MS else "MISS",
-            f"{warm99:.2f} ms",
-        )
-        line(
-            "cold CLI < 2 s",
-            "PASS" if max(cold) < TARGET_COLD_S else "MISS",
-            f"max {max(cold):.2f} s",
-        )
-        line("< 100 bytes per sample per stage", "PASS" if per_stage_ok else "MISS")
-        line(
-            "build peak RSS < 8 GiB",
-            "PASS" if peak < 8 * 2**30 else "MISS",
-            f"{peak / 2**30:.2f} GiB",
-        )
-        line("(this benchmark process's own peak RSS)", f"{own_peak / 2**30:.2f} GiB")
+        generated = _generate(store, args)
+        peak, per_stage_ok = _build(store, env, args)
+        results = _warm_lookups(store, generated["probe_ids"], duckdb)
+        cold = _cold_lookups(store, env, generated, args, duckdb)
+        _listings(store, env, generated, duckdb)
+        _print_targets(results, cold, per_stage_ok, peak)
     finally:
         if args.keep:
             print(f"kept {work}")

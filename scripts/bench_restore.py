@@ -39,9 +39,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 PROMPT = "Please remove the haze."
 COLD_BASELINE = (
@@ -126,6 +131,140 @@ def _bench_image(folder: Path) -> Path:
     return path
 
 
+@dataclass
+class ColdTimes:
+    """Seconds of fresh processes, per run."""
+
+    by_engine: dict[str, list[float]]
+    all_imports: list[float]
+    floor: list[float]
+    #: The engines' PNGs: most levels apart and the share of values that differ.
+    apart: tuple[int, float] | None
+
+
+@dataclass
+class WarmTimes:
+    """Median seconds of one restore in a loaded process."""
+
+    restore: float
+    layered: float | None
+    onnx: float | None
+    classical: float
+    steps: int
+    velocity_delta: bool
+
+
+def _cold_times(
+    image: Path, folder: Path, checkpoint: Path | None, engines: list[str], repeats: int
+) -> ColdTimes:
+    """Cold ``cotir restore`` per engine (alternating, so each ratio compares the same
+    stretch of machine time), with every optional library imported, and the floor."""
+    command = [*_cotir_command(), "restore", str(image), "-p", PROMPT, "-o"]
+    extra = ["--checkpoint", str(checkpoint)] if checkpoint is not None else ["--variant", "demo"]
+    by_engine: dict[str, list[float]] = {engine: [] for engine in engines}
+    for i in range(repeats):
+        for engine in engines:
+            out = str(folder / f"{engine}{i}.png")
+            by_engine[engine].append(_wall([*command, out, *extra, "--engine", engine]))
+    apart = _levels_apart(folder / "torch0.png", folder / "onnx0.png") if len(engines) > 1 else None
+    arguments = command[len(_cotir_command()) :]
+    torch_extra = [*extra, "--engine", "torch"]
+    all_imports = [
+        _wall(
+            [sys.executable, "-c", ALL_IMPORTS, *arguments, str(folder / "all.png"), *torch_extra]
+        )
+        for _ in range(repeats)
+    ]
+    floor = [_wall([sys.executable, "-c", COLD_BASELINE, str(image)]) for _ in range(repeats)]
+    return ColdTimes(by_engine, all_imports, floor, apart)
+
+
+def _warm_times(image: Path, checkpoint: Path | None, onnx: bool, repeats: int) -> WarmTimes:
+    """Warm restores: the torch engine (with a checkpoint, merged and peft-layered LoRA
+    alternately), the ONNX engine, and the classical chain as the baseline."""
+    from PIL import Image
+
+    from cotir_pipeline.evaluation.restorers import SequentialToolChain
+    from models.restore import CoTIRRestorer
+
+    if checkpoint is not None:
+        restorer = CoTIRRestorer.from_pretrained(checkpoint)
+    else:
+        restorer = CoTIRRestorer.from_variant("demo")
+    lq = Image.open(image).convert("RGB")
+    timed = [restorer]
+    if checkpoint is not None:
+        timed.append(CoTIRRestorer.from_pretrained(checkpoint, merge_lora=False))
+    for model in timed:
+        model.restore(lq, PROMPT)  # warm-up
+    times: list[list[float]] = [[] for _ in timed]
+    for _ in range(max(repeats, 5) if len(timed) > 1 else repeats):
+        for model, series in zip(timed, times, strict=True):
+            started = time.perf_counter()
+            model.restore(lq, PROMPT)
+            series.append(time.perf_counter() - started)
+    chain = SequentialToolChain(order="label", name="classical_chain")
+    array = np.asarray(lq)
+    chain.restore(array, PROMPT, "haze")
+    classical = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        chain.restore(array, PROMPT, "haze")
+        classical.append(time.perf_counter() - started)
+    return WarmTimes(
+        restore=statistics.median(times[0]),
+        layered=statistics.median(times[1]) if len(times) > 1 else None,
+        onnx=_warm_onnx(checkpoint, lq, repeats) if onnx and checkpoint is not None else None,
+        classical=statistics.median(classical),
+        steps=restorer.default_steps,
+        velocity_delta=bool(restorer.model.velocity_delta),
+    )
+
+
+def _row(measurement: str, value: float, baseline: str, base: float, digits: int = 2) -> str:
+    return (
+        f"| {measurement} | {value:.{digits}f} | {baseline} | {base:.{digits}f} "
+        f"| {value / base:.2f}x |"
+    )
+
+
+def _print_table(cold: ColdTimes, warm: WarmTimes, env_note: str) -> None:
+    """The measurements, each beside its baseline and their ratio."""
+    cold_s, floor_s = statistics.median(cold.by_engine["torch"]), statistics.median(cold.floor)
+    # A checkpoint whose velocity is its change to the base keeps peft's layers either way.
+    merged = (
+        "LoRA as peft layers (delta velocity: never merged)"
+        if warm.velocity_delta
+        else ("LoRA merged (default)")
+    )
+    floor_name = "python + import torch + read image"
+    print(f"cotir restore, 128x128 px, {warm.steps} Euler steps, {env_note}")
+    print("| measurement | seconds (median) | baseline | baseline seconds | ratio |")
+    print("|---|---:|---|---:|---:|")
+    print(_row("cold `cotir restore` process", cold_s, floor_name, floor_s))
+    all_name = "the same, every optional library imported"
+    print(
+        _row("cold `cotir restore` process", cold_s, all_name, statistics.median(cold.all_imports))
+    )
+    chain = "classical tool chain (haze)"
+    print(_row("warm restore, one image", warm.restore, chain, warm.classical, 3))
+    if warm.layered is not None:
+        layered = "peft's unmerged LoRA layers"
+        print(_row(f"warm restore, {merged}", warm.restore, layered, warm.layered, 3))
+    if "onnx" in cold.by_engine:
+        onnx_s = statistics.median(cold.by_engine["onnx"])
+        name = "cold `cotir restore --engine onnx`"
+        print(_row(name, onnx_s, "cold `--engine torch`", cold_s))
+        print(_row(name, onnx_s, floor_name, floor_s))
+    if warm.onnx is not None:
+        print(_row("warm restore, ONNX engine", warm.onnx, "torch engine", warm.restore, 3))
+    if cold.apart is not None:
+        print(
+            f"\nONNX against torch engine PNG: at most {cold.apart[0]} level(s) apart, "
+            f"{cold.apart[1]:.3%} of values differ"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Time cold and warm restores and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -142,120 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is not None and _has_current_export(args.checkpoint):
         engines.append("onnx")
     env_note = f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         image = _bench_image(folder)
-        command = [*_cotir_command(), "restore", str(image), "-p", PROMPT, "-o"]
-        if args.checkpoint is not None:
-            extra = ["--checkpoint", str(args.checkpoint)]
-        else:
-            extra = ["--variant", "demo"]
-        # The engines alternate, so each ratio compares the same stretch of machine time.
-        cold: dict[str, list[float]] = {engine: [] for engine in engines}
-        for i in range(args.repeats):
-            for engine in engines:
-                out = str(folder / f"{engine}{i}.png")
-                cold[engine].append(_wall([*command, out, *extra, "--engine", engine]))
-        apart = (
-            _levels_apart(folder / "torch0.png", folder / "onnx0.png") if len(engines) > 1 else None
-        )
-        extra = [*extra, "--engine", "torch"]
-        arguments = command[len(_cotir_command()) :]
-        cold_all = [
-            _wall([sys.executable, "-c", ALL_IMPORTS, *arguments, str(folder / "all.png"), *extra])
-            for _ in range(args.repeats)
-        ]
-        floor = [
-            _wall([sys.executable, "-c", COLD_BASELINE, str(image)]) for _ in range(args.repeats)
-        ]
+        cold = _cold_times(image, folder, args.checkpoint, engines, args.repeats)
         stages = _stages(image, args.checkpoint)
-
-        from PIL import Image
-
-        from cotir_pipeline.evaluation.restorers import SequentialToolChain
-        from models.restore import CoTIRRestorer
-
-        if args.checkpoint is not None:
-            restorer = CoTIRRestorer.from_pretrained(args.checkpoint)
-        else:
-            restorer = CoTIRRestorer.from_variant("demo")
-        lq = Image.open(image).convert("RGB")
-        restorer.restore(lq, PROMPT)  # warm-up
-        # With a checkpoint, the merged (default) and peft-layered restorers alternate, so
-        # the warm time and its baseline come from the same stretch of machine time.
-        timed = [restorer]
-        if args.checkpoint is not None:
-            layered = CoTIRRestorer.from_pretrained(args.checkpoint, merge_lora=False)
-            layered.restore(lq, PROMPT)  # warm-up
-            timed.append(layered)
-        times: list[list[float]] = [[] for _ in timed]
-        for _ in range(max(args.repeats, 5) if len(timed) > 1 else args.repeats):
-            for model, series in zip(timed, times, strict=True):
-                started = time.perf_counter()
-                model.restore(lq, PROMPT)
-                series.append(time.perf_counter() - started)
-        warm = times[0]
-        onnx_warm_s = _warm_onnx(args.checkpoint, lq, args.repeats) if len(engines) > 1 else None
-        layered_s = statistics.median(times[1]) if len(times) > 1 else None
-        chain = SequentialToolChain(order="label", name="classical_chain")
-        array = np.asarray(lq)
-        chain.restore(array, PROMPT, "haze")
-        classical = []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            chain.restore(array, PROMPT, "haze")
-            classical.append(time.perf_counter() - started)
-
-    cold_s, floor_s = statistics.median(cold["torch"]), statistics.median(floor)
-    cold_all_s = statistics.median(cold_all)
-    warm_s, chain_s = statistics.median(warm), statistics.median(classical)
-    # A checkpoint whose velocity is its change to the base keeps peft's layers either way.
-    merged_label = (
-        "LoRA as peft layers (delta velocity: never merged)"
-        if restorer.model.velocity_delta
-        else "LoRA merged (default)"
-    )
-    print(f"cotir restore, 128x128 px, {restorer.default_steps} Euler steps, {env_note}")
-    print("| measurement | seconds (median) | baseline | baseline seconds | ratio |")
-    print("|---|---:|---|---:|---:|")
-    print(
-        f"| cold `cotir restore` process | {cold_s:.2f} | python + import torch + read image "
-        f"| {floor_s:.2f} | {cold_s / floor_s:.2f}x |"
-    )
-    print(
-        f"| cold `cotir restore` process | {cold_s:.2f} | the same, every optional library "
-        f"imported | {cold_all_s:.2f} | {cold_s / cold_all_s:.2f}x |"
-    )
-    print(
-        f"| warm restore, one image | {warm_s:.3f} | classical tool chain (haze) "
-        f"| {chain_s:.3f} | {warm_s / chain_s:.2f}x |"
-    )
-    if layered_s is not None:
-        print(
-            f"| warm restore, {merged_label} | {warm_s:.3f} | peft's unmerged LoRA "
-            f"layers | {layered_s:.3f} | {warm_s / layered_s:.2f}x |"
-        )
-    if "onnx" in cold:
-        onnx_s = statistics.median(cold["onnx"])
-        print(
-            f"| cold `cotir restore --engine onnx` | {onnx_s:.2f} | cold `--engine torch` "
-            f"| {cold_s:.2f} | {onnx_s / cold_s:.2f}x |"
-        )
-        print(
-            f"| cold `cotir restore --engine onnx` | {onnx_s:.2f} | python + import torch + "
-            f"read image | {floor_s:.2f} | {onnx_s / floor_s:.2f}x |"
-        )
-    if onnx_warm_s is not None:
-        print(
-            f"| warm restore, ONNX engine | {onnx_warm_s:.3f} | torch engine "
-            f"| {warm_s:.3f} | {onnx_warm_s / warm_s:.2f}x |"
-        )
-    if apart is not None:
-        print(
-            f"\nONNX against torch engine PNG: at most {apart[0]} level(s) apart, "
-            f"{apart[1]:.3%} of values differ"
-        )
+        warm = _warm_times(image, args.checkpoint, "onnx" in engines, args.repeats)
+    _print_table(cold, warm, env_note)
     if export_s is not None:
         print(f"`cotir export-onnx` of the checkpoint: {export_s:.1f} s")
     _print_stages(stages)
@@ -283,16 +315,16 @@ def _export_if_asked(checkpoint: Path | None) -> float | None:
     return time.perf_counter() - started
 
 
-def _warm_onnx(checkpoint: Path, image: object, repeats: int) -> float:
+def _warm_onnx(checkpoint: Path, image: Image.Image, repeats: int) -> float:
     """Median seconds of one restore by the loaded ONNX engine, after a warm-up."""
     from models.onnx_restore import OnnxRestorer
 
     exported = OnnxRestorer.from_checkpoint(checkpoint)
-    exported.restore(image, PROMPT)  # type: ignore[arg-type]
+    exported.restore(image, PROMPT)
     times = []
     for _ in range(max(repeats, 5)):
         started = time.perf_counter()
-        exported.restore(image, PROMPT)  # type: ignore[arg-type]
+        exported.restore(image, PROMPT)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 

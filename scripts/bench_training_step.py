@@ -26,8 +26,34 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from models.backbones import (
+    CoTIRTransformer,
+    grid_to_tokens,
+    image_ids,
+    load_transformer,
+    text_ids,
+)
+from models.dual import DualOptimizer
+from models.lora import apply_lora, lora_config
+from models.losses import (
+    ConstraintMode,
+    build_objective,
+    constraint_names,
+    cot_head_losses,
+    flow_matching_loss,
+    interpolate,
+    sample_timesteps,
+    velocity_target,
+)
+from models.prior import PriorConfig, draw_batch, load_prior_photos
+from models.restore import bundled_base_folder
+from models.text_encoders import MiniLMTextEncoder
+from models.variants import Variant, get_variant
 
 
 def _peak_rss_mib() -> float:
@@ -45,6 +71,129 @@ def _time_steps(step: Callable[[], None], warmup: int, steps: int) -> float:
     return statistics.median(times) * 1000
 
 
+@dataclass
+class Batch:
+    """One fixed training batch of the demo variant, shared by both arms."""
+
+    variant: Variant
+    base: Path
+    clean: torch.Tensor
+    reference: torch.Tensor
+    prompt: torch.Tensor
+    cot: dict[str, torch.Tensor]
+    ids: torch.Tensor
+    txt_ids: torch.Tensor
+    generator: torch.Generator
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Times, noise and the transformer's input (noisy tokens, then the reference)."""
+        t = sample_timesteps(self.clean.shape[0], generator=self.generator)
+        noise = torch.randn(self.clean.shape, generator=self.generator)
+        return t, noise, torch.cat([interpolate(self.clean, noise, t), self.reference], dim=1)
+
+
+def _batch(size: int, patch: int) -> Batch:
+    """Real photo pairs from the prior's photos, a prompt and a CoT answer, encoded once."""
+    variant = get_variant("demo")
+    encoder = MiniLMTextEncoder.from_folder().eval()
+    config = PriorConfig(batch_size=size, crop=patch)
+    generator = torch.Generator().manual_seed(0)
+    references, targets, _ = draw_batch(load_prior_photos(config), config, generator)
+    stride = variant.token_stride
+    length = variant.max_text_tokens
+    parts = ("a hazy street scene", "dense haze lowers the contrast", "remove the haze")
+    grid = patch // stride
+    return Batch(
+        variant=variant,
+        base=bundled_base_folder(variant) / "transformer",
+        clean=grid_to_tokens(torch.nn.functional.pixel_unshuffle(targets, stride)),
+        reference=grid_to_tokens(torch.nn.functional.pixel_unshuffle(references, stride)),
+        prompt=encoder.encode(["Please remove the haze."] * size, length).embeds,
+        cot={
+            name: encoder.encode([text] * size, length).embeds
+            for name, text in zip(("scene", "degradation", "plan"), parts, strict=True)
+        },
+        ids=torch.cat(
+            [
+                image_ids(variant.backbone, grid, grid, reference=False),
+                image_ids(variant.backbone, grid, grid, reference=True),
+            ]
+        ),
+        txt_ids=text_ids(variant.backbone, length),
+        generator=generator,
+    )
+
+
+def _lora_step(batch: Batch) -> tuple[Callable[[], None], int]:
+    """The baseline arm's step: the diffusers transformer with LoRA only, no adapter."""
+    variant = batch.variant
+    plain = load_transformer(variant.backbone, batch.base, dtype=torch.float32)
+    plain.requires_grad_(False)
+    plain.add_adapter(lora_config(variant.backbone, variant.lora_rank))
+    plain.train()
+    params = [p for p in plain.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        t, noise, hidden = batch.inputs()
+        out = plain(
+            hidden_states=hidden,
+            encoder_hidden_states=batch.prompt,
+            timestep=t,
+            img_ids=batch.ids,
+            txt_ids=batch.txt_ids,
+            guidance=None,
+            return_dict=False,
+        )[0]
+        target = velocity_target(batch.clean, noise)
+        loss = flow_matching_loss(out[:, : batch.clean.shape[1]], target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, sum(p.numel() for p in params)
+
+
+def _cotir_step(batch: Batch) -> tuple[Callable[[], None], int]:
+    """The CoTIR arm's step: adapter, LoRA, the CoT head losses under Lagrangian
+    multipliers, and the dual step."""
+    variant = batch.variant
+    model = CoTIRTransformer.from_pretrained_base(
+        variant.backbone,
+        batch.base,
+        text_dim=variant.text_dim,
+        adapter_depth=variant.adapter_depth,
+        dtype=torch.float32,
+    )
+    apply_lora(model, variant.lora_rank)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    mode = ConstraintMode.LAGRANGIAN
+    dual = DualOptimizer(constraint_names(mode))
+
+    def step() -> None:
+        t, noise, hidden = batch.inputs()
+        output = model(hidden, batch.prompt, t, batch.ids, batch.txt_ids)
+        target = velocity_target(batch.clean, noise)
+        loss_fm = flow_matching_loss(output.sample[:, : batch.clean.shape[1]], target)
+        predictions = {
+            "scene": output.scene,
+            "degradation": output.degradation,
+            "plan": output.plan,
+        }
+        heads = cot_head_losses(predictions, batch.cot)
+        objective = build_objective(loss_fm, heads, mode, dual.coefficients(), delta=1e-4)
+        objective.total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        dual.step(objective.violations.detach())
+
+    return step, sum(p.numel() for p in params)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run both arms and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -55,123 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-
-    from models.backbones import (
-        CoTIRTransformer,
-        grid_to_tokens,
-        image_ids,
-        load_transformer,
-        text_ids,
-    )
-    from models.dual import DualOptimizer
-    from models.lora import apply_lora, lora_config
-    from models.losses import (
-        ConstraintMode,
-        build_objective,
-        constraint_names,
-        cot_head_losses,
-        flow_matching_loss,
-        interpolate,
-        sample_timesteps,
-        velocity_target,
-    )
-    from models.prior import PriorConfig, draw_batch, load_prior_photos
-    from models.restore import bundled_base_folder
-    from models.text_encoders import MiniLMTextEncoder
-    from models.variants import get_variant
-
-    variant = get_variant("demo")
-    base = bundled_base_folder(variant) / "transformer"
-    encoder = MiniLMTextEncoder.from_folder().eval()
-    config = PriorConfig(batch_size=args.batch, crop=args.patch)
-    generator = torch.Generator().manual_seed(0)
-    references, targets, _ = draw_batch(load_prior_photos(config), config, generator)
-    stride = variant.token_stride
-    clean = grid_to_tokens(torch.nn.functional.pixel_unshuffle(targets, stride))
-    reference = grid_to_tokens(torch.nn.functional.pixel_unshuffle(references, stride))
-    length = variant.max_text_tokens
-    prompt = encoder.encode(["Please remove the haze."] * args.batch, length).embeds
-    parts = ("a hazy street scene", "dense haze lowers the contrast", "remove the haze")
-    cot = {
-        name: encoder.encode([text] * args.batch, length).embeds
-        for name, text in zip(("scene", "degradation", "plan"), parts, strict=True)
-    }
-    grid = args.patch // stride
-    ids = torch.cat(
-        [
-            image_ids(variant.backbone, grid, grid, reference=False),
-            image_ids(variant.backbone, grid, grid, reference=True),
-        ]
-    )
-    txt_ids = text_ids(variant.backbone, length)
-
-    def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        t = sample_timesteps(args.batch, generator=generator)
-        noise = torch.randn(clean.shape, generator=generator)
-        return t, noise, torch.cat([interpolate(clean, noise, t), reference], dim=1)
-
-    # Baseline: LoRA only, no adapter.
-    plain = load_transformer(variant.backbone, base, dtype=torch.float32)
-    plain.requires_grad_(False)
-    plain.add_adapter(lora_config(variant.backbone, variant.lora_rank))
-    plain.train()
-    plain_params = [p for p in plain.parameters() if p.requires_grad]
-    plain_optimizer = torch.optim.AdamW(plain_params, lr=1e-4)
-
-    def plain_step() -> None:
-        t, noise, hidden = inputs()
-        out = plain(
-            hidden_states=hidden,
-            encoder_hidden_states=prompt,
-            timestep=t,
-            img_ids=ids,
-            txt_ids=txt_ids,
-            guidance=None,
-            return_dict=False,
-        )[0]
-        loss = flow_matching_loss(out[:, : clean.shape[1]], velocity_target(clean, noise))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(plain_params, 1.0)
-        plain_optimizer.step()
-        plain_optimizer.zero_grad(set_to_none=True)
-
-    lora_ms = _time_steps(plain_step, args.warmup, args.steps)
+    batch = _batch(args.batch, args.patch)
+    # The baseline runs first: peak RSS is the process's high-water mark.
+    lora_step, lora_params = _lora_step(batch)
+    lora_ms = _time_steps(lora_step, args.warmup, args.steps)
     lora_rss = _peak_rss_mib()
-
-    # CoTIR: adapter + constraints + dual step.
-    model = CoTIRTransformer.from_pretrained_base(
-        variant.backbone,
-        base,
-        text_dim=variant.text_dim,
-        adapter_depth=variant.adapter_depth,
-        dtype=torch.float32,
-    )
-    apply_lora(model, variant.lora_rank)
-    model.train()
-    cotir_params = [p for p in model.parameters() if p.requires_grad]
-    cotir_optimizer = torch.optim.AdamW(cotir_params, lr=1e-4)
-    mode = ConstraintMode.LAGRANGIAN
-    dual = DualOptimizer(constraint_names(mode))
-
-    def cotir_step() -> None:
-        t, noise, hidden = inputs()
-        output = model(hidden, prompt, t, ids, txt_ids)
-        loss_fm = flow_matching_loss(
-            output.sample[:, : clean.shape[1]], velocity_target(clean, noise)
-        )
-        predictions = {
-            "scene": output.scene,
-            "degradation": output.degradation,
-            "plan": output.plan,
-        }
-        heads = cot_head_losses(predictions, cot)
-        objective = build_objective(loss_fm, heads, mode, dual.coefficients(), delta=1e-4)
-        objective.total.backward()
-        torch.nn.utils.clip_grad_norm_(cotir_params, 1.0)
-        cotir_optimizer.step()
-        cotir_optimizer.zero_grad(set_to_none=True)
-        dual.step(objective.violations.detach())
-
+    cotir_step, cotir_params = _cotir_step(batch)
     cotir_ms = _time_steps(cotir_step, args.warmup, args.steps)
     cotir_rss = _peak_rss_mib()
 
@@ -179,10 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         f"demo training step, batch {args.batch} x {args.patch} px, {args.threads} threads, "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
     )
-    print(
-        f"trainable: lora {sum(p.numel() for p in plain_params):,d}, "
-        f"cotir {sum(p.numel() for p in cotir_params):,d}"
-    )
+    print(f"trainable: lora {lora_params:,d}, cotir {cotir_params:,d}")
     print(f"| arm | ms/step (median of {args.steps}) | peak RSS after arm (MiB) |")
     print("|---|---:|---:|")
     print(f"| LoRA only (baseline) | {lora_ms:.1f} | {lora_rss:.0f} |")

@@ -128,6 +128,25 @@ def test_an_export_made_from_other_checkpoint_files_is_never_used(
     assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), np.asarray(expected))
 
 
+def test_a_demo_checkpoint_without_an_export_restores_on_torch_with_a_tip(
+    lq_start_checkpoint: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in lq_start_checkpoint.iterdir():
+        if path.is_file():
+            (folder / path.name).write_bytes(path.read_bytes())
+    lq = _lq(tmp_path / "lq.png", (32, 32))
+    out = tmp_path / "o.png"
+    result = CliRunner().invoke(
+        restore, [str(lq), "-p", PROMPT, "-o", str(out), "--checkpoint", str(folder)]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"tip: `cotir export-onnx {folder}`" in result.output
+    expected = CoTIRRestorer.from_pretrained(folder).restore(Image.open(lq), PROMPT)
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+
+
 def test_the_onnx_engine_refuses_what_it_cannot_run(
     lq_start_checkpoint: Path, tmp_path: Path
 ) -> None:
