@@ -1,6 +1,8 @@
 """Annotation stage: CoT annotations per source, their filter decisions, the training shards."""
 
 import html
+import io
+import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -318,8 +320,6 @@ def _training_shards_asset(
 
 def _training_shard_problems(store: ObjectStore) -> list[str]:
     """What disagrees between the training manifest, the shards and each sizes.json."""
-    import io
-    import json
 
     import pyarrow.parquet as pq
 

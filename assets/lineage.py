@@ -1,5 +1,6 @@
 """The lineage of every sample: one index over all stages, and a job that looks one up."""
 
+import io
 import json
 
 import dagster as dg
@@ -81,7 +82,6 @@ def build_lineage_assets(
 
 def _unanswered_look_ups(store: ObjectStore) -> list[str]:
     """The first sample of each pair manifest and bench manifest that the index can't find."""
-    import io
 
     import pyarrow.parquet as pq
 

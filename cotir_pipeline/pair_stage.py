@@ -16,6 +16,7 @@ Two steps, matching two assets:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import traceback
@@ -48,6 +49,7 @@ from cotir_pipeline.shards import (
     sample_id,
     write_shard,
 )
+from cotir_pipeline.sources.pairing import clean_images, collect_single_side, pair_split
 from cotir_pipeline.sources.spec import SourceCatalog, SourceDataset
 from cotir_pipeline.store import ObjectStore
 from cotir_pipeline.tasks import parse_degradation_label, task_of
@@ -209,7 +211,6 @@ def plan_source(
             recipes_per_patch=per_item,
             seed=seed,
         )
-    from cotir_pipeline.sources.pairing import clean_images
 
     clean_source = catalog.get(source.synthesis.clean_from)
     clean_items = [
@@ -314,7 +315,6 @@ def plan_fetched_pairs(
     LQ without ground truth, clean-only HQ) yield no training pair: their images are
     planned as ``dropped`` with the stage that uses them instead.
     """
-    from cotir_pipeline.sources.pairing import collect_single_side, pair_split
 
     planned: list[PlannedPair] = []
     for rule in rules:
@@ -457,7 +457,6 @@ def save_plan(store: ObjectStore, source: str, pairs: list[PlannedPair]) -> str:
 
 def load_plan(store: ObjectStore, source: str) -> list[PlannedPair]:
     """Read the plan written by :func:`save_plan`."""
-    import io
 
     data = store.get_bytes(f"{RAW_PAIRS_PREFIX}/{source}/pairs.parquet")
     return plan_from_table(pq.read_table(io.BytesIO(data)))

@@ -44,6 +44,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,15 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the torch convention
 from PIL import Image
 
+from cotir_pipeline.annotation.prompts import (
+    PROMPTS_FOLDER,
+    PROMPTS_PACKAGE,
+    SPE_PROMPT_FOLDER,
+    PromptFileError,
+    gen_prompts,
+    spe_prompts,
+)
+from cotir_pipeline.store import inherited_store_config, open_store, parse_store_url
 from models.text_targets import CoTParseError, split_cot_answer
 from models.train_config import CurriculumConfig, TrainConfig
 
@@ -149,7 +159,6 @@ def resolve_shard_source(source: str | Path, cache_dir: Path) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"training shard folder {path} does not exist")
         return path
-    from cotir_pipeline.store import inherited_store_config, open_store, parse_store_url
 
     location = parse_store_url(text)
     if location.kind == "file":
@@ -489,7 +498,6 @@ class PromptChoice:
 
 
 def _templates(degradation: str) -> tuple[str, ...]:
-    from cotir_pipeline.annotation.prompts import PromptFileError, spe_prompts
 
     try:
         return spe_prompts(degradation)
@@ -503,13 +511,6 @@ _JPEG_TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _shipped_template_folder() -> Path:
-    from importlib import resources
-
-    from cotir_pipeline.annotation.prompts import (
-        PROMPTS_FOLDER,
-        PROMPTS_PACKAGE,
-        SPE_PROMPT_FOLDER,
-    )
 
     return Path(str(resources.files(PROMPTS_PACKAGE).joinpath(PROMPTS_FOLDER, SPE_PROMPT_FOLDER)))
 
@@ -555,7 +556,6 @@ def choose_prompt(
     release. A missing source (empty question, no template list, e.g. for a composite)
     gives the fallback.
     """
-    from cotir_pipeline.annotation.prompts import gen_prompts
 
     fallback = curriculum.fallback.format(deg=readable_degradation(degradation))
     padded = [*(q or "" for q in questions[:2]), "", ""]

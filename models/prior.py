@@ -48,8 +48,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the torch convention
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from cotir_pipeline.demo_photos import DEMO_PHOTOS, load_photo, photo_digest
 from cotir_pipeline.digests import file_sha256
 from models.variants import get_variant
 
@@ -252,7 +254,6 @@ def _to_unit(array: np.ndarray) -> torch.Tensor:
 
 def load_prior_photos(config: PriorConfig) -> PriorPhotos:
     """Train-split demo photos (never the bench's), at every scale; held-out eval crops."""
-    from cotir_pipeline.demo_photos import DEMO_PHOTOS, load_photo, photo_digest
 
     known = {photo.photo_id for photo in DEMO_PHOTOS if photo.split == "train"}
     unknown = sorted(set(config.held_out) - known)
@@ -431,7 +432,6 @@ def measure_prior(
 
     ``flow_start`` is where the sampler starts: Gaussian noise, or the reference image.
     """
-    from PIL import Image
 
     from models.backbones import CoTIRTransformer
     from models.restore import CoTIRRestorer

@@ -34,6 +34,7 @@ from cotir_pipeline.checkpoint_layout import (
     RELEASE_ADAPTER_FILE,
     checkpoint_folder_method,
 )
+from cotir_pipeline.settings import load_settings
 from cotir_pipeline.weights import MissingWeightsError, require_weights
 from models.backbones import (
     BackboneKind,
@@ -93,7 +94,6 @@ class ImageTooLargeError(ValueError):
 def _settings(settings: CotirSettings | None) -> CotirSettings:
     if settings is not None:
         return settings
-    from cotir_pipeline.settings import load_settings
 
     return load_settings()
 

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 
 from cotir_pipeline.checkpoint_layout import CHECKPOINT_MARKER, LATEST_FILE, MODEL_DIR
+from cotir_pipeline.store import inherited_store_config, open_store
+from cotir_pipeline.store.local import write_atomically
 from models.variants import Variant
 
 
@@ -51,14 +53,12 @@ def export_inference_checkpoint(
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so readers never see a partial file."""
-    from cotir_pipeline.store.local import write_atomically
 
     write_atomically(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _open_store(url: str) -> Any:
     """The store at ``url`` with the client settings the launching process handed down."""
-    from cotir_pipeline.store import inherited_store_config, open_store
 
     return open_store(inherited_store_config(url))
 

@@ -71,9 +71,11 @@ from cotir_pipeline.checkpoint_layout import (
     MODEL_HASH_FIELD,
 )
 from cotir_pipeline.digests import file_sha256, folder_sha256
+from cotir_pipeline.settings import SettingsError, load_settings
 from models.consumption import ConsumptionLog
 from models.data import DataPosition, derive_seed, discover_shards, make_loader
 from models.dual import DualOptimizer
+from models.launch import die_with_parent
 from models.losses import (
     HEADS,
     ConstraintMode,
@@ -1104,8 +1106,6 @@ def _materialization_metadata(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: the settings are validated first, as every command does
     (a bad COTIR_* value stops it with one line naming the variable, exit code 2)."""
-    from cotir_pipeline.settings import SettingsError, load_settings
-    from models.launch import die_with_parent
 
     options = parse_options(argv)
     try:

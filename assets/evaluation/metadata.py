@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from PIL import Image
 
 from assets.evaluation.resource import RESTORED_CHECK, SCORED_CHECK, TABLED_CHECK
 from assets.metadata import markdown_table, parquet_output_metadata
@@ -26,7 +27,6 @@ def _image_md(path: Path, caption: str, *, max_width: int) -> dg.MetadataValue:
     """An image inline in Markdown metadata, scaled down to ``max_width`` pixels so it fits
     the UI's metadata dialog (the stored file keeps its full size), as JPEG to keep the
     event log small."""
-    from PIL import Image
 
     with Image.open(path) as image:
         picture = image.convert("RGB")

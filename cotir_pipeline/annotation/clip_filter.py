@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cotir_pipeline.annotation.base import AnnotationRequest, AnnotationResult
@@ -211,7 +212,6 @@ class ClipScorer:
             raise ValueError("lq, hq and texts must have the same length")
         self.load()
         import torch
-        from PIL import Image
 
         device = torch.device(self.config.device)
         out: list[tuple[float, float]] = []

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 #: Field seeds are drawn below 2**53 so they stay exact in JSON readers that use doubles.
@@ -200,7 +201,6 @@ def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float
 
 def resize_plane(plane: np.ndarray, height: int, width: int, *, method: str) -> np.ndarray:
     """Resize one float plane with Pillow ("bicubic" or "bilinear"), keeping float precision."""
-    from PIL import Image
 
     resample = {
         "bicubic": Image.Resampling.BICUBIC,

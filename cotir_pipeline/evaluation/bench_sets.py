@@ -46,6 +46,7 @@ from cotir_pipeline.degradations import (
     get_recipe,
     get_recipe_set,
 )
+from cotir_pipeline.digests import file_sha256
 from cotir_pipeline.evaluation._io import (
     IMAGE_SUFFIXES,
     check_rgb8,
@@ -310,7 +311,6 @@ def bench_lineage_rows(bench: BenchSet) -> list[dict[str, Any]]:
     stays the file name and the key of restorations and scores; this table maps it to
     the sample id that lineage and the scores' per-sample rows use.
     """
-    from cotir_pipeline.digests import file_sha256
     from cotir_pipeline.shards import sample_id
 
     rows = []

@@ -36,6 +36,7 @@ from cotir_pipeline.evaluation.method_names import (
     IDENTITY,
     METHOD_HASH_LENGTH,
 )
+from cotir_pipeline.evaluation.metrics import METRIC_SETS
 from cotir_pipeline.evaluation.restorers import (
     FolderRestorer,
     IdentityRestorer,
@@ -461,7 +462,6 @@ def score_partition(
     spec: BenchSpec,
 ) -> ScoringResult:
     """metric_scores for one partition: the stored outputs, scored, as Parquet rows."""
-    from cotir_pipeline.evaluation.metrics import METRIC_SETS
     from cotir_pipeline.evaluation.scoring import (
         evaluate_outputs,
         runtime_rows,

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from cotir_pipeline.digests import file_sha256
 from cotir_pipeline.evaluation._io import find_image, read_rgb
 from cotir_pipeline.evaluation.bench_sets import (
     PROMPT_KINDS,
@@ -234,7 +235,6 @@ __all__ = [
 ]
 
 
-
 def sample_rows(
     bench: BenchSet, rows: Iterable[ScoreRow], outputs: Path, *, checkpoint: str | None
 ) -> list[dict[str, Any]]:
@@ -247,7 +247,6 @@ def sample_rows(
     ``score:<metric>`` column (None when n/a). ``evaluation_row`` is
     ``<bench>/<method>/<prompt>``, the value lineage lists per sample.
     """
-    from cotir_pipeline.digests import file_sha256
 
     lineage_ids = bench_lineage_ids(bench)
     by_sample: dict[tuple[str, str], dict[str, Any]] = {}
@@ -283,7 +282,6 @@ def restoration_rows(
     ``failed`` with the logged ``reason``), the output's file (relative to the method's
     bench folder), its sha256 and the restore call's seconds from the runtime log.
     """
-    from cotir_pipeline.digests import file_sha256
 
     lineage_ids = bench_lineage_ids(bench)
     rows = []

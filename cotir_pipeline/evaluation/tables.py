@@ -34,6 +34,7 @@ from cotir_pipeline.evaluation._io import find_image, read_rgb, write_text
 from cotir_pipeline.evaluation.bench_sets import PROMPT_KINDS, BenchRecord, BenchSet
 from cotir_pipeline.evaluation.metrics import METRIC_SETS, MetricSpec, get_metric
 from cotir_pipeline.evaluation.scoring import RuntimeRow, ScoreRow
+from cotir_pipeline.provenance import collect_provenance
 
 OURS = "ours"
 REPORTED = "reported (paper)"
@@ -126,7 +127,6 @@ def table_provenance(
     settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A provenance dict for the tables from this process (code, git, package versions)."""
-    from cotir_pipeline.provenance import collect_provenance
 
     snapshot = collect_provenance(dict(settings or {}))
     return {

@@ -9,6 +9,7 @@ for a bench sample, where it came from and its scores per method and prompt.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Iterator
@@ -39,8 +40,6 @@ def _rows_for(store: ObjectStore, key: str, sample_id: str) -> list[dict[str, An
             if not Path(source).is_file():
                 return []
         else:
-            import io
-
             source = io.BytesIO(store.get_bytes(key))
         table = pq.read_table(source, filters=[("sample_id", "=", sample_id)])
     except (ObjectNotFoundError, FileNotFoundError, pa.ArrowInvalid):
@@ -156,7 +155,6 @@ def checkpoint_summary(store: ObjectStore, name: str) -> dict[str, Any]:
     ``name`` as :func:`checkpoint_run` takes it; a method or ``/step-N`` name limits the
     count to the samples that checkpoint had seen (first step <= its step).
     """
-    import io
 
     import pyarrow.compute as pc
 

@@ -34,7 +34,7 @@ from cotir_pipeline.lineage.schema import (
     STAGES,
     StageSpec,
 )
-from cotir_pipeline.store import LocalObjectStore, ObjectNotFoundError, ObjectStore
+from cotir_pipeline.store import LocalObjectStore, ObjectNotFoundError, ObjectStore, parse_store_url
 
 if TYPE_CHECKING:
     from cotir_pipeline.lineage.where import Where
@@ -515,7 +515,6 @@ def open_lineage(store_or_path: ObjectStore | str | Path) -> LineageIndex:
                 f"{store_or_path!r}: open a remote index through its ObjectStore "
                 "(cotir_pipeline.store.open_store)"
             )
-        from cotir_pipeline.store import parse_store_url
 
         location = parse_store_url(store_or_path)
         assert location.path is not None

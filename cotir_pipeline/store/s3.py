@@ -17,6 +17,7 @@ server-side.
 
 from __future__ import annotations
 
+import datetime
 import io
 import random
 import time
@@ -436,7 +437,6 @@ class S3ObjectStore(ObjectStore):
         """Abort the unfinished multipart uploads under ``prefix`` started more than
         ``older_than_s`` seconds ago (a writer killed mid-upload leaves its parts behind);
         return ``<key> (upload <id>, started <time>)`` for each."""
-        import datetime
 
         validate_prefix(prefix)
         full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
