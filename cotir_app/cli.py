@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from cotir_pipeline.settings import SettingsError, load_settings
+
 
 @click.command("app")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -28,8 +30,6 @@ def app(host: str, port: int, output_dir: Path | None, device: str) -> None:
     After `make demo`:
       cotir app            # then open http://127.0.0.1:7860
     """
-    from cotir_pipeline.settings import SettingsError, load_settings
-
     try:
         settings = load_settings()
     except SettingsError as error:

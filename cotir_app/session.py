@@ -25,9 +25,13 @@ from cotir_pipeline.checkpoint_layout import (
     MODEL_HASH_FIELD,
 )
 from cotir_pipeline.evaluation.method_names import checkpoint_method
+from cotir_pipeline.evaluation.metrics import load_metric
 from cotir_pipeline.images import BadImageError, load_rgb8
 from cotir_pipeline.postprocess import DEFAULT_GAMMA, DEFAULT_SIGMA, postprocess
-from cotir_pipeline.tasks import Degradation
+from cotir_pipeline.settings import SettingsError, load_settings
+from cotir_pipeline.tasks import Degradation, split_degradation_label
+from cotir_pipeline.weights import MissingWeightsError
+from models.cli import hidden_modules, modules_to_hide
 
 if TYPE_CHECKING:
     from models.restore import CoTIRRestorer
@@ -133,9 +137,6 @@ class RestorerPool:
 
 
 def _load_restorer(option: MethodOption, device: str) -> CoTIRRestorer:
-    from cotir_pipeline.settings import SettingsError, load_settings
-    from cotir_pipeline.weights import MissingWeightsError
-    from models.cli import hidden_modules, modules_to_hide
 
     try:
         settings = load_settings()
@@ -235,7 +236,6 @@ def matched_prompt(image_path: str | Path) -> MatchedPrompt | None:
 
 def suggest_prompt(degradation: str) -> str:
     """A precise instruction for a named degradation (the first of its template list)."""
-    from cotir_pipeline.tasks import split_degradation_label
 
     parts = [known for _, known in split_degradation_label(degradation) if known is not None]
     if not parts:
@@ -311,7 +311,6 @@ class MetricPool:
 
     def score(self, output: np.ndarray, reference: np.ndarray) -> dict[str, float]:
         """Each metric of ``output`` against ``reference`` (resized to it if needed)."""
-        from cotir_pipeline.evaluation.metrics import load_metric
 
         scores = {}
         for name in self.names:

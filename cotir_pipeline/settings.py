@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cotir_pipeline.store import config as store_defaults
+from cotir_pipeline.store.location import parse_store_url
 
 ENV_PREFIX = "COTIR_"
 
@@ -260,7 +261,6 @@ class CotirSettings(BaseSettings):
         if not self.store:
             object.__setattr__(self, "store", (self.home / "store").as_uri())
         # Parse now so that a malformed URL fails at start, not at the first write.
-        from cotir_pipeline.store.location import parse_store_url
 
         try:
             location = parse_store_url(self.store)

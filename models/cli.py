@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
-from models.variants import VARIANTS
+from cotir_pipeline.checkpoint_layout import META_FILE
+from cotir_pipeline.settings import CotirSettings, SettingsError, load_settings
+from cotir_pipeline.weights import MissingWeightsError, require_weights
+from models.onnx_restore import ExportMissingError, OnnxRestorer, StaleExportError, read_manifest
+from models.variants import VARIANTS, CodecKind, get_variant
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
-
-    from cotir_pipeline.settings import CotirSettings
-    from models.onnx_restore import OnnxRestorer
     from models.restore import CoTIRRestorer
 
 EXIT_BAD_SETTING = 2
@@ -221,7 +223,6 @@ def restore(
 @contextlib.contextmanager
 def _progress(total: int) -> Iterator[Any]:
     """The Euler steps' progress bar, on stderr."""
-    from tqdm import tqdm
 
     with tqdm(total=total, desc="restoring", unit="step", file=sys.stderr) as bar:
         yield bar
@@ -268,8 +269,6 @@ def _exported_restorer(
         if engine == "onnx":
             raise click.UsageError(f"the ONNX engine cannot run with {'; '.join(blockers)}")
         return None
-    from cotir_pipeline.weights import MissingWeightsError, require_weights
-    from models.onnx_restore import ExportMissingError, OnnxRestorer, StaleExportError
 
     assert checkpoint is not None  # a blocker otherwise
     folder = checkpoint
@@ -307,8 +306,6 @@ def _exported_restorer(
 
 def _exportable(checkpoint: Path) -> bool:
     """Whether the folder is one of our checkpoints of a variant the ONNX export covers."""
-    from cotir_pipeline.checkpoint_layout import META_FILE
-    from models.variants import CodecKind, get_variant
 
     try:
         meta = json.loads((checkpoint / META_FILE).read_text())
@@ -333,8 +330,6 @@ def export_onnx(checkpoint: Path, force: bool) -> None:
     Example:
       cotir export-onnx .cotir/training/demo/<run>/checkpoints/step-0000600/model
     """
-    from cotir_pipeline.weights import MissingWeightsError
-    from models.onnx_restore import ExportMissingError, StaleExportError, read_manifest
 
     if not force:
         try:
@@ -360,7 +355,6 @@ def export_onnx(checkpoint: Path, force: bool) -> None:
 
 def _settings_or_exit() -> CotirSettings:
     """The settings; a bad one exits with its code and a one-line message."""
-    from cotir_pipeline.settings import SettingsError, load_settings
 
     try:
         return load_settings()
@@ -369,9 +363,8 @@ def _settings_or_exit() -> CotirSettings:
         sys.exit(EXIT_BAD_SETTING)
 
 
-def _read_image(image: Path) -> Image:
+def _read_image(image: Path) -> Image.Image:
     """The input as an RGB PIL image; a usage error when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(image) as opened:
@@ -392,8 +385,6 @@ def _load_restorer(
     libraries it never uses hidden; missing weights or a bad checkpoint are a one-line
     error."""
     import torch
-
-    from cotir_pipeline.weights import MissingWeightsError
 
     torch_dtype = None if dtype is None else getattr(torch, dtype)
     try:

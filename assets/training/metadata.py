@@ -11,13 +11,13 @@ from typing import Any
 import dagster as dg
 
 from assets.metadata import markdown_table, parquet_output_metadata
+from models.metrics_plots import png_markdown
 
 #: Rows of the metrics table in the asset's metadata.
 TABLE_ROWS = 12
 
 
 def _image_md(path: Any, alt: str) -> dg.MetadataValue:
-    from models.metrics_plots import png_markdown
 
     file = Path(str(path))
     if not file.is_file():

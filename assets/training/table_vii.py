@@ -12,6 +12,7 @@ from assets.evaluation.resource import EvaluationResource, failing_clearly
 from assets.resources import ObjectStoreResource
 from cotir_pipeline.annotation_stage import TRAINING_SHARDS_PREFIX
 from cotir_pipeline.evaluation.stage import local_bench
+from models.ablation import run_table_vii, table_vii_markdown
 
 #: table_vii's check.
 ARMS_SCORED_CHECK = "every_arm_and_seed_scored"
@@ -94,7 +95,6 @@ def build_table_vii_asset(
         evaluation: EvaluationResource,
     ) -> dg.MaterializeResult:
         """Train and score every arm x seed (finished ones are read back) and write the table."""
-        from models.ablation import run_table_vii, table_vii_markdown
         from models.data import resolve_shard_source
 
         object_store = store.open()

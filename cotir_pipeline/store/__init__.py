@@ -6,6 +6,7 @@ the store the settings point at.
 
 from __future__ import annotations
 
+from cotir_pipeline.scratch import remove_abandoned_scratch
 from cotir_pipeline.store.base import (
     ObjectInfo,
     ObjectNotFoundError,
@@ -29,7 +30,6 @@ def remove_leftovers(store: ObjectStore, prefix: str) -> list[str]:
     """Clear what killed runs left for a partition before it runs again: the store's
     partial files and unfinished uploads under ``prefix`` (:meth:`ObjectStore.cleanup`)
     and the scratch folders of ended processes in TMPDIR; return what was removed."""
-    from cotir_pipeline.scratch import remove_abandoned_scratch
 
     removed = store.cleanup(prefix, older_than_s=LEFTOVER_AGE_S)
     return removed + [str(path) for path in remove_abandoned_scratch()]
