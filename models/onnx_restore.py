@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from models.restore_requests import checked_steps, restore_in_turns
 from models.sampling_math import flux1_mu, flux2_mu, round_size, time_shift
 
 EXPORT_DIR = "onnx"
@@ -180,11 +181,7 @@ class OnnxRestorer:
         on_step: StepCallback | None = None,
     ) -> Image.Image:
         """Restore ``image`` following ``prompt``; the output has the input's size."""
-        if not prompt or not prompt.strip():
-            raise ValueError("the instruction is empty")
-        steps = self.default_steps if steps is None else steps
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
+        steps = checked_steps(prompt, steps, self.default_steps)
         source = image.convert("RGB")
         width, height = source.size
         work_w, work_h = round_size(width, height)
@@ -234,11 +231,8 @@ class OnnxRestorer:
         on_step: StepCallback | None = None,
     ) -> list[Image.Image]:
         """Multi-turn restoration: turn k restores turn k-1's output with ``prompts[k]``."""
-        if isinstance(prompts, str) or not prompts:
-            raise ValueError("expected a non-empty list of instructions, one per turn")
-        outputs: list[Image.Image] = []
-        current = image
-        for prompt in prompts:
-            current = self.restore(current, prompt, steps, seed, on_step=on_step)
-            outputs.append(current)
-        return outputs
+
+        def restore_one(current: Image.Image, prompt: str) -> Image.Image:
+            return self.restore(current, prompt, steps, seed, on_step=on_step)
+
+        return restore_in_turns(restore_one, image, prompts)

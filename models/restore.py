@@ -52,6 +52,7 @@ from models.checkpoint_io import (
     read_checkpoint_meta,
 )
 from models.codecs import Flux2VAECodec, FluxVAECodec, LatentCodec, PixelUnshuffleCodec
+from models.restore_requests import checked_steps, restore_in_turns
 from models.sampler import euler_sample, round_size, schedule_for
 from models.text_encoders import (
     MiniLMTextEncoder,
@@ -584,11 +585,7 @@ class CoTIRRestorer:
         """
         if not isinstance(image, Image.Image):
             raise TypeError(f"expected a PIL image, got {type(image).__name__}")
-        if not prompt or not prompt.strip():
-            raise ValueError("the instruction is empty")
-        steps = self.default_steps if steps is None else steps
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
+        steps = checked_steps(prompt, steps, self.default_steps)
         tiles = None if tile_size is None else self._tile_tokens(tile_size, tile_overlap)
         source = image.convert("RGB")
         width, height = source.size
@@ -680,12 +677,9 @@ class CoTIRRestorer:
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
     ) -> list[Image.Image]:
         """Multi-turn restoration: turn k restores turn k-1's output with ``prompts[k]``."""
-        if isinstance(prompts, str) or not prompts:
-            raise ValueError("expected a non-empty list of instructions, one per turn")
-        outputs: list[Image.Image] = []
-        current = image
-        for prompt in prompts:
-            current = self.restore(
+
+        def restore_one(current: Image.Image, prompt: str) -> Image.Image:
+            return self.restore(
                 current,
                 prompt,
                 steps,
@@ -694,8 +688,8 @@ class CoTIRRestorer:
                 tile_size=tile_size,
                 tile_overlap=tile_overlap,
             )
-            outputs.append(current)
-        return outputs
+
+        return restore_in_turns(restore_one, image, prompts)
 
     def for_evaluation(
         self, *, name: str | None = None, version: str = "0", steps: int | None = None

@@ -804,6 +804,14 @@ def _cold_lookups(
     return cold
 
 
+def _median_cold_script(script: str, store: Path, probes: list[str], env: dict[str, str]) -> float:
+    """Median seconds of ``python -c script STORE ID``, a fresh process per probe id."""
+    return statistics.median(
+        timed_child([sys.executable, "-c", script, str(store), sample_id], env)[0]
+        for sample_id in probes
+    )
+
+
 def _cold_baselines(store: Path, env: dict[str, str], probes: list[str], duckdb: Any) -> None:
     """What a cold look-up costs without the CLI: Python and the CLI's import, and the
     bare look-up through pyarrow and through DuckDB."""
@@ -827,29 +835,17 @@ def _cold_baselines(store: Path, env: dict[str, str], probes: list[str], duckdb:
             " [store + '/' + key, sample_id]).fetchone()\n"
             "print(row[0])\n"
         )
-        duck_cold = [
-            timed_child([python, "-c", script, str(store), sample_id], env)[0]
-            for sample_id in probes
-        ]
-        line(
-            "python -c 'duckdb look-up' (no CLI, no settings)",
-            f"median {statistics.median(duck_cold):.2f} s",
-        )
+        duck_cold = _median_cold_script(script, store, probes, env)
+        line("python -c 'duckdb look-up' (no CLI, no settings)", f"median {duck_cold:.2f} s")
         pyarrow_script = (
             "import sys\nfrom cotir_pipeline.lineage.read import lookup\n"
             "print(lookup(sys.argv[1], sys.argv[2]).sample_id)\n"
         )
-        arrow_cold = [
-            timed_child([python, "-c", pyarrow_script, str(store), sample_id], env)[0]
-            for sample_id in probes
-        ]
-        line(
-            "python -c 'pyarrow lookup()' (no CLI, no settings)",
-            f"median {statistics.median(arrow_cold):.2f} s",
-        )
+        arrow_cold = _median_cold_script(pyarrow_script, store, probes, env)
+        line("python -c 'pyarrow lookup()' (no CLI, no settings)", f"median {arrow_cold:.2f} s")
         line(
             "ratio cold duckdb / cold pyarrow",
-            f"{statistics.median(duck_cold) / statistics.median(arrow_cold):5.2f}x",
+            f"{duck_cold / arrow_cold:5.2f}x",
         )
 
 
