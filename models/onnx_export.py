@@ -33,6 +33,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,22 +78,16 @@ class ExportError(ValueError):
     """The checkpoint cannot be exported (a variant or setting the export does not cover)."""
 
 
-class _Encode(nn.Module):
-    def __init__(self, codec: LatentCodec) -> None:
+class _CodecSide(nn.Module):
+    """One side of the codec as a module: ``encode`` (pixels -> grid) or ``decode``."""
+
+    def __init__(self, codec: LatentCodec, side: str) -> None:
         super().__init__()
         self.codec = codec
+        self.side = side
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.codec.encode(pixels)
-
-
-class _Decode(nn.Module):
-    def __init__(self, codec: LatentCodec) -> None:
-        super().__init__()
-        self.codec = codec
-
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        return self.codec.decode(grid)
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.codec.encode(tensor) if self.side == "encode" else self.codec.decode(tensor)
 
 
 class _Text(nn.Module):
@@ -168,9 +163,11 @@ def _save_graph(
     module: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     names: tuple[str, ...],
-    dynamic: dict[str, dict[int, object]] | None,
+    dynamic: tuple[dict[int, Any] | None, ...] | None,
     path: Path,
 ) -> None:
+    """``module`` traced on ``inputs`` and written as ONNX; ``dynamic`` gives each input's
+    dynamic axes (None: every shape as traced)."""
     with torch.no_grad(), warnings.catch_warnings():
         # The adapter's forward hooks keep the timestep vector on the wrapper between
         # two hooks of one call; torch.export notes the assignment, which is expected.
@@ -235,14 +232,18 @@ def export_onnx(checkpoint: Path, *, out: Path | None = None) -> Path:
     grid_dims = {2: grid_h, 3: grid_w}
     grid = torch.zeros(1, channels, 2, 3)
     _save_graph(
-        _Encode(restorer.codec),
+        _CodecSide(restorer.codec, "encode"),
         (torch.zeros(1, 3, 2 * stride, 3 * stride),),
         ("pixels",),
-        {"pixels": pixel_dims},
+        (pixel_dims,),
         staging / ENCODE_FILE,
     )
     _save_graph(
-        _Decode(restorer.codec), (grid,), ("grid",), {"grid": grid_dims}, staging / DECODE_FILE
+        _CodecSide(restorer.codec, "decode"),
+        (grid,),
+        ("grid",),
+        (grid_dims,),
+        staging / DECODE_FILE,
     )
     batch = encoder.batch(["Please remove the haze."], length)
     text_inputs = tuple(batch[name] for name in TEXT_INPUTS)
@@ -254,7 +255,7 @@ def export_onnx(checkpoint: Path, *, out: Path | None = None) -> Path:
         _GridVelocity(restorer, length),
         velocity_inputs,
         VELOCITY_INPUTS,
-        {"state": grid_dims, "reference": grid_dims, "text": None, "pooled": None, "time": None},
+        (grid_dims, grid_dims, None, None, None),
         staging / VELOCITY_FILE,
     )
     _save_tokenizer(encoder, length, staging / TOKENIZER_FILE)
