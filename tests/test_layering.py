@@ -126,8 +126,7 @@ DEFERRED_ON_PURPOSE = {
     # The core command line: `cotir --help`, `cotir doctor` and `cotir lineage <id>` start
     # in well under a second, each command importing only what it runs.
     "cotir_pipeline/cli.py": "the core command line's start-up",
-    # settings <-> store: each needs the other only inside one function.
-    "cotir_pipeline/settings.py": "an import cycle with cotir_pipeline.store",
+    # settings imports store at module level; store's config needs settings only here.
     "cotir_pipeline/store/config.py": "an import cycle with cotir_pipeline.settings",
     # fcntl is POSIX-only; ctypes/signal/runpy run a child that dies with its parent.
     "cotir_pipeline/sources/fetch/base.py": "fcntl exists on POSIX only",
