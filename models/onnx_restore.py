@@ -43,6 +43,10 @@ TOKENIZER_FILE = "tokenizer.json"
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 VELOCITY_INPUTS = ("state", "reference", "text", "pooled", "time")
 DEFAULT_SEED = 42
+#: What the engine reads from a manifest.
+MANIFEST_FIELDS = frozenset(
+    {"variant", "checkpoint_sha256", "stride", "schedule", "steps", "flow_start"}
+)
 
 StepCallback = Callable[[int, int], None]
 
@@ -77,11 +81,20 @@ def read_manifest(checkpoint: Path) -> dict[str, Any]:
         raise ExportMissingError(
             f"{checkpoint} has no ONNX export; make one with `cotir export-onnx {checkpoint}`"
         )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != MANIFEST_VERSION:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise StaleExportError(f"{path} cannot be read ({error}); export again") from None
+    if not isinstance(manifest, dict) or (
+        manifest.get("format"),
+        manifest.get("version"),
+    ) != (MANIFEST_FORMAT, MANIFEST_VERSION):
         raise StaleExportError(
             f"{path} is not a version-{MANIFEST_VERSION} {MANIFEST_FORMAT} manifest; export again"
         )
+    missing = sorted(MANIFEST_FIELDS - manifest.keys())
+    if missing:
+        raise StaleExportError(f"{path} lacks {', '.join(missing)}; export again")
     if manifest.get("checkpoint_sha256") != checkpoint_digest(checkpoint):
         raise StaleExportError(
             f"the ONNX export in {folder} was made from other checkpoint files; export again "

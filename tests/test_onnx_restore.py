@@ -16,7 +16,14 @@ from PIL import Image
 from models.checkpoint_io import save_checkpoint
 from models.cli import export_onnx, restore
 from models.lora import apply_lora
-from models.onnx_restore import EXPORT_DIR, MANIFEST_FILE, OnnxRestorer, checkpoint_digest
+from models.onnx_restore import (
+    EXPORT_DIR,
+    MANIFEST_FILE,
+    OnnxRestorer,
+    StaleExportError,
+    checkpoint_digest,
+    read_manifest,
+)
 from models.restore import CoTIRRestorer
 from models.testing import randomize_gates
 
@@ -126,6 +133,21 @@ def test_an_export_made_from_other_checkpoint_files_is_never_used(
     assert "restoring with the torch engine" in automatic.output
     expected = CoTIRRestorer.from_pretrained(folder).restore(Image.open(lq), PROMPT, steps=2)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), np.asarray(expected))
+
+
+def test_a_damaged_manifest_is_refused_in_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    (folder / EXPORT_DIR).mkdir(parents=True)
+    (folder / "cotir.json").write_text("{}")
+    manifest = folder / EXPORT_DIR / MANIFEST_FILE
+    for text, message in (
+        ("{not json", "cannot be read"),
+        ('{"format": "cotir-onnx", "version": 1}', "lacks checkpoint_sha256"),
+        ('{"format": "other", "version": 1}', "is not a version-1 cotir-onnx manifest"),
+    ):
+        manifest.write_text(text)
+        with pytest.raises(StaleExportError, match=message):
+            read_manifest(folder)
 
 
 def test_a_demo_checkpoint_without_an_export_restores_on_torch_with_a_tip(
