@@ -269,7 +269,6 @@ def _exported_restorer(
         if engine == "onnx":
             raise click.UsageError(f"the ONNX engine cannot run with {'; '.join(blockers)}")
         return None
-
     assert checkpoint is not None  # a blocker otherwise
     folder = checkpoint
     try:

@@ -40,6 +40,7 @@ DECODE_FILE = "decode.onnx"
 TEXT_FILE = "text.onnx"
 VELOCITY_FILE = "velocity.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+GRAPH_FILES = (ENCODE_FILE, DECODE_FILE, TEXT_FILE, VELOCITY_FILE, TOKENIZER_FILE)
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 VELOCITY_INPUTS = ("state", "reference", "text", "pooled", "time")
 DEFAULT_SEED = 42
@@ -116,6 +117,9 @@ def _open_sessions(folder: Path) -> _Sessions:
     import onnxruntime
     from tokenizers import Tokenizer
 
+    missing = [name for name in GRAPH_FILES if not (folder / name).is_file()]
+    if missing:
+        raise StaleExportError(f"{folder} lacks {', '.join(missing)}; export again")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: no notes about unused initialisers
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,16 @@ def test_a_damaged_manifest_is_refused_in_one_line(tmp_path: Path) -> None:
         manifest.write_text(text)
         with pytest.raises(StaleExportError, match=message):
             read_manifest(folder)
+
+
+def test_an_export_missing_a_graph_is_refused_in_one_line(
+    lq_start_checkpoint: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(lq_start_checkpoint, folder)
+    (folder / EXPORT_DIR / "velocity.onnx").unlink()
+    with pytest.raises(StaleExportError, match=r"lacks velocity\.onnx"):
+        OnnxRestorer.from_checkpoint(folder)
 
 
 def test_a_demo_checkpoint_without_an_export_restores_on_torch_with_a_tip(
