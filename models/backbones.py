@@ -387,6 +387,19 @@ def image_ids(
     return ids.float() if flux1 else ids
 
 
+def noisy_and_reference_ids(
+    kind: BackboneKind, grid_height: int, grid_width: int, *, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Position ids of one transformer input: the noisy target grid's tokens, then the LQ
+    reference grid's (:func:`image_ids` of each, concatenated)."""
+    return torch.cat(
+        [
+            image_ids(kind, grid_height, grid_width, reference=False, device=device),
+            image_ids(kind, grid_height, grid_width, reference=True, device=device),
+        ]
+    )
+
+
 def grid_to_tokens(grid: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) token grid -> (B, H*W, C) row-major sequence."""
     if grid.ndim != 4:

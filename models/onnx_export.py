@@ -42,7 +42,7 @@ from models.backbones import (
     BackboneKind,
     CoTIRTransformer,
     grid_to_tokens,
-    image_ids,
+    noisy_and_reference_ids,
     text_ids,
     tokens_to_grid,
 )
@@ -126,12 +126,7 @@ class _GridVelocity(nn.Module):
         time: torch.Tensor,
     ) -> torch.Tensor:
         _, _, grid_h, grid_w = state.shape
-        ids = torch.cat(
-            [
-                image_ids(self.kind, grid_h, grid_w, reference=False),
-                image_ids(self.kind, grid_h, grid_w, reference=True),
-            ]
-        )
+        ids = noisy_and_reference_ids(self.kind, grid_h, grid_w)
         hidden = torch.cat([grid_to_tokens(state), grid_to_tokens(reference)], dim=1)
         output = self.model(
             hidden,

@@ -359,16 +359,10 @@ def build_parts(config: PriorConfig) -> PriorParts:
 
 
 def _token_ids(variant_name: str, grid: int, text_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from models.backbones import image_ids, text_ids
+    from models.backbones import noisy_and_reference_ids, text_ids
 
     kind = get_variant(variant_name).backbone
-    ids = torch.cat(
-        [
-            image_ids(kind, grid, grid, reference=False),
-            image_ids(kind, grid, grid, reference=True),
-        ]
-    )
-    return ids, text_ids(kind, text_length)
+    return noisy_and_reference_ids(kind, grid, grid), text_ids(kind, text_length)
 
 
 def prior_loss(

@@ -40,7 +40,7 @@ from models.backbones import (
     BackboneKind,
     CoTIRTransformer,
     grid_to_tokens,
-    image_ids,
+    noisy_and_reference_ids,
     text_ids,
     tokens_to_grid,
 )
@@ -525,12 +525,7 @@ class CoTIRRestorer:
         on the noisy tokens followed by the reference tokens."""
         kind = self.variant.backbone
         n_tokens = grid_h * grid_w
-        ids = torch.cat(
-            [
-                image_ids(kind, grid_h, grid_w, reference=False, device=self.device),
-                image_ids(kind, grid_h, grid_w, reference=True, device=self.device),
-            ]
-        )
+        ids = noisy_and_reference_ids(kind, grid_h, grid_w, device=self.device)
         txt_ids = text_ids(kind, text.embeds.shape[1], device=self.device)
         guidance = self.guidance()
         pooled = text.pooled if kind is BackboneKind.FLUX1_KONTEXT else None

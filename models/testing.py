@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.backbones import CoTIRTransformer, image_ids, text_ids
+from models.backbones import CoTIRTransformer, noisy_and_reference_ids, text_ids
 from models.kinds import BackboneKind
 
 TINY_TEXT_DIM = 24
@@ -105,9 +105,7 @@ def tiny_inputs(
     n = gh * gw
     hidden = torch.randn(batch, 2 * n, config.in_channels, generator=generator)
     text = torch.randn(batch, n_text, config.joint_attention_dim, generator=generator)
-    ids = torch.cat(
-        [image_ids(kind, gh, gw, reference=False), image_ids(kind, gh, gw, reference=True)]
-    )
+    ids = noisy_and_reference_ids(kind, gh, gw)
     kwargs: dict[str, Any] = {
         "hidden_states": hidden,
         "encoder_hidden_states": text,

@@ -505,7 +505,7 @@ def _multipliers(
 
 
 def _model_inputs(parts: _Parts, batch: Any) -> dict[str, Any]:
-    from models.backbones import BackboneKind, grid_to_tokens, image_ids, text_ids
+    from models.backbones import BackboneKind, grid_to_tokens, noisy_and_reference_ids, text_ids
     from models.text_targets import split_cot_answer
 
     device = parts.accelerator.device
@@ -528,12 +528,7 @@ def _model_inputs(parts: _Parts, batch: Any) -> dict[str, Any]:
         }
     grid = batch.hq.shape[-1] // parts.codec.stride
     kind = variant.backbone
-    ids = torch.cat(
-        [
-            image_ids(kind, grid, grid, reference=False, device=device),
-            image_ids(kind, grid, grid, reference=True, device=device),
-        ]
-    )
+    ids = noisy_and_reference_ids(kind, grid, grid, device=device)
     guidance = None
     pooled = None
     if kind is BackboneKind.FLUX1_KONTEXT:

@@ -34,8 +34,8 @@ import torch
 from models.backbones import (
     CoTIRTransformer,
     grid_to_tokens,
-    image_ids,
     load_transformer,
+    noisy_and_reference_ids,
     text_ids,
 )
 from models.dual import DualOptimizer
@@ -113,12 +113,7 @@ def _batch(size: int, patch: int) -> Batch:
             name: encoder.encode([text] * size, length).embeds
             for name, text in zip(("scene", "degradation", "plan"), parts, strict=True)
         },
-        ids=torch.cat(
-            [
-                image_ids(variant.backbone, grid, grid, reference=False),
-                image_ids(variant.backbone, grid, grid, reference=True),
-            ]
-        ),
+        ids=noisy_and_reference_ids(variant.backbone, grid, grid),
         txt_ids=text_ids(variant.backbone, length),
         generator=generator,
     )
