@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from models.restore_requests import checked_steps, restore_in_turns
-from models.sampling_math import flux1_mu, flux2_mu, round_size, time_shift
+from models.sampling_math import round_size, schedule_mu, time_shift
 
 EXPORT_DIR = "onnx"
 MANIFEST_FILE = "manifest.json"
@@ -158,14 +158,9 @@ class OnnxRestorer:
 
     def _sigmas(self, n_tokens: int, steps: int) -> np.ndarray:
         """The variant's shifted Euler times (as :func:`models.sampler.schedule_for`)."""
-        if self.manifest["schedule"] == "flux1":
-            mu = flux1_mu(
-                n_tokens,
-                base_shift=float(self.manifest["base_shift"]),
-                max_shift=float(self.manifest["max_shift"]),
-            )
-        else:
-            mu = flux2_mu(n_tokens, steps)
+        # The export records the variant's FLUX.1 shifts; the FLUX.2 schedule ignores them.
+        shifts = {key: float(self.manifest[key]) for key in ("base_shift", "max_shift")}
+        mu = schedule_mu(str(self.manifest["schedule"]), n_tokens, steps, **shifts)
         times = time_shift(mu, np.linspace(1.0, 1.0 / steps, steps, dtype=np.float64))
         return np.concatenate([times, np.zeros(1)])
 

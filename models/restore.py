@@ -548,15 +548,14 @@ class CoTIRRestorer:
 
     def _sigmas(self, n_tokens: int, steps: int) -> torch.Tensor:
         """The variant's Euler times for a sequence of ``n_tokens`` image tokens."""
-        if self.variant.schedule == "flux1":
-            return schedule_for(
-                "flux1",
-                n_tokens,
-                steps,
-                base_shift=self.variant.base_shift,
-                max_shift=self.variant.max_shift,
-            )
-        return schedule_for("flux2", n_tokens, steps)
+        variant = self.variant
+        return schedule_for(
+            variant.schedule,
+            n_tokens,
+            steps,
+            base_shift=variant.base_shift,
+            max_shift=variant.max_shift,
+        )
 
     @torch.no_grad()
     def restore(

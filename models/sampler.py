@@ -19,7 +19,14 @@ from collections.abc import Callable
 
 import torch
 
-from models.sampling_math import SIZE_MULTIPLE, flux1_mu, flux2_mu, round_size, time_shift
+from models.sampling_math import (
+    SIZE_MULTIPLE,
+    flux1_mu,
+    flux2_mu,
+    round_size,
+    schedule_mu,
+    time_shift,
+)
 
 __all__ = [
     "SIZE_MULTIPLE",
@@ -45,13 +52,18 @@ def shifted_sigmas(steps: int, mu: float) -> torch.Tensor:
     return torch.cat([shifted, torch.zeros(1, dtype=torch.float64)])
 
 
-def schedule_for(kind: str, image_seq_len: int, steps: int, **flux1_shift: float) -> torch.Tensor:
-    """Sigmas for ``kind`` ``"flux1"`` or ``"flux2"`` at this many image tokens."""
-    if kind == "flux1":
-        return shifted_sigmas(steps, flux1_mu(image_seq_len, **flux1_shift))
-    if kind == "flux2":
-        return shifted_sigmas(steps, flux2_mu(image_seq_len, steps))
-    raise ValueError(f"unknown schedule {kind!r}; expected 'flux1' or 'flux2'")
+def schedule_for(
+    kind: str,
+    image_seq_len: int,
+    steps: int,
+    *,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> torch.Tensor:
+    """Sigmas for ``kind`` ``"flux1"`` or ``"flux2"`` at this many image tokens
+    (:func:`models.sampling_math.schedule_mu`; the shifts apply to FLUX.1 only)."""
+    mu = schedule_mu(kind, image_seq_len, steps, base_shift=base_shift, max_shift=max_shift)
+    return shifted_sigmas(steps, mu)
 
 
 def euler_sample(

@@ -76,6 +76,23 @@ def flux2_mu(image_seq_len: int, steps: int) -> float:
     return float(slope * steps + intercept)
 
 
+def schedule_mu(
+    schedule: str,
+    image_seq_len: int,
+    steps: int,
+    *,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """The time shift of ``schedule`` ``"flux1"`` (its base and max shift) or ``"flux2"``
+    (empirical; the FLUX.1 shifts do not apply) at this many image tokens."""
+    if schedule == "flux1":
+        return flux1_mu(image_seq_len, base_shift=base_shift, max_shift=max_shift)
+    if schedule == "flux2":
+        return flux2_mu(image_seq_len, steps)
+    raise ValueError(f"unknown schedule {schedule!r}; expected 'flux1' or 'flux2'")
+
+
 def time_shift(mu: float, times: Times) -> Times:
     """The exponential time shift ``t' = e^mu / (e^mu + 1/t - 1)`` of the FLUX schedules."""
     return math.exp(mu) / (math.exp(mu) + (1.0 / times - 1.0))  # type: ignore[operator]
