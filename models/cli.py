@@ -22,7 +22,7 @@ from cotir_pipeline.checkpoint_layout import META_FILE
 from cotir_pipeline.settings import CotirSettings, SettingsError, load_settings
 from cotir_pipeline.weights import MissingWeightsError, require_weights
 from models.onnx_restore import ExportMissingError, OnnxRestorer, StaleExportError, read_manifest
-from models.variants import VARIANTS, CodecKind, get_variant
+from models.variants import VARIANTS, get_variant
 
 if TYPE_CHECKING:
     from models.restore import CoTIRRestorer
@@ -305,13 +305,12 @@ def _exported_restorer(
 
 def _exportable(checkpoint: Path) -> bool:
     """Whether the folder is one of our checkpoints of a variant the ONNX export covers."""
-
     try:
         meta = json.loads((checkpoint / META_FILE).read_text())
         variant = get_variant(str(meta["variant"]))
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return variant.is_demo and variant.codec is CodecKind.PIXEL
+    return variant.exports_to_onnx
 
 
 @click.command("export-onnx")

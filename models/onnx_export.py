@@ -63,7 +63,6 @@ from models.onnx_restore import (
 )
 from models.restore import CoTIRRestorer
 from models.text_encoders import MiniLMTextEncoder
-from models.variants import CodecKind
 
 #: Prompts the exported tokenizer must split exactly as the torch engine's does.
 _TOKENIZER_CHECKS = (
@@ -142,7 +141,7 @@ class _GridVelocity(nn.Module):
 
 def _check_exportable(restorer: CoTIRRestorer) -> MiniLMTextEncoder:
     variant = restorer.variant
-    if not variant.is_demo or variant.codec is not CodecKind.PIXEL:
+    if not variant.exports_to_onnx:
         raise ExportError(
             f"only the CPU demo variants export to ONNX; {variant.name} runs on the torch "
             "engine (its VAE and text encoder are for GPUs)"

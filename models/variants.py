@@ -83,6 +83,17 @@ class Variant:
         return self.weights_folder is None
 
     @property
+    def exports_to_onnx(self) -> bool:
+        """True where ``cotir export-onnx`` covers the variant: the CPU demo variants, with
+        the pixel codec and the MiniLM text encoder (the FLUX VAEs and text encoders are
+        for GPUs)."""
+        return (
+            self.is_demo
+            and self.codec is CodecKind.PIXEL
+            and self.text_encoder is TextEncoderKind.MINILM
+        )
+
+    @property
     def builds_in_code(self) -> bool:
         """True for the random test toys (``tiny``): no base weights at all."""
         return self.weights_folder is None and self.bundled_base is None
