@@ -21,7 +21,12 @@ from tqdm import tqdm
 from cotir_pipeline.checkpoint_layout import META_FILE
 from cotir_pipeline.settings import CotirSettings, SettingsError, load_settings
 from cotir_pipeline.weights import MissingWeightsError, require_weights
-from models.onnx_restore import ExportMissingError, OnnxRestorer, StaleExportError, read_manifest
+from models.onnx_restore import (
+    ExportMissingError,
+    OnnxRestorer,
+    StaleExportError,
+    has_current_export,
+)
 from models.variants import VARIANTS, get_variant
 
 if TYPE_CHECKING:
@@ -329,14 +334,9 @@ def export_onnx(checkpoint: Path, force: bool) -> None:
       cotir export-onnx .cotir/training/demo/<run>/checkpoints/step-0000600/model
     """
 
-    if not force:
-        try:
-            read_manifest(checkpoint)
-        except (ExportMissingError, StaleExportError):
-            pass
-        else:
-            click.echo(f"{checkpoint / 'onnx'} (current, kept)")
-            return
+    if not force and has_current_export(checkpoint):
+        click.echo(f"{checkpoint / 'onnx'} (current, kept)")
+        return
     _settings_or_exit()
     with hidden_modules(modules_to_hide()):
         from models.onnx_export import ExportError

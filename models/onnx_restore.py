@@ -104,6 +104,15 @@ def read_manifest(checkpoint: Path) -> dict[str, Any]:
     return manifest
 
 
+def has_current_export(checkpoint: Path) -> bool:
+    """Whether the checkpoint has an export :func:`read_manifest` accepts."""
+    try:
+        read_manifest(checkpoint)
+    except (ExportMissingError, StaleExportError):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class _Sessions:
     encode: Any

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models.onnx_restore import has_current_export
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     export_s = _export_if_asked(args.checkpoint) if args.export else None
     engines = ["torch"]
-    if args.checkpoint is not None and _has_current_export(args.checkpoint):
+    if args.checkpoint is not None and has_current_export(args.checkpoint):
         engines.append("onnx")
     env_note = f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -294,19 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _has_current_export(checkpoint: Path) -> bool:
-    from models.onnx_restore import ExportMissingError, StaleExportError, read_manifest
-
-    try:
-        read_manifest(checkpoint)
-    except (ExportMissingError, StaleExportError):
-        return False
-    return True
-
-
 def _export_if_asked(checkpoint: Path | None) -> float | None:
     """Seconds of exporting the checkpoint to ONNX (None: nothing to export, or current)."""
-    if checkpoint is None or _has_current_export(checkpoint):
+    if checkpoint is None or has_current_export(checkpoint):
         return None
     from models.onnx_export import export_onnx
 
