@@ -32,6 +32,7 @@ from cotir_pipeline.settings import SettingsError, load_settings
 from cotir_pipeline.tasks import Degradation, split_degradation_label
 from cotir_pipeline.weights import MissingWeightsError
 from models.cli import hidden_modules, modules_to_hide
+from models.restore_requests import ImageTooLargeError
 
 if TYPE_CHECKING:
     from models.restore import CoTIRRestorer
@@ -332,7 +333,6 @@ def _run_method(settings: RestoreSettings, image: np.ndarray, pool: RestorerPool
         # LQ images here are at their HQ's size, so low resolution is sharpened, not enlarged.
         chain = SequentialToolChain(sr_factor=1)
         return chain.restore(image, settings.prompt, settings.degradation)
-    from models.restore import ImageTooLargeError
     from models.tiling import default_overlap
 
     restorer = pool.get(method, settings.device)

@@ -28,8 +28,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from models.restore_requests import checked_steps, restore_in_turns
-from models.sampling_math import round_size, schedule_mu, time_shift
+from models.restore_requests import (
+    checked_steps,
+    resized_back,
+    restore_in_turns,
+    working_image,
+)
+from models.sampling_math import schedule_mu, time_shift
 
 EXPORT_DIR = "onnx"
 MANIFEST_FILE = "manifest.json"
@@ -203,18 +208,11 @@ class OnnxRestorer:
     ) -> Image.Image:
         """Restore ``image`` following ``prompt``; the output has the input's size."""
         steps = checked_steps(prompt, steps, self.default_steps)
-        source = image.convert("RGB")
-        width, height = source.size
-        work_w, work_h = round_size(width, height)
-        n_tokens = (work_w // self.stride) * (work_h // self.stride)
-        if self.max_untiled_tokens and n_tokens > self.max_untiled_tokens:
-            raise ValueError(
-                f"{width}x{height} px is {n_tokens} tokens, more than the "
-                f"{self.max_untiled_tokens} this model samples in one piece; restore it in "
-                "tiles (`--tile-size`, the torch engine) or make it smaller"
-            )
-        if (work_w, work_h) != (width, height):
-            source = source.resize((work_w, work_h), Image.Resampling.BICUBIC)
+        hint = "`--tile-size`, the torch engine"
+        source, grid_h, grid_w = working_image(
+            image, self.stride, self.max_untiled_tokens, tiles_hint=hint
+        )
+        n_tokens = grid_h * grid_w
         pixels = np.asarray(source, dtype=np.float32) / 127.5 - 1.0
         pixels = np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
         (reference,) = self._sessions.encode.run(None, {"pixels": pixels})
@@ -238,9 +236,7 @@ class OnnxRestorer:
         (decoded,) = self._sessions.decode.run(None, {"grid": state.astype(np.float32)})
         array = np.round((np.clip(decoded[0], -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
         result = Image.fromarray(array.transpose(1, 2, 0))
-        if result.size != (width, height):
-            result = result.resize((width, height), Image.Resampling.BICUBIC)
-        return result
+        return resized_back(result, image.size)
 
     def restore_turns(
         self,

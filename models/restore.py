@@ -52,8 +52,13 @@ from models.checkpoint_io import (
     read_checkpoint_meta,
 )
 from models.codecs import Flux2VAECodec, FluxVAECodec, LatentCodec, PixelUnshuffleCodec
-from models.restore_requests import checked_steps, restore_in_turns
-from models.sampler import euler_sample, round_size, schedule_for
+from models.restore_requests import (
+    checked_steps,
+    resized_back,
+    restore_in_turns,
+    working_image,
+)
+from models.sampler import euler_sample, schedule_for
 from models.text_encoders import (
     MiniLMTextEncoder,
     Qwen3TextEncoder,
@@ -86,10 +91,6 @@ StepCallback = Callable[[int, int], None]
 #: on a CPU (4096 tokens is 512 x 512 px there); FLUX's 16 px tokens allow 2048 x 2048 px.
 MAX_UNTILED_TOKENS_DEMO = 4096
 MAX_UNTILED_TOKENS_FULL = 16384
-
-
-class ImageTooLargeError(ValueError):
-    """An image above the untiled limit was given without a tile size."""
 
 
 def _settings(settings: CotirSettings | None) -> CotirSettings:
@@ -581,20 +582,10 @@ class CoTIRRestorer:
             raise TypeError(f"expected a PIL image, got {type(image).__name__}")
         steps = checked_steps(prompt, steps, self.default_steps)
         tiles = None if tile_size is None else self._tile_tokens(tile_size, tile_overlap)
-        source = image.convert("RGB")
-        width, height = source.size
         compat = self.release_compat
-        work_w, work_h = round_size(width, height, down=compat)
-        grid_h, grid_w = work_h // self.codec.stride, work_w // self.codec.stride
+        limit = self.max_untiled_tokens if tiles is None else None
+        source, grid_h, grid_w = working_image(image, self.codec.stride, limit, down=compat)
         n_tokens = grid_h * grid_w
-        if tiles is None and self.max_untiled_tokens and n_tokens > self.max_untiled_tokens:
-            raise ImageTooLargeError(
-                f"{width}x{height} px is {n_tokens} tokens, more than the "
-                f"{self.max_untiled_tokens} this model samples in one piece; restore it in "
-                f"tiles (tile_size, `--tile-size`) or make it smaller"
-            )
-        if (work_w, work_h) != (width, height):
-            source = source.resize((work_w, work_h), Image.Resampling.BICUBIC)
 
         pixels = pil_to_tensor(source).to(self.device, self.dtype)
         codec_tiling = self.codec.tiling if tiles else contextlib.nullcontext
@@ -631,9 +622,7 @@ class CoTIRRestorer:
         grid = tokens_to_grid(latents.to(self.dtype), grid_h, grid_w)
         with codec_tiling():
             result = tensor_to_pil(self.codec.decode(grid))
-        if result.size != (width, height):
-            result = result.resize((width, height), Image.Resampling.BICUBIC)
-        return result
+        return resized_back(result, image.size)
 
     def _tiled_velocity(
         self, text: TextEncoding, reference_grid: torch.Tensor, tile: int, overlap: int

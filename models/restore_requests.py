@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image
 
+from models.sampling_math import round_size
+
 
 def checked_steps(prompt: str, steps: int | None, default_steps: int) -> int:
     """The Euler steps to run for one request; an empty instruction or a step count
@@ -22,6 +24,44 @@ def checked_steps(prompt: str, steps: int | None, default_steps: int) -> int:
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     return steps
+
+
+class ImageTooLargeError(ValueError):
+    """An image above the untiled limit was given without a tile size."""
+
+
+def working_image(
+    image: Image.Image,
+    stride: int,
+    max_tokens: int | None,
+    *,
+    down: bool = False,
+    tiles_hint: str = "tile_size, `--tile-size`",
+) -> tuple[Image.Image, int, int]:
+    """The RGB image resized to whole tokens (:func:`round_size`; ``down`` floors) and
+    its token grid's height and width. With ``max_tokens``, a larger grid is an
+    :class:`ImageTooLargeError` whose message points at ``tiles_hint``."""
+    source = image.convert("RGB")
+    width, height = source.size
+    work_w, work_h = round_size(width, height, down=down)
+    grid_h, grid_w = work_h // stride, work_w // stride
+    n_tokens = grid_h * grid_w
+    if max_tokens and n_tokens > max_tokens:
+        raise ImageTooLargeError(
+            f"{width}x{height} px is {n_tokens} tokens, more than the {max_tokens} this "
+            f"model samples in one piece; restore it in tiles ({tiles_hint}) or make it "
+            "smaller"
+        )
+    if (work_w, work_h) != (width, height):
+        source = source.resize((work_w, work_h), Image.Resampling.BICUBIC)
+    return source, grid_h, grid_w
+
+
+def resized_back(result: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The restored image at the input's ``size`` (bicubic, when it was resized)."""
+    if result.size != size:
+        return result.resize(size, Image.Resampling.BICUBIC)
+    return result
 
 
 def restore_in_turns(

@@ -112,7 +112,7 @@ def test_tiles_match_the_untiled_result_as_closely_as_another_noise_draw(prior: 
 
 def test_images_above_the_untiled_limit_need_tiles(prior: object, tmp_path: Path) -> None:
     from models.cli import restore
-    from models.restore import ImageTooLargeError
+    from models.restore_requests import ImageTooLargeError
 
     photo = _photo(64)
     prior.max_untiled_tokens = 32  # 64 x 64 px is 64 tokens of 8 px
