@@ -34,13 +34,16 @@ import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from models.cot_adapter import CoTAdapter, CoTAdapterConfig, RotaryEmbedding
 from models.kinds import BackboneKind
+
+if TYPE_CHECKING:
+    from models.variants import Variant
 
 #: FLUX.2 reference images sit at time coordinate 10 (diffusers' ``_prepare_image_ids``).
 FLUX2_REFERENCE_T = 10
@@ -191,6 +194,20 @@ class CoTIRTransformer(nn.Module):
         """A randomly initialised backbone plus a fresh adapter (``device="meta"`` to count)."""
         transformer = build_transformer(kind, transformer_config, device=device, dtype=dtype)
         return cls.with_new_adapter(transformer, text_dim=text_dim, adapter_depth=adapter_depth)
+
+    @classmethod
+    def from_variant(
+        cls, variant: Variant, *, device: torch.device | str | None = None
+    ) -> CoTIRTransformer:
+        """The variant's backbone, randomly initialised, with its adapter (``device="meta"``
+        to count parameters or to build a skeleton for loading)."""
+        return cls.from_config(
+            variant.backbone,
+            variant.transformer_config,
+            text_dim=variant.text_dim,
+            adapter_depth=variant.adapter_depth,
+            device=device,
+        )
 
     @classmethod
     def from_pretrained_base(

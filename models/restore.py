@@ -129,12 +129,7 @@ def tensor_to_pil(pixels: torch.Tensor) -> Image.Image:
 def _build_demo_transformer(variant: Variant, seed: int) -> CoTIRTransformer:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CoTIRTransformer.from_config(
-            variant.backbone,
-            variant.transformer_config,
-            text_dim=variant.text_dim,
-            adapter_depth=variant.adapter_depth,
-        )
+        return CoTIRTransformer.from_variant(variant)
 
 
 def _load_codec(variant: Variant, base: Path | None, dtype: torch.dtype) -> LatentCodec:

@@ -34,13 +34,7 @@ def export_inference_checkpoint(
     from models.checkpoint_io import save_checkpoint
     from models.lora import apply_lora
 
-    skeleton = CoTIRTransformer.from_config(
-        variant.backbone,
-        variant.transformer_config,
-        text_dim=variant.text_dim,
-        adapter_depth=variant.adapter_depth,
-        device="meta",
-    )
+    skeleton = CoTIRTransformer.from_variant(variant, device="meta")
     apply_lora(skeleton, variant.lora_rank, lora_bias=lora_bias)
     wanted = {name for name, p in skeleton.named_parameters() if p.requires_grad}
     missing = sorted(wanted - set(trainable))

@@ -321,13 +321,7 @@ def count_parameters(name: str) -> ParameterCount:
     from models.lora import apply_lora, trainable_report
 
     variant = get_variant(name)
-    model = CoTIRTransformer.from_config(
-        variant.backbone,
-        variant.transformer_config,
-        text_dim=variant.text_dim,
-        adapter_depth=variant.adapter_depth,
-        device="meta",
-    )
+    model = CoTIRTransformer.from_variant(variant, device="meta")
     backbone = sum(p.numel() for p in model.transformer.parameters())
     apply_lora(model, variant.lora_rank)
     report = trainable_report(model)

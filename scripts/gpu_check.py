@@ -106,12 +106,7 @@ def build_restorer(variant_name: str, device: str, dtype: Any) -> Any:
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = CoTIRTransformer.from_config(
-                variant.backbone,
-                variant.transformer_config,
-                text_dim=variant.text_dim,
-                adapter_depth=variant.adapter_depth,
-            )
+            model = CoTIRTransformer.from_variant(variant)
             apply_lora(model, variant.lora_rank)
             if variant.codec is CodecKind.FLUX1_VAE:
                 from diffusers import AutoencoderKL
