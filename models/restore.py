@@ -22,7 +22,6 @@ import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ from cotir_pipeline.checkpoint_layout import (
     RELEASE_ADAPTER_FILE,
     checkpoint_folder_method,
 )
-from cotir_pipeline.settings import load_settings
+from cotir_pipeline.settings import CotirSettings, load_settings
 from cotir_pipeline.weights import MissingWeightsError, require_weights
 from models.backbones import (
     BackboneKind,
@@ -69,9 +68,6 @@ from models.text_encoders import (
 from models.tiling import DEFAULT_TILE_OVERLAP, Window, blended_velocity, plan_windows
 from models.variants import CodecKind, TextEncoderKind, Variant, get_variant
 
-if TYPE_CHECKING:
-    from cotir_pipeline.settings import CotirSettings
-
 DEFAULT_SEED = 42
 #: Subfolders a full variant's diffusers pipeline folder must hold, by text encoder.
 _BASE_SUBFOLDERS: dict[TextEncoderKind, tuple[str, ...]] = {
@@ -94,10 +90,7 @@ MAX_UNTILED_TOKENS_FULL = 16384
 
 
 def _settings(settings: CotirSettings | None) -> CotirSettings:
-    if settings is not None:
-        return settings
-
-    return load_settings()
+    return settings if settings is not None else load_settings()
 
 
 def _default_dtype(device: torch.device | str) -> torch.dtype:
