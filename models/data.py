@@ -62,6 +62,7 @@ from cotir_pipeline.annotation.prompts import (
     spe_prompts,
 )
 from cotir_pipeline.store import inherited_store_config, open_store, parse_store_url
+from cotir_pipeline.store.sync import pull
 from models.text_targets import CoTParseError, split_cot_answer
 from models.train_config import CurriculumConfig, TrainConfig
 
@@ -168,24 +169,20 @@ def resolve_shard_source(source: str | Path, cache_dir: Path) -> Path:
         return location.path
     store = open_store(inherited_store_config(text))
     cache_dir = Path(cache_dir)
-    count = 0
-    manifest_stored = False
-    for info in store.list(""):
-        if info.key == SHARD_MANIFEST:  # which shards belong to the set (discover_shards)
-            store.download_file(info.key, cache_dir / SHARD_MANIFEST)
-            manifest_stored = True
-            continue
-        if not info.key.endswith(SHARD_SUFFIX) or info.key.count("/") != 1:
-            continue
-        destination = cache_dir.joinpath(*info.key.split("/"))
-        if not (destination.is_file() and destination.stat().st_size == info.size):
-            store.download_file(info.key, destination)
-        count += 1
-    if not count:
+    shards = pull(store, "", cache_dir, refresh="size", include=_a_shard_key)
+    if not shards.copied + shards.unchanged:
         raise FileNotFoundError(f"{text} holds no <degradation>/*.tar training shards")
-    if not manifest_stored:
-        (cache_dir / SHARD_MANIFEST).unlink(missing_ok=True)  # not another set's list
+    # Which shards belong to the set (discover_shards); never another set's list.
+    if store.exists(SHARD_MANIFEST):
+        store.download_file(SHARD_MANIFEST, cache_dir / SHARD_MANIFEST)
+    else:
+        (cache_dir / SHARD_MANIFEST).unlink(missing_ok=True)
     return cache_dir
+
+
+def _a_shard_key(relative: str) -> bool:
+    """``<degradation>/<name>.tar``: a training shard in a store folder."""
+    return relative.endswith(SHARD_SUFFIX) and relative.count("/") == 1
 
 
 # -- skips ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 from cotir_pipeline.checkpoint_layout import CHECKPOINT_MARKER, LATEST_FILE, MODEL_DIR
 from cotir_pipeline.store import inherited_store_config, open_store
 from cotir_pipeline.store.local import write_atomically
+from cotir_pipeline.store.sync import pull, push
 from models.variants import Variant
 
 
@@ -88,20 +89,13 @@ def fetch_latest_from_store(store_url: str, root: Path) -> Path | None:
     if not store.exists(f"{name}/{CHECKPOINT_MARKER}"):
         return None
     target = root / name
-    for info in store.list(f"{name}/"):
-        relative = info.key.removeprefix(f"{name}/")
-        if relative != CHECKPOINT_MARKER:
-            store.download_file(info.key, target.joinpath(*relative.split("/")))
-    store.download_file(f"{name}/{CHECKPOINT_MARKER}", target / CHECKPOINT_MARKER)
+    pull(store, name, target, refresh="always", last=(CHECKPOINT_MARKER,))
     return target
 
 
 def upload_checkpoint(store_url: str, folder: Path) -> str:
     """Upload a finished checkpoint folder (marker last) and point ``latest`` at it."""
     store = _open_store(store_url)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKPOINT_MARKER)
-    for path in files:
-        store.put_file(f"{folder.name}/{path.relative_to(folder).as_posix()}", path)
-    store.put_file(f"{folder.name}/{CHECKPOINT_MARKER}", folder / CHECKPOINT_MARKER)
+    push(store, folder, folder.name, refresh="always", last=(CHECKPOINT_MARKER,))
     store.put_text(LATEST_FILE, folder.name + "\n")
     return f"{store.url.rstrip('/')}/{folder.name}/{MODEL_DIR}"

@@ -58,12 +58,11 @@ from cotir_pipeline.evaluation.stage import (
     UploadReport,
     checked_device,
     local_bench,
-    local_files,
     manifest_digest,
-    stored_sizes,
 )
 from cotir_pipeline.lineage.schema import stage_file_key
 from cotir_pipeline.store import ObjectStore
+from cotir_pipeline.store.sync import pull, push
 from cotir_pipeline.weights import MissingWeightsError
 
 Log = Callable[[str], None]
@@ -180,13 +179,7 @@ def _cotir_method(
         sub = model_subfolder(ref)
     except CheckpointLayoutError as error:
         raise EvaluationError(str(error)) from None
-    model_prefix = f"{ref.folder}/{sub}/" if sub else f"{ref.folder}/"
-    for info in ref.files:
-        if not info.key.startswith(model_prefix):
-            continue
-        path = local / info.key[len(ref.folder) + 1 :]
-        if not path.is_file() or path.stat().st_size != info.size:
-            store.download_file(info.key, path)
+    pull(store, f"{ref.folder}/{sub}" if sub else ref.folder, local / sub if sub else local)
     variant = ref.marker.get("variant")
     device = checked_device(options.device)
     log(f"{method}: loading {store.uri(ref.folder)} on {device}")
@@ -238,46 +231,25 @@ def reset_if_stale(
     local.write_text(json.dumps(dict(made_by), indent=2), encoding="utf-8")
 
 
+def _an_output(relative: str) -> bool:
+    """Outputs and logs sync between cache and store; the partition's records do not."""
+    return relative not in PARTITION_RECORDS
+
+
 def download_missing(store: ObjectStore, prefix: str, out_dir: Path) -> None:
     """Fetch stored outputs and logs the cache lacks (a run resumed on another machine)."""
-    for info in store.list(prefix + "/"):
-        relative = info.key[len(prefix) + 1 :]
-        if relative in PARTITION_RECORDS:
-            continue
-        path = out_dir / relative
-        if not path.is_file():
-            store.download_file(info.key, path)
+    pull(store, prefix, out_dir, refresh="missing", include=_an_output)
 
 
 def upload_outputs(store: ObjectStore, prefix: str, out_dir: Path) -> UploadReport:
     """Upload outputs and runtime logs that the store lacks or holds in another size."""
-    stored = stored_sizes(store, prefix)
-    uploaded = unchanged = 0
-    for relative, path in local_files(out_dir).items():
-        if relative in PARTITION_RECORDS:
-            continue
-        key = f"{prefix}/{relative}"
-        if stored.get(key) == path.stat().st_size:
-            unchanged += 1
-            continue
-        store.put_file(key, path)
-        uploaded += 1
-    return UploadReport(uploaded, unchanged, 0)
+    report = push(store, out_dir, prefix, refresh="size", include=_an_output)
+    return UploadReport(report.copied, report.unchanged, 0)
 
 
 def mirror_outputs(store: ObjectStore, prefix: str, out_dir: Path) -> None:
     """Make the cached outputs exactly the stored ones, so scores describe the store."""
-    stored = stored_sizes(store, prefix)
-    wanted = {key[len(prefix) + 1 :]: size for key, size in stored.items()}
-    for relative, path in local_files(out_dir).items():
-        if relative not in wanted and relative not in PARTITION_RECORDS:
-            path.unlink()
-    for relative, size in wanted.items():
-        path = out_dir / relative
-        if relative not in PARTITION_RECORDS and (
-            not path.is_file() or path.stat().st_size != size
-        ):
-            store.download_file(f"{prefix}/{relative}", path)
+    pull(store, prefix, out_dir, refresh="size", include=_an_output, remove_extra=True)
 
 
 def pick_ids(bench: BenchSet, count: int) -> list[str]:

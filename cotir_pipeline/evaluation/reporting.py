@@ -34,9 +34,9 @@ from cotir_pipeline.evaluation.stage import (
     BenchSpec,
     EvaluationOptions,
     local_bench,
-    local_files,
 )
 from cotir_pipeline.store import ObjectStore
+from cotir_pipeline.store.sync import local_files, push
 
 
 def stored_rows(store: ObjectStore, work: Path) -> tuple[list[ScoreRow], list[RuntimeRow]]:
@@ -159,17 +159,8 @@ def _build_tables(
 
 def _upload_replacing(store: ObjectStore, out: Path) -> dict[str, Path]:
     """Upload ``out`` as benchmark_tables/ and delete what an earlier run left there."""
-    files = local_files(out)
-    stale = [
-        info.key
-        for info in store.list(BENCHMARK_TABLES_PREFIX + "/")
-        if info.key[len(BENCHMARK_TABLES_PREFIX) + 1 :] not in files
-    ]
-    for relative, path in files.items():
-        store.put_file(f"{BENCHMARK_TABLES_PREFIX}/{relative}", path)
-    for key in stale:
-        store.delete(key)
-    return files
+    push(store, out, BENCHMARK_TABLES_PREFIX, refresh="always", remove_stale=True)
+    return local_files(out)
 
 
 def _write_each_table(

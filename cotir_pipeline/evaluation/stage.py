@@ -40,6 +40,7 @@ from cotir_pipeline.evaluation.bench_sets import (
 from cotir_pipeline.lineage.schema import STAGE_LOCATIONS
 from cotir_pipeline.settings import Profile
 from cotir_pipeline.store import ObjectStore
+from cotir_pipeline.store.sync import local_files, stored_sizes
 
 # --------------------------------------------------------------------------------------------
 # The store layout
@@ -207,20 +208,6 @@ class UploadReport(NamedTuple):
     deleted: int
 
 
-def local_files(root: Path) -> dict[str, Path]:
-    """Every finished file below ``root`` by relative POSIX path (hidden temp files skipped)."""
-    return {
-        path.relative_to(root).as_posix(): path
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    }
-
-
-def stored_sizes(store: ObjectStore, prefix: str) -> dict[str, int]:
-    """Key -> size of every object under ``prefix/``."""
-    return {info.key: info.size for info in store.list(prefix + "/")}
-
-
 def _safe_name(text: str) -> str:
     """A store-key-safe file stem for ``text`` (a short hash keeps changed names unique)."""
     cleaned = _KEY_SEGMENT.sub("-", text).strip(".") or "x"
@@ -241,18 +228,17 @@ def upload_bench(
     prefix = f"{BENCH_SETS_PREFIX}/{name}"
     stored = stored_sizes(store, prefix)
     previous: dict[str, Any] = {}
-    if f"{prefix}/{FILES_INDEX}" in stored:
+    if FILES_INDEX in stored:
         previous = json.loads(store.get_text(f"{prefix}/{FILES_INDEX}"))
     index: dict[str, dict[str, Any]] = {}
     uploaded = unchanged = 0
     for relative, path in sorted(files.items()):
         entry = {"sha256": file_sha256(path), "size": path.stat().st_size}
         index[relative] = entry
-        key = f"{prefix}/{relative}"
-        if previous.get(relative) == entry and stored.get(key) == entry["size"]:
+        if previous.get(relative) == entry and stored.get(relative) == entry["size"]:
             unchanged += 1
             continue
-        store.put_file(key, path)
+        store.put_file(f"{prefix}/{relative}", path)
         uploaded += 1
     index[INFO_NAME] = {"sha256": hashlib.sha256(info).hexdigest(), "size": len(info)}
     index[MANIFEST_NAME] = {"sha256": hashlib.sha256(manifest).hexdigest(), "size": len(manifest)}
@@ -263,20 +249,18 @@ def upload_bench(
         (FILES_INDEX, index_text.encode()),
         (MANIFEST_NAME, manifest),
     ):
-        key = f"{prefix}/{relative}"
         if relative == FILES_INDEX:
-            changed = previous != index or key not in stored
+            changed = previous != index or relative not in stored
         else:
-            changed = previous.get(relative) != index[relative] or key not in stored
+            changed = previous.get(relative) != index[relative] or relative not in stored
         if not changed:
             unchanged += 1
             continue
-        store.put_bytes(key, data)
+        store.put_bytes(f"{prefix}/{relative}", data)
         uploaded += 1
-    keep = {f"{prefix}/{relative}" for relative in index} | {f"{prefix}/{FILES_INDEX}"}
-    stale = [key for key in stored if key not in keep]
-    for key in stale:
-        store.delete(key)
+    stale = [relative for relative in stored if relative not in index and relative != FILES_INDEX]
+    for relative in stale:
+        store.delete(f"{prefix}/{relative}")
     return UploadReport(uploaded, unchanged, len(stale))
 
 
