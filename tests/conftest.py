@@ -168,3 +168,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     make_s3_store = request.getfixturevalue("make_s3_store")
     # A small multipart threshold so the multipart path is exercised with small files.
     return make_s3_store(multipart_threshold=5 * MIB, multipart_part_size=5 * MIB)
+
+
+@pytest.fixture(scope="module")
+def shard_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny training shards (three samples per shard, every degradation folder)."""
+    from training_shards_support import write_shards
+
+    return write_shards(tmp_path_factory.mktemp("shards"), samples_per_shard=3)

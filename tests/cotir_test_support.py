@@ -9,7 +9,9 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -246,3 +248,20 @@ def dismiss_first_visit_dialog(page: object, timeout_ms: int = 15_000) -> None:
     except Exception:  # no dialog on this visit
         return
     dialog.wait_for(state="hidden", timeout=10_000)
+
+
+def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A uniform-noise RGB image: a restorer input whose content no test relies on."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
+
+
+def demo_photo_pixels(photo_id: str | None = None) -> np.ndarray:
+    """The pixels of a bundled demo photo (default: the first training photo)."""
+    from cotir_pipeline.demo_photos import DEMO_PHOTOS, load_photo
+
+    if photo_id is None:
+        photo = next(p for p in DEMO_PHOTOS if p.split == "train")
+    else:
+        photo = next(p for p in DEMO_PHOTOS if p.photo_id == photo_id)
+    return load_photo(photo)

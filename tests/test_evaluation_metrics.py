@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cotir_pipeline import demo_photos
 from cotir_pipeline.evaluation import metrics
 from cotir_pipeline.evaluation.metrics import (
     METRIC_SETS,
@@ -27,6 +26,7 @@ from cotir_pipeline.evaluation.metrics import (
     metric_availability,
     score_pairs,
 )
+from cotir_test_support import demo_photo_pixels
 
 PAPER_METRICS = ("clipiqa+", "qalign", "liqe", "maclip", "clipiqa", "psnr", "ssim", "lpips")
 
@@ -180,8 +180,7 @@ def test_bad_device_is_an_error() -> None:
 
 
 def _photo_pair(size: int = 96) -> tuple[np.ndarray, np.ndarray]:
-    photo = next(p for p in demo_photos.DEMO_PHOTOS if p.photo_id == "coffee")
-    clean = demo_photos.load_photo(photo)[100 : 100 + size, 200 : 200 + size]
+    clean = demo_photo_pixels("coffee")[100 : 100 + size, 200 : 200 + size]
     rng = np.random.default_rng(0)
     noisy = np.clip(clean + rng.normal(0, 12, clean.shape), 0, 255).astype(np.uint8)
     return noisy, clean

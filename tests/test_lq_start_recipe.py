@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cotir_pipeline.demo_photos import DEMO_PHOTOS, load_photo
+from cotir_test_support import demo_photo_pixels
 
 PROMPT = "Please remove the haze."
 
@@ -36,8 +36,7 @@ def _save_untrained(folder: Path, velocity: str, **meta: object) -> Path:
 
 
 def _photo_crop() -> Image.Image:
-    photo = next(p for p in DEMO_PHOTOS if p.split == "train")
-    return Image.fromarray(load_photo(photo)).crop((0, 0, 64, 64))
+    return Image.fromarray(demo_photo_pixels()).crop((0, 0, 64, 64))
 
 
 def test_an_untrained_lq_start_fine_tune_restores_its_input_unchanged(tmp_path: Path) -> None:

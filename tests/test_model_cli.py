@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cotir_pipeline.cli import cli
+from cotir_test_support import noise_image
 from models.cli import restore
 
 
 def _lq_png(path: Path, size: tuple[int, int] = (40, 30)) -> Path:
-    rng = np.random.default_rng(0)
-    Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(path)
+    noise_image(*size).save(path)
     return path
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from PIL import Image
 
 from cotir_pipeline.settings import CotirSettings
 from cotir_pipeline.weights import MissingWeightsError
+from cotir_test_support import noise_image
 from models.checkpoint_io import save_checkpoint
 from models.lora import apply_lora
 from models.restore import CoTIRRestorer
@@ -91,11 +91,6 @@ def tiny() -> CoTIRRestorer:
     return CoTIRRestorer.from_variant("tiny")
 
 
-def _photo(width: int = 70, height: int = 50, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
-
-
 def _encoded_shapes(restorer: CoTIRRestorer, monkeypatch: pytest.MonkeyPatch) -> list:
     """Record the shape of every image the restorer's codec encodes."""
     seen: list = []
@@ -108,14 +103,14 @@ def test_restore_works_at_a_multiple_of_16_and_maps_back_to_the_input_size(
     tiny: CoTIRRestorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = _encoded_shapes(tiny, monkeypatch)
-    out = tiny.restore(_photo(70, 50), "Please remove the noise.", steps=2)
+    out = tiny.restore(noise_image(70, 50), "Please remove the noise.", steps=2)
     assert out.size == (70, 50)
     assert out.mode == "RGB"
     assert seen == [torch.Size([1, 3, 48, 64])]
 
 
 def test_same_seed_same_output_and_another_seed_another(tiny: CoTIRRestorer) -> None:
-    photo = _photo()
+    photo = noise_image(70, 50)
     a = np.asarray(tiny.restore(photo, "Remove the rain.", steps=2, seed=42))
     b = np.asarray(tiny.restore(photo, "Remove the rain.", steps=2, seed=42))
     c = np.asarray(tiny.restore(photo, "Remove the rain.", steps=2, seed=7))
@@ -134,7 +129,7 @@ def test_multi_turn_conditions_each_turn_on_the_previous_output(
         return original(image, prompt, *args, **kwargs)
 
     monkeypatch.setattr(tiny, "restore", spy)
-    photo = _photo()
+    photo = noise_image(70, 50)
     outputs = tiny.restore_turns(photo, ["Remove the rain.", "Now brighten it."], steps=2)
     assert len(outputs) == 2
     assert [p for _, p in inputs] == ["Remove the rain.", "Now brighten it."]
@@ -146,16 +141,16 @@ def test_multi_turn_conditions_each_turn_on_the_previous_output(
 
 def test_restore_rejects_bad_input(tiny: CoTIRRestorer) -> None:
     with pytest.raises(ValueError, match="empty"):
-        tiny.restore(_photo(), "   ")
+        tiny.restore(noise_image(70, 50), "   ")
     with pytest.raises(TypeError, match="PIL"):
         tiny.restore(np.zeros((16, 16, 3)), "x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="steps"):
-        tiny.restore(_photo(), "x", steps=0)
+        tiny.restore(noise_image(70, 50), "x", steps=0)
 
 
 def test_kontext_architecture_restores_too() -> None:
     restorer = CoTIRRestorer.from_variant("tiny-kontext")
-    out = restorer.restore(_photo(40, 40), "Remove the haze.", steps=2)
+    out = restorer.restore(noise_image(40, 40), "Remove the haze.", steps=2)
     assert out.size == (40, 40)
 
 
@@ -166,7 +161,7 @@ def test_from_pretrained_reloads_a_saved_checkpoint(tiny: CoTIRRestorer, tmp_pat
     randomize_gates(trained.model, 0.2)
     save_checkpoint(trained.model, tmp_path / "ckpt", variant="tiny", include_base=True)
     loaded = CoTIRRestorer.from_pretrained(tmp_path / "ckpt")
-    photo = _photo()
+    photo = noise_image(70, 50)
     a = np.asarray(trained.restore(photo, "Remove the rain.", steps=2))
     b = np.asarray(loaded.restore(photo, "Remove the rain.", steps=2))
     assert np.array_equal(a, b)
@@ -204,7 +199,7 @@ def test_full_variants_need_local_weights(tmp_path: Path) -> None:
 def test_evaluation_adapter_takes_and_returns_uint8_arrays(tiny: CoTIRRestorer) -> None:
     restorer = tiny.for_evaluation(version="test", steps=1)
     assert (restorer.name, restorer.version) == ("tiny", "test")
-    lq = np.asarray(_photo(40, 24))
+    lq = np.asarray(noise_image(40, 24))
     out = restorer.restore(lq, "Remove the noise.", "noise")
     assert out.shape == (24, 40, 3)
     assert out.dtype == np.uint8
@@ -256,10 +251,10 @@ def test_release_compat_swaps_the_rope_only_while_it_samples(
         lambda self, ids: calls.append(ids.shape) or original_forward(self, ids),
     )
     before = tiny.model.transformer.pos_embed
-    tiny.restore(_photo(32, 32), "Remove the rain.", steps=1)
+    tiny.restore(noise_image(32, 32), "Remove the rain.", steps=1)
     assert calls == []
     monkeypatch.setattr(tiny, "release_compat", True)
-    tiny.restore(_photo(32, 32), "Remove the rain.", steps=1)
+    tiny.restore(noise_image(32, 32), "Remove the rain.", steps=1)
     assert calls  # the release's RoPE ran
     assert tiny.model.transformer.pos_embed is before
 
@@ -269,10 +264,10 @@ def test_release_compat_works_at_the_floored_size_and_keeps_the_input_size(
 ) -> None:
     seen = _encoded_shapes(tiny, monkeypatch)
     monkeypatch.setattr(tiny, "release_compat", True)
-    out = tiny.restore(_photo(70, 50), "Please remove the noise.", steps=2)
+    out = tiny.restore(noise_image(70, 50), "Please remove the noise.", steps=2)
     assert out.size == (70, 50)
     assert seen == [torch.Size([1, 3, 48, 64])]  # 70 x 50 -> 64 x 48 (floor)
-    tiny.restore(_photo(120, 40), "Please remove the noise.", steps=2)
+    tiny.restore(noise_image(120, 40), "Please remove the noise.", steps=2)
     assert seen[-1] == torch.Size([1, 3, 32, 112])  # nearest would be 48 x 128
 
 
@@ -291,9 +286,9 @@ def test_release_compat_draws_the_noise_on_the_device_in_the_latent_dtype(
         return original(shape, seed, device=device, dtype=dtype)
 
     monkeypatch.setattr(restore_module, "initial_noise", spy)
-    restorer.restore(_photo(32, 32), "Remove the rain.", steps=1)
+    restorer.restore(noise_image(32, 32), "Remove the rain.", steps=1)
     restorer.release_compat = True
-    restorer.restore(_photo(32, 32), "Remove the rain.", steps=1)
+    restorer.restore(noise_image(32, 32), "Remove the rain.", steps=1)
     assert drawn == [(torch.device("cpu"), torch.float32), (torch.device("cpu"), torch.bfloat16)]
     expected = torch.randn(
         (1, 4, 768), generator=torch.Generator().manual_seed(42), dtype=torch.bfloat16

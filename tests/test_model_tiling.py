@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from cotir_test_support import demo_photo_pixels
 from models.tiling import Window, blended_velocity, plan_windows, window_weights
 
 COPY = "Keep the image unchanged."
@@ -30,10 +31,7 @@ def prior() -> object:
 
 
 def _photo(size: int = 128) -> Image.Image:
-    from cotir_pipeline.demo_photos import DEMO_PHOTOS, load_photo
-
-    photo = next(p for p in DEMO_PHOTOS if p.photo_id == "coffee")
-    return Image.fromarray(load_photo(photo)[100 : 100 + size, 200 : 200 + size])
+    return Image.fromarray(demo_photo_pixels("coffee")[100 : 100 + size, 200 : 200 + size])
 
 
 def test_windows_cover_the_grid_with_the_overlap_asked_for() -> None:

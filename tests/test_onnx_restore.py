@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from cotir_test_support import noise_image
 from models.checkpoint_io import save_checkpoint
 from models.cli import export_onnx, restore
 from models.lora import apply_lora
@@ -43,9 +44,7 @@ COLD_RESTORE = (
 
 
 def _lq(path: Path, size: tuple[int, int]) -> Path:
-    rng = np.random.default_rng(3)
-    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
+    noise_image(*size, seed=3).save(path)
     return path
 
 

@@ -12,7 +12,6 @@ import pytest
 import webdataset
 from PIL import Image
 
-from cotir_pipeline.demo_photos import DEMO_PHOTOS, load_photo
 from cotir_pipeline.images import BadImageError, decode_rgb8
 from cotir_pipeline.png import (
     decode_plain_rgb_png,
@@ -21,10 +20,11 @@ from cotir_pipeline.png import (
     png_encoder,
     use_codecs,
 )
+from cotir_test_support import demo_photo_pixels
 
 
 def _photo(size: int = 96) -> np.ndarray:
-    pixels = load_photo(DEMO_PHOTOS[0])
+    pixels = demo_photo_pixels("astronaut")
     return np.ascontiguousarray(pixels[:size, : size + 16])  # not square
 
 

@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 
 from cotir_pipeline.postprocess import gray_world_white_balance, postprocess, retinex_gamma
+from cotir_test_support import demo_photo_pixels
 
 
 def _photo() -> np.ndarray:
-    from cotir_pipeline.demo_photos import DEMO_PHOTOS, load_photo
-
-    photo = next(p for p in DEMO_PHOTOS if p.photo_id == "coffee")
-    return load_photo(photo)[:160, :200]
+    return demo_photo_pixels("coffee")[:160, :200]
 
 
 def test_retinex_gamma_on_a_flat_image_is_the_gamma_curve() -> None:

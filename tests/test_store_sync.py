@@ -106,8 +106,10 @@ def test_completion_markers_travel_last(
     monkeypatch.setattr(store, "download_file", download_spy)
 
     push(store, folder, "ckpt/step-0000010", refresh="always", last=("DONE",))
-    assert order[-1] == "ckpt/step-0000010/DONE" and len(order) == 4
+    assert order[-1] == "ckpt/step-0000010/DONE"
+    assert len(order) == 4
     order.clear()
     pull(store, "ckpt/step-0000010", tmp_path / "copy", refresh="always", last=("DONE",))
-    assert order[-1] == "ckpt/step-0000010/DONE" and len(order) == 4
+    assert order[-1] == "ckpt/step-0000010/DONE"
+    assert len(order) == 4
     assert _folder_bytes(tmp_path / "copy") == _folder_bytes(folder)

@@ -39,11 +39,6 @@ from training_shards_support import (
 
 
 @pytest.fixture(scope="module")
-def shard_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_shards(tmp_path_factory.mktemp("shards"), samples_per_shard=3)
-
-
-@pytest.fixture(scope="module")
 def config() -> TrainConfig:
     return config_for_variant("tiny")
 

@@ -27,12 +27,6 @@ from models.run_checkpoints import latest_checkpoint
 from models.train import ResumeError, TrainResult, train
 from models.train_config import config_for_variant
 from models.train_options import parse_options
-from training_shards_support import write_shards
-
-
-@pytest.fixture(scope="module")
-def shard_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_shards(tmp_path_factory.mktemp("shards"), samples_per_shard=3)
 
 
 def _run(shards: Path, out: Path, *extra: str) -> TrainResult:
