@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -78,58 +79,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def test_a_partition_runs_on_two_celery_workers(redis_port: int, tmp_path: Path) -> None:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").symlink_to(REPO_ROOT / "dagster.yaml")
-    environment = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "COTIR_HOME": str(tmp_path / "cotir"),
-        "COTIR_EXECUTOR": "celery",
-        "COTIR_CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "COTIR_CELERY_BACKEND_URL": f"redis://127.0.0.1:{redis_port}/1",
-        # Route the shard step to the gpu queue so that each worker must take a step.
-        "COTIR_GPU_ASSETS": "pair_shards",
-    }
-    # Create the instance's SQLite storage once, before two workers race to create it.
-    subprocess.run(
-        [str(Path(sys.executable).with_name("dagster")), "instance", "migrate"],
-        env=environment,
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    workers = {}
-    for queue in ("cpu", "gpu"):
-        log = open(tmp_path / f"worker-{queue}.log", "wb")  # noqa: SIM115 - closed below
-        workers[queue] = (
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "assets.celery_worker",
-                    "--queue",
-                    queue,
-                    "--name",
-                    f"{queue}-test@%h",
-                ],
-                cwd=REPO_ROOT,
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            ),
-            log,
-        )
+    environment = _celery_instance(redis_port, tmp_path)
+    workers = {queue: _start_worker(queue, environment, tmp_path) for queue in ("cpu", "gpu")}
     try:
-        deadline = time.monotonic() + 120
-        for queue in workers:
-            path = tmp_path / f"worker-{queue}.log"
-            while b" ready." not in path.read_bytes():
-                if time.monotonic() > deadline or workers[queue][0].poll() is not None:
-                    pytest.fail(f"{queue} worker not ready:\n{path.read_text()[-3000:]}")
-                time.sleep(0.5)
+        _wait_until_ready(workers, tmp_path)
         run = subprocess.run(
             [
                 str(Path(sys.executable).with_name("dagster")),
@@ -161,3 +114,60 @@ def test_a_partition_runs_on_two_celery_workers(redis_port: int, tmp_path: Path)
     assert succeeded["cpu"] >= 3, logs["cpu"][-3000:]  # environment, catalog, raw pairs
     assert succeeded["gpu"] >= 1, logs["gpu"][-3000:]  # the shard step
     assert (tmp_path / "cotir" / "store" / "pair_shards" / "demo" / "_SUCCESS.json").exists()
+
+
+def _celery_instance(redis_port: int, tmp_path: Path) -> dict[str, str]:
+    """A Dagster instance with the Celery executor on the test's Redis; its environment."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").symlink_to(REPO_ROOT / "dagster.yaml")
+    environment = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "COTIR_HOME": str(tmp_path / "cotir"),
+        "COTIR_EXECUTOR": "celery",
+        "COTIR_CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "COTIR_CELERY_BACKEND_URL": f"redis://127.0.0.1:{redis_port}/1",
+        # Route the shard step to the gpu queue so that each worker must take a step.
+        "COTIR_GPU_ASSETS": "pair_shards",
+    }
+    # Create the instance's SQLite storage once, before two workers race to create it.
+    subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "instance", "migrate"],
+        env=environment,
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return environment
+
+
+def _start_worker(
+    queue: str, environment: dict[str, str], tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """A Celery worker on ``queue``, logging to ``worker-<queue>.log``."""
+    log = open(tmp_path / f"worker-{queue}.log", "wb")  # noqa: SIM115 - closed by the test
+    command = [sys.executable, "-m", "assets.celery_worker", "--queue", queue]
+    process = subprocess.Popen(
+        [*command, "--name", f"{queue}-test@%h"],
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return process, log
+
+
+def _wait_until_ready(
+    workers: dict[str, tuple[subprocess.Popen[bytes], IO[bytes]]], tmp_path: Path
+) -> None:
+    """Wait (two minutes at most) until every worker's log says it is ready."""
+    deadline = time.monotonic() + 120
+    for queue, (process, _) in workers.items():
+        path = tmp_path / f"worker-{queue}.log"
+        while b" ready." not in path.read_bytes():
+            if time.monotonic() > deadline or process.poll() is not None:
+                pytest.fail(f"{queue} worker not ready:\n{path.read_text()[-3000:]}")
+            time.sleep(0.5)
