@@ -44,22 +44,17 @@ last process reports the asset materialization; otherwise they are printed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import random
-import resource
 import shutil
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -89,6 +84,7 @@ from models.losses import (
     velocity_target,
 )
 from models.metrics_plots import plot_training_curves, read_jsonl, write_csv
+from models.rng_state import restore_rng, rng_state
 from models.run_checkpoints import (
     export_inference_checkpoint,
     fetch_latest_from_store,
@@ -97,8 +93,10 @@ from models.run_checkpoints import (
     upload_checkpoint,
     write_text_atomically,
 )
+from models.text_feature_cache import TextFeatureCache
 from models.train_config import TrainConfig
 from models.train_options import TrainOptions, build_config, parse_options
+from models.train_reporting import Reporter, peak_memory_mib
 from models.variants import Variant, get_variant
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -110,125 +108,6 @@ PLOTS_DIR = "plots"
 
 class ResumeError(RuntimeError):
     """``--resume required`` found no finished checkpoint, or one that does not fit."""
-
-
-# -- reporting ----------------------------------------------------------------------------------
-
-
-def pipes_requested() -> bool:
-    """Whether this process was launched by Dagster Pipes (its context env var is set)."""
-    from dagster_pipes import PipesEnvVarParamsLoader
-
-    return PipesEnvVarParamsLoader().is_dagster_pipes_process()
-
-
-class Reporter:
-    """Messages and metrics: to Dagster Pipes when launched by it (main process), else stdout."""
-
-    def __init__(self, *, main: bool) -> None:
-        self.main = main
-        self._stack = contextlib.ExitStack()
-        self.pipes: Any = None
-        if main and pipes_requested():
-            from dagster_pipes import open_dagster_pipes
-
-            self.pipes = self._stack.enter_context(open_dagster_pipes())
-
-    def info(self, message: str) -> None:
-        """A progress line (main process only)."""
-        if not self.main:
-            return
-        if self.pipes is not None:
-            self.pipes.log.info(message)
-        print(message, flush=True)
-
-    def warning(self, message: str) -> None:
-        """A warning from any process."""
-        if self.pipes is not None:
-            self.pipes.log.warning(message)
-        print(f"warning: {message}", file=sys.stderr, flush=True)
-
-    def metrics(self, record: Mapping[str, Any]) -> None:
-        """Stream one metrics record (a custom message under Pipes) and print a summary."""
-        if not self.main:
-            return
-        if self.pipes is not None:
-            self.pipes.report_custom_message({"kind": "metrics", **record})
-        self.info(format_record(record))
-
-    def materialization(self, metadata: Mapping[str, Any]) -> None:
-        """Report the asset materialization (Pipes only)."""
-        if self.pipes is not None:
-            self.pipes.report_asset_materialization(metadata=dict(metadata))
-
-    def close(self, error: BaseException | None = None) -> None:
-        """Close the Pipes connection (reporting ``error`` if the run failed)."""
-        if error is None:
-            self._stack.close()
-        else:
-            self._stack.__exit__(type(error), error, error.__traceback__)
-
-
-def format_record(record: Mapping[str, Any]) -> str:
-    """One human-readable line of a metrics record."""
-    parts = [f"step {record['step']}/{record['total_steps']}", f"fm {record['loss_fm']:.4f}"]
-    parts += [f"{h} {record[f'loss_{h}']:.5f}" for h in HEADS if f"loss_{h}" in record]
-    lambdas = [
-        f"{key.removeprefix('lambda_')}={value:.3g}"
-        for key, value in record.items()
-        if key.startswith("lambda_")
-    ]
-    if lambdas:
-        parts.append("lambda " + ",".join(lambdas))
-    parts.append(f"lr {record['lr']:.3g}")
-    parts.append(f"{record['samples_per_s']:.1f} samples/s")
-    return " | ".join(parts)
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    """Peak accelerator memory allocated, or the process's peak RSS on the CPU (MiB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _rng_state(noise: torch.Generator) -> dict[str, Any]:
-    numpy_state = np.random.get_state(legacy=False)
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {
-            "key": torch.from_numpy(np.asarray(numpy_state["state"]["key"]).astype(np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-        "noise": noise.get_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: Mapping[str, Any], noise: torch.Generator) -> None:
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": "MT19937",
-            "state": {
-                "key": numpy_state["key"].numpy().astype(np.uint32),
-                "pos": numpy_state["pos"],
-            },
-            "has_gauss": numpy_state["has_gauss"],
-            "gauss": numpy_state["gauss"],
-        }
-    )
-    torch.set_rng_state(state["torch"])
-    noise.set_state(state["noise"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -248,94 +127,6 @@ class TrainResult:
     last_record: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     samples_per_degradation: dict[str, int] = field(default_factory=dict)
-
-
-#: Text features per (encoder class, width, max length), shared by the runs of one process.
-_SHARED_TEXT_FEATURES: dict[tuple[Any, ...], OrderedDict[str, Any]] = {}
-
-
-def _encoder_fingerprint(encoder: Any, max_length: int) -> tuple[str, int, str]:
-    """Class, max length and a sha256 over the encoder's weights: equal means same features."""
-    digest = hashlib.sha256()
-    for name, tensor in encoder.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return type(encoder).__name__, max_length, digest.hexdigest()
-
-
-class TextFeatureCache:
-    """Text features per string, kept in an LRU of ``capacity`` entries (0: no cache).
-
-    Strings missing from the cache are encoded together in one padded batch (rows are
-    independent: every row is padded to ``max_length`` and masked, and a test checks a
-    row is bit-identical to encoding its string alone), so a resumed run (cold cache)
-    computes exactly what an uninterrupted run did. Prompts and CoT parts repeat (vague
-    list, templates, one answer per sample), which makes the demo variants' MiniLM cheap
-    after the first round; :meth:`prefetch` encodes a whole step's strings at once.
-    """
-
-    def __init__(self, encoder: Any, max_length: int, capacity: int) -> None:
-        if capacity < 0:
-            raise ValueError(f"capacity must be >= 0, got {capacity}")
-        self.encoder = encoder
-        self.max_length = max_length
-        self.capacity = capacity
-        # Runs in one process with the same encoder kind share features (Table VII's arms).
-        self._entries: OrderedDict[str, Any] = (
-            _SHARED_TEXT_FEATURES.setdefault(
-                _encoder_fingerprint(encoder, max_length), OrderedDict()
-            )
-            if capacity
-            else OrderedDict()
-        )
-        self.hits = 0
-        self.misses = 0
-
-    def encode(self, texts: Sequence[str]) -> Any:
-        """A :class:`models.text_encoders.TextEncoding` of ``texts`` (one row each)."""
-        from models.text_encoders import TextEncoding
-
-        if not self.capacity:
-            return self.encoder.encode(list(texts), self.max_length)
-        self.prefetch(texts)
-        rows = []
-        for text in texts:
-            entry = self._entries.get(text)
-            if entry is None:  # evicted by this very call (more strings than capacity)
-                self.prefetch([text])
-                entry = self._entries[text]
-            self.hits += 1
-            self._entries.move_to_end(text)
-            rows.append(entry)
-        pooled = None
-        if rows[0].pooled is not None:
-            pooled = torch.cat([row.pooled for row in rows])
-        return TextEncoding(
-            embeds=torch.cat([row.embeds for row in rows]),
-            mask=torch.cat([row.mask for row in rows]),
-            pooled=pooled,
-        )
-
-    def prefetch(self, texts: Sequence[str]) -> None:
-        """Encode the strings not cached yet, in one batch, and cache one row per string."""
-        from models.text_encoders import TextEncoding
-
-        if not self.capacity:
-            return
-        missing = list(dict.fromkeys(t for t in texts if t not in self._entries))
-        if not missing:
-            return
-        self.misses += len(missing)
-        encoded = self.encoder.encode(missing, self.max_length)
-        for index, text in enumerate(missing):
-            pooled = None if encoded.pooled is None else encoded.pooled[index : index + 1]
-            self._entries[text] = TextEncoding(
-                embeds=encoded.embeds[index : index + 1],
-                mask=encoded.mask[index : index + 1],
-                pooled=pooled,
-            )
-            if len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
 
 
 @dataclass
@@ -829,7 +620,7 @@ def _checkpoint(
 ) -> None:
     """Save step ``step``: this rank's noise and data position, what it consumed, the
     model; then redraw the plots."""
-    rank_state = {"step": step, "rng": _rng_state(parts.noise), "data": position.state_dict()}
+    rank_state = {"step": step, "rng": rng_state(parts.noise), "data": position.state_dict()}
     consumed.flush(step)
     checkpointer.save(parts, step, rank_state)
     if parts.accelerator.is_main_process and options.plots:
@@ -938,7 +729,7 @@ def _resume(
     data_seed = config.seed
     start_step, rank_state = _load(parts, resume_from, reporter)
     if rank_state is not None:
-        _restore_rng(rank_state["rng"], parts.noise)
+        restore_rng(rank_state["rng"], parts.noise)
         if not position.load_state_dict(rank_state["data"]):
             reporter.warning("the number of loader workers changed: data order restarts")
             data_seed = derive_seed(config.seed, "restart", start_step)
