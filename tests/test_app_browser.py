@@ -32,7 +32,7 @@ def app_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def bench_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """One LQ/HQ pair of the demo bench (haze), as `make demo` writes it."""
-    from cotir_pipeline.evaluation.bench_sets import build_demo_bench
+    from cotir_pipeline.evaluation.bench_builders import build_demo_bench
 
     bench = build_demo_bench(
         tmp_path_factory.mktemp("bench") / "demo_bench", recipes=("haze",), per_recipe=1

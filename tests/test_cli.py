@@ -54,7 +54,7 @@ def test_bench_restores_and_scores_a_bench_set(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from cotir_pipeline.cli import cli
-    from cotir_pipeline.evaluation.bench_sets import build_demo_bench
+    from cotir_pipeline.evaluation.bench_builders import build_demo_bench
 
     bench = build_demo_bench(tmp_path / "bench", patch_size=64, per_recipe=1)
     runner = CliRunner()

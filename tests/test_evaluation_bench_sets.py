@@ -10,13 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cotir_pipeline.evaluation.bench_sets import (
-    MANIFEST_NAME,
-    PUBLIC_FIELDS,
-    BenchFormatError,
-    BenchPrompts,
-    BenchRecord,
-    BenchSample,
+from cotir_pipeline.evaluation.bench_builders import (
     CleanImage,
     build_agenticir_set,
     build_demo_agenticir_set,
@@ -24,6 +18,14 @@ from cotir_pipeline.evaluation.bench_sets import (
     build_seven_d_subset,
     clean_images_from_arrays,
     clean_images_from_folder,
+)
+from cotir_pipeline.evaluation.bench_sets import (
+    MANIFEST_NAME,
+    PUBLIC_FIELDS,
+    BenchFormatError,
+    BenchPrompts,
+    BenchRecord,
+    BenchSample,
     read_bench_set,
     read_real_world_set,
     record_task,

@@ -658,7 +658,7 @@ def test_every_command_stops_on_a_bad_setting_in_one_line(
     import subprocess
     import sys
 
-    from cotir_pipeline.evaluation.bench_sets import build_demo_bench
+    from cotir_pipeline.evaluation.bench_builders import build_demo_bench
 
     bench = build_demo_bench(tmp_path / "bench", patch_size=32, per_recipe=1)
     arguments = [part.replace("{bench}", str(bench.root)) for part in command]

@@ -129,7 +129,7 @@ def test_nothing_is_hidden_once_a_probing_library_is_loaded() -> None:
 
 def test_a_checkpoint_whose_base_is_gone_is_refused_in_one_line(tmp_path: Path) -> None:
     """A demo checkpoint trained on another prior names the missing base, no traceback."""
-    from cotir_pipeline.evaluation.bench_sets import build_demo_bench
+    from cotir_pipeline.evaluation.bench_builders import build_demo_bench
     from models.checkpoint_io import save_checkpoint
     from models.restore import CoTIRRestorer
 

@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from assets.training.table_vii import arms_scored_check
-from cotir_pipeline.evaluation.bench_sets import build_demo_bench
+from cotir_pipeline.evaluation.bench_builders import build_demo_bench
 from models.ablation import run_table_vii, table_vii_markdown
 from training_shards_support import write_shards
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from cotir_pipeline.digests import file_sha256
+from cotir_pipeline.evaluation import bench_builders as builders
 from cotir_pipeline.evaluation import bench_sets as sets
 from cotir_pipeline.evaluation.bench_sets import (
     HQ_DIR,
@@ -413,15 +414,15 @@ def _build_demo_set(spec: BenchSpec, options: EvaluationOptions, root: Path) -> 
     """One of the demo profile's built-in sets, seeded."""
     seed = options.seed
     if spec.name == "demo_bench":
-        bench = sets.build_demo_bench(root, seed=seed, per_recipe=options.demo_bench_per_recipe)
+        bench = builders.build_demo_bench(root, seed=seed, per_recipe=options.demo_bench_per_recipe)
     elif spec.name == "agenticir_demo":
-        bench = sets.build_demo_agenticir_set(
+        bench = builders.build_demo_agenticir_set(
             root, seed=seed, per_combination=options.demo_agenticir_per_combination
         )
     else:
         count = options.demo_seven_d_count
-        clean = sets.demo_clean_images(count, 128, seed)
-        bench = sets.build_seven_d_subset(clean, root, count=count, seed=seed, name=spec.name)
+        clean = builders.demo_clean_images(count, 128, seed)
+        bench = builders.build_seven_d_subset(clean, root, count=count, seed=seed, name=spec.name)
     return _staged(spec, bench)
 
 
@@ -436,11 +437,11 @@ def _build_from_mio100(spec: BenchSpec, options: EvaluationOptions, root: Path) 
         return _not_configured(spec, field_name, MIRROR_MIO100)
     depth = _configured_folder(options.mio100_depth_dir, "mio100_depth_dir", MIRROR_MIO100_DEPTH)
     try:
-        clean = sets.clean_images_from_folder(folder, depth_folder=depth)
+        clean = builders.clean_images_from_folder(folder, depth_folder=depth)
         if spec.name == "agenticir":
-            bench = sets.build_agenticir_set(clean, root, seed=options.seed, name=spec.name)
+            bench = builders.build_agenticir_set(clean, root, seed=options.seed, name=spec.name)
         else:
-            bench = sets.build_seven_d_subset(
+            bench = builders.build_seven_d_subset(
                 clean, root, count=options.seven_d_count, seed=options.seed, name=spec.name
             )
     except (ValueError, FileNotFoundError) as error:
