@@ -51,7 +51,16 @@ VELOCITY_INPUTS = ("state", "reference", "text", "pooled", "time")
 DEFAULT_SEED = 42
 #: What the engine reads from a manifest.
 MANIFEST_FIELDS = frozenset(
-    {"variant", "checkpoint_sha256", "stride", "schedule", "steps", "flow_start"}
+    {
+        "variant",
+        "checkpoint_sha256",
+        "stride",
+        "schedule",
+        "base_shift",
+        "max_shift",
+        "steps",
+        "flow_start",
+    }
 )
 
 StepCallback = Callable[[int, int], None]

@@ -142,7 +142,7 @@ def test_a_damaged_manifest_is_refused_in_one_line(tmp_path: Path) -> None:
     manifest = folder / EXPORT_DIR / MANIFEST_FILE
     for text, message in (
         ("{not json", "cannot be read"),
-        ('{"format": "cotir-onnx", "version": 1}', "lacks checkpoint_sha256"),
+        ('{"format": "cotir-onnx", "version": 1}', "lacks base_shift, checkpoint_sha256"),
         ('{"format": "other", "version": 1}', "is not a version-1 cotir-onnx manifest"),
     ):
         manifest.write_text(text)
