@@ -18,22 +18,17 @@ It is a diagnosis, not a benchmark: nothing is timed and nothing is written.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from cotir_pipeline.evaluation.metrics import load_metric
+from cotir_pipeline.png import decode_png
 from models.data import discover_shards, read_shard_records
 
 #: Which of a training sample's two questions each prompt kind uses (vague first, as stored).
 QUESTION_INDEX = {"vague": 0, "precise": 1}
-
-
-def _rgb(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def _first_pairs(shards: list[str], count: int) -> list[tuple[np.ndarray, np.ndarray, dict]]:
@@ -45,9 +40,8 @@ def _first_pairs(shards: list[str], count: int) -> list[tuple[np.ndarray, np.nda
     pairs = []
     for shard in sorted(shards):
         for record in read_shard_records(shard, stop_on_error):
-            pairs.append(
-                (_rgb(record["lq.png"]), _rgb(record["hq.png"]), json.loads(record["meta.json"]))
-            )
+            lq, hq = decode_png(record["lq.png"]), decode_png(record["hq.png"])
+            pairs.append((lq, hq, json.loads(record["meta.json"])))
             if len(pairs) == count:
                 return pairs
     return pairs
