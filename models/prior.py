@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -102,6 +102,12 @@ class PriorConfig(BaseModel):
         description="Share of samples whose flow starts at the reference instead of noise "
         "(the rest: the paper's noise start).",
     )
+    edit_set: Literal["basic", "extended"] = Field(
+        default="basic",
+        description="basic: the five global edits of the shipped prior; extended: those plus "
+        "seven more, four of them image-dependent corrections (auto levels, exposure, white "
+        "balance) and three of texture and colour (EXTENDED_EDITS).",
+    )
     parent: PriorConfig | None = Field(
         default=None, description="The prior this one continues training from (None: random init)."
     )
@@ -145,6 +151,7 @@ class PriorConfig(BaseModel):
 #: Config fields added after the shipped prior's record was written, with their defaults.
 _LATER_FIELDS: dict[str, Any] = {
     "reference_start_probability": 0.0,
+    "edit_set": "basic",
     "parent": None,
     "parent_sha256": None,
 }
@@ -229,9 +236,96 @@ EDITS: tuple[Edit, ...] = (
 )
 
 
-def all_prompts() -> list[str]:
-    """Every instruction the prior is trained with."""
-    return [prompt for edit in (COPY, *EDITS) for prompt in edit.prompts]
+def _auto_levels(x01: torch.Tensor) -> torch.Tensor:
+    """Stretch each image's 1st-99th luma percentiles to the full range."""
+    luma = _luma(x01).flatten(1)
+    low = torch.quantile(luma, 0.01, dim=1).view(-1, 1, 1, 1)
+    high = torch.quantile(luma, 0.99, dim=1).view(-1, 1, 1, 1)
+    return (x01 - low) / (high - low).clamp(min=0.05)
+
+
+def _auto_exposure(x01: torch.Tensor) -> torch.Tensor:
+    """The gamma that brings each image's mean luma to 0.45."""
+    mean = _luma(x01).mean(dim=(1, 2, 3), keepdim=True).clamp(0.02, 0.98)
+    gamma = torch.log(torch.tensor(0.45)) / torch.log(mean)
+    return x01.clamp(1e-4, 1) ** gamma
+
+
+def _white_balance(x01: torch.Tensor) -> torch.Tensor:
+    """Grey world: scale each channel so its mean equals the image's mean luma."""
+    means = x01.mean(dim=(2, 3), keepdim=True).clamp(min=0.02)
+    return x01 * (_luma(means) / means)
+
+
+def _gaussian_blur(x01: torch.Tensor, sigma: float = 1.0, radius: int = 2) -> torch.Tensor:
+    taps = torch.arange(-radius, radius + 1, dtype=x01.dtype)
+    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    kernel2d = (kernel[:, None] * kernel[None, :]).expand(x01.shape[1], 1, -1, -1)
+    padded = F.pad(x01, (radius, radius, radius, radius), mode="reflect")
+    return F.conv2d(padded, kernel2d, groups=x01.shape[1])
+
+
+def _saturate(x01: torch.Tensor, factor: float = 1.5) -> torch.Tensor:
+    luma = _luma(x01)
+    return luma + factor * (x01 - luma)
+
+
+#: The extended set's further edits (``PriorConfig.edit_set = "extended"``): corrections
+#: whose amount depends on the image, the kind of instruction-following a restoration
+#: fine-tune can build on, and texture and colour edits.
+EXTENDED_EDITS: tuple[Edit, ...] = (
+    Edit(
+        "auto_levels",
+        (
+            "Stretch the contrast to the full range.",
+            "Apply auto levels.",
+            "Make the darkest parts black and the brightest parts white.",
+        ),
+        _auto_levels,
+    ),
+    Edit(
+        "auto_exposure",
+        (
+            "Correct the exposure.",
+            "Fix the brightness of the photo.",
+            "Give the photo a natural exposure.",
+        ),
+        _auto_exposure,
+    ),
+    Edit(
+        "white_balance",
+        ("Fix the white balance.", "Remove the color cast.", "Make the colors neutral."),
+        _white_balance,
+    ),
+    Edit(
+        "much_brighter",
+        ("Make the image much brighter.", "Strongly brighten this dark photo."),
+        lambda x: x.clamp(0, 1) ** (1 / 2.6),
+    ),
+    Edit(
+        "sharpen",
+        ("Sharpen the image.", "Make the details crisper."),
+        lambda x: x + (x - _gaussian_blur(x)),
+    ),
+    Edit(
+        "smooth",
+        ("Smooth the image.", "Soften the fine details.", "Reduce the grain."),
+        _gaussian_blur,
+    ),
+    Edit("saturate", ("Make the colors more saturated.", "Boost the colors."), _saturate),
+)
+
+
+def edits_for(config: PriorConfig) -> tuple[Edit, ...]:
+    """The prompted edits (besides the copy) a config trains with."""
+    return EDITS + EXTENDED_EDITS if config.edit_set == "extended" else EDITS
+
+
+def all_prompts(config: PriorConfig | None = None) -> list[str]:
+    """Every instruction the prior is trained with (``None``: the shipped recipe's)."""
+    edits = edits_for(config) if config is not None else EDITS
+    return [prompt for edit in (COPY, *edits) for prompt in edit.prompts]
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -318,7 +412,8 @@ def draw_batch(
         if float(torch.rand(1, generator=generator)) < config.copy_probability:
             edit = COPY
         else:
-            edit = EDITS[int(torch.randint(len(EDITS), (1,), generator=generator))]
+            edits = edits_for(config)
+            edit = edits[int(torch.randint(len(edits), (1,), generator=generator))]
         prompt = edit.prompts[int(torch.randint(len(edit.prompts), (1,), generator=generator))]
         target = edit.apply(crop.unsqueeze(0))[0].clamp(0, 1)
         references.append(crop)
@@ -353,7 +448,7 @@ def build_parts(config: PriorConfig) -> PriorParts:
     text_encoder = MiniLMTextEncoder.from_folder().eval()
     features = {
         prompt: text_encoder.encode([prompt], variant.max_text_tokens).embeds.float()
-        for prompt in all_prompts()
+        for prompt in all_prompts(config)
     }
     return PriorParts(transformer, codec, text_encoder, features)
 
@@ -421,6 +516,7 @@ def measure_prior(
     variant_name: str = PRIOR_VARIANT,
     steps: int = PRIOR_EVAL_STEPS,
     flow_start: str = "noise",
+    edits: tuple[Edit, ...] = EDITS,
 ) -> dict[str, float]:
     """Copy and edit PSNR on ``images01`` through the demo's own restore path (seed 42).
 
@@ -438,7 +534,7 @@ def measure_prior(
     restorer = CoTIRRestorer(variant, model, _codec_for(variant_name), text_encoder, device="cpu")
     restorer.flow_start = flow_start
     results: dict[str, float] = {}
-    for edit in (COPY, *EDITS):
+    for edit in (COPY, *edits):
         targets = edit.apply(images01).clamp(0, 1)
         scores = []
         for image, target in zip(images01, targets, strict=True):
@@ -614,7 +710,11 @@ def _ship_prior(
         str(out / TRANSFORMER_DIR), torch_dtype=torch.float32, local_files_only=True
     )
     quality = measure_prior(
-        shipped, parts.text_encoder, photos.evaluation * 1.0, variant_name=config.variant
+        shipped,
+        parts.text_encoder,
+        photos.evaluation * 1.0,
+        variant_name=config.variant,
+        edits=edits_for(config),
     )
     quality_reference_start = measure_prior(
         shipped,
@@ -622,6 +722,7 @@ def _ship_prior(
         photos.evaluation * 1.0,
         variant_name=config.variant,
         flow_start="reference",
+        edits=edits_for(config),
     )
     files = weight_files(out)
     record = _prior_record(
@@ -781,7 +882,8 @@ def _prior_record(
         "objective": {
             "copy_probability": config.copy_probability,
             "reference_start_probability": config.reference_start_probability,
-            "edits": {edit.name: list(edit.prompts) for edit in (COPY, *EDITS)},
+            "edit_set": config.edit_set,
+            "edits": {edit.name: list(edit.prompts) for edit in (COPY, *edits_for(config))},
         },
         "quality": {
             "what": f"PSNR (dB) of the bf16 weights on {config.eval_crops} held-out "
@@ -838,6 +940,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="Share of flows started at the reference image instead of noise (default 0).",
     )
+    parser.add_argument(
+        "--edit-set",
+        choices=["basic", "extended"],
+        help="The prompted edits: basic (the shipped prior's five, default) or extended "
+        "(twelve, with image-dependent corrections).",
+    )
     parser.add_argument("--seed", type=int, help="Seed (default 0).")
     parser.add_argument(
         "--compare",
@@ -856,6 +964,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lr": args.lr,
         "warmup_steps": args.warmup_steps,
         "reference_start_probability": args.reference_start_probability,
+        "edit_set": args.edit_set,
         "seed": args.seed,
     }
     changes = {name: value for name, value in options.items() if value is not None}

@@ -15,9 +15,12 @@ from PIL import Image
 from cotir_pipeline.demo_photos import DEMO_PHOTOS
 from models.prior import (
     BUNDLED_PRIOR_DIR,
+    EDITS,
+    EXTENDED_EDITS,
     RECORD_FILE,
     PriorConfig,
     PriorIntegrityError,
+    edits_for,
     read_record,
     shipped_config,
     train_prior,
@@ -119,6 +122,30 @@ def test_prior_training_is_bit_for_bit_reproducible_and_resumes_exactly(tmp_path
     assert other["sha256"] != first["sha256"]
 
 
+def test_the_extended_corrections_follow_each_image() -> None:
+    """Auto exposure, white balance and levels set each image's own statistics, so the
+    prior learns corrections whose amount it has to read from the image."""
+    by_name = {edit.name: edit for edit in EXTENDED_EDITS}
+    generator = torch.Generator().manual_seed(0)
+    dark = torch.rand(1, 3, 32, 32, generator=generator) * 0.2
+    bright = 0.6 + torch.rand(1, 3, 32, 32, generator=generator) * 0.4
+    images = torch.cat([dark, bright])
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    exposed = by_name["auto_exposure"].apply(images)
+    assert torch.allclose((exposed * luma).sum(1).mean(dim=(1, 2)), torch.tensor(0.45), atol=0.06)
+    cast = images * torch.tensor([1.0, 0.8, 0.5]).view(1, 3, 1, 1)
+    balanced = by_name["white_balance"].apply(cast).mean(dim=(2, 3))
+    assert (balanced.max(1).values - balanced.min(1).values).max() < 1e-4
+    levelled = (by_name["auto_levels"].apply(images) * luma).sum(1).flatten(1)
+    assert torch.allclose(torch.quantile(levelled, 0.01, dim=1), torch.zeros(2), atol=1e-3)
+    assert torch.allclose(torch.quantile(levelled, 0.99, dim=1), torch.ones(2), atol=1e-3)
+    # The shipped recipe keeps its five edits; the extended set adds seven.
+    assert edits_for(shipped_config()) == EDITS
+    extended = edits_for(shipped_config().model_copy(update={"edit_set": "extended"}))
+    assert extended[: len(EDITS)] == EDITS
+    assert len(extended) == len(EDITS) + 7
+
+
 @pytest.mark.slow
 def test_a_second_stage_continues_from_its_parent_reproducibly(tmp_path: Path) -> None:
     """A further stage trains from the bf16 weights of the one before, bit for bit."""
@@ -126,6 +153,7 @@ def test_a_second_stage_continues_from_its_parent_reproducibly(tmp_path: Path) -
     child = PriorConfig(
         **{**QUICK, "steps": 3},
         reference_start_probability=0.5,
+        edit_set="extended",
         parent=parent,
         parent_sha256="f" * 64,  # not what this machine makes: a warning, not a failure
     )
@@ -138,6 +166,8 @@ def test_a_second_stage_continues_from_its_parent_reproducibly(tmp_path: Path) -
     assert first["total_steps"] == 7
     assert any("not the expected" in line for line in lines)
     assert set(first["quality"]["psnr_reference_start"]) == set(first["quality"]["psnr"])
+    assert {"auto_levels", "auto_exposure", "white_balance"} <= set(first["quality"]["psnr"])
+    assert first["objective"]["edit_set"] == "extended"
     # The parent folder is reused (not retrained) and the child is bit-for-bit the same.
     lines.clear()
     second = train_prior(
