@@ -174,11 +174,18 @@ def base_folder(folder: Path) -> Path:
 
 
 def base_fingerprint(folder: Path) -> dict[str, str]:
-    """What a checkpoint records about its base: path and digest (a prior's own sha256)."""
+    """What a checkpoint records about its base: where it is and its digest (a prior's own
+    sha256).
+
+    A base shipped inside the ``models`` package is named (``"bundled": "demo_prior"``),
+    not given by its absolute path, so the same training in two clones of the repository
+    records the same base and gives checkpoints with the same digest.
+    """
     from models.prior import RECORD_FILE, read_record
 
     folder = Path(folder).resolve()
-    identity = {"path": str(folder)}
+    package = Path(__file__).resolve().parent
+    identity = {"bundled": folder.name} if folder.parent == package else {"path": str(folder)}
     if (folder / RECORD_FILE).is_file():
         identity["sha256"] = str(read_record(folder)["sha256"])
     else:
@@ -203,9 +210,10 @@ def _base_of_checkpoint(variant: Variant, meta: dict[str, object]) -> Path | Non
     for candidate in candidates:
         if candidate.is_dir() and base_fingerprint(candidate).get("sha256") == wanted:
             return candidate  # from_variant checks it against its record
+    where = recorded.get("path") or f"the shipped {recorded.get('bundled')}"
     raise MissingWeightsError(
         f"the checkpoint was trained on base {wanted[:16]}... (recorded at "
-        f"{recorded.get('path')}), and no such base is available: the shipped prior differs "
+        f"{where}), and no such base is available: the shipped prior differs "
         "(rebuild it with `make prior` at the recorded settings, or pass its folder)"
     )
 

@@ -27,6 +27,9 @@ from models.consumption import read_consumption
 from models.prior import PriorIntegrityError, read_record, shipped_config, train_prior
 from models.variants import get_variant
 
+#: The repository's root folder: paths under it enter run ids relative to it.
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+
 
 class BaseModelError(Exception):
     """The base model is missing or altered; the message names what to fix."""
@@ -94,14 +97,23 @@ def rebuild_prior(folder: Path, prior_steps: int | None, log: Callable[[str], No
 
 
 def run_key(
-    variant: str, command: Sequence[str], shards_digest: str, base: Mapping[str, Any]
+    variant: str,
+    command: Sequence[str],
+    shards_digest: str,
+    base: Mapping[str, Any],
+    *,
+    root: Path = REPOSITORY_ROOT,
 ) -> str:
     """A run id from what determines the weights: command, training data and base.
 
     Re-materializing with nothing changed finds the same run folder and its finished
-    checkpoint (``--resume auto``), so nothing is trained or evaluated twice.
+    checkpoint (``--resume auto``), so nothing is trained or evaluated twice. Paths inside
+    the repository (``root``) count relative to it, so two clones of the repository give
+    the same run the same id; pass the training data by placeholder, its identity is
+    ``shards_digest``.
     """
-    stable = [part for part in command if part != sys.executable]
+    prefix = f"{root}/"
+    stable = [part.replace(prefix, "<repo>/") for part in command if part != sys.executable]
     text = json.dumps(
         {
             "command": stable,

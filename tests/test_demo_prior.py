@@ -227,3 +227,25 @@ def test_the_base_model_asset_checks_the_prior(tmp_path: Path) -> None:
     assert not failed.success
     error = failed.get_step_failure_events()[0].step_failure_data.error
     assert "files differ" in str(error)
+
+
+def test_run_ids_and_base_records_do_not_depend_on_the_clone_folder() -> None:
+    """Two clones of the repository train the same run under the same id, and record the
+    shipped prior by name, so their checkpoints have the same digest."""
+    from models.restore import base_fingerprint, bundled_base_path
+    from models.training_stage import run_key
+    from models.variants import get_variant
+
+    shipped = base_fingerprint(bundled_base_path(get_variant("demo")))
+    assert shipped == {"bundled": "demo_prior", "sha256": read_record(BUNDLED_PRIOR_DIR)["sha256"]}
+
+    def key(root: str, flags: list[str]) -> str:
+        command = ["-m", "models.train", "--shards", "SHARDS", "--out", "RUN"]
+        command += [part.format(root=root) for part in flags]
+        return run_key("demo", command, "d" * 64, shipped, root=Path(root))
+
+    rebuilt = ["--base", "{root}/.cotir/base_model/rebuilt-prior"]
+    assert key("/a/clone", rebuilt) == key("/elsewhere/b", rebuilt)
+    # What changes the weights still changes the id.
+    assert key("/a/clone", rebuilt) != key("/a/clone", [*rebuilt, "--steps", "10"])
+    assert key("/a/clone", rebuilt) != key("/a/clone", ["--base", "/outside/prior"])

@@ -99,6 +99,8 @@ def build_training_assets(
         }
         if "path" in described:
             metadata["path"] = dg.MetadataValue.path(described["path"])
+        if "bundled" in described:
+            metadata["bundled"] = described["bundled"]
         if "sha256" in described:
             metadata["sha256"] = described["sha256"]
         quality = described.get("quality", {})
@@ -182,8 +184,10 @@ def _checkpoint_asset(
         from models.training_stage import record_training_run, run_key, shards_digest
 
         base = _described_base(training)
+        # The run id hashes the command with placeholders for the data (its identity is
+        # the shards' digest) and the run folder, so it does not depend on where they lie.
         probe = training.command(
-            shards=object_store.uri(TRAINING_SHARDS_PREFIX),
+            shards="SHARDS",
             out=Path("RUN"),
             store_url=None,
             flow_start=flow_start,
