@@ -9,6 +9,7 @@ retrains the demo prior, :func:`run_key` names a run by what determines its weig
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cotir_pipeline.annotation_stage import TRAINING_SHARDS_PREFIX
 from cotir_pipeline.lineage.schema import stage_file_key
@@ -127,11 +129,21 @@ def run_key(
 
 
 def shards_digest(store: ObjectStore) -> str:
-    """sha256 of the training shards' manifest ("" before there is one)."""
+    """The training shards' identity ("" before there are any): a sha256 over their
+    manifest's rows (sample ids, sources, degradations, shard keys), without the columns
+    of store URIs, so the same shards in another store or clone folder give the same
+    digest."""
     key = f"{TRAINING_SHARDS_PREFIX}/manifest.parquet"
     if not store.exists(key):
         return ""
-    return hashlib.sha256(store.get_bytes(key)).hexdigest()
+    table = pq.read_table(io.BytesIO(store.get_bytes(key)))
+    kept = sorted(name for name in table.column_names if not name.endswith("_uri"))
+    table = table.select(kept).sort_by([(name, "ascending") for name in kept])
+    digest = hashlib.sha256()
+    for name in kept:
+        values = "\0".join(str(value) for value in table.column(name).to_pylist())
+        digest.update(f"{name}\n{values}\n".encode())
+    return digest.hexdigest()
 
 
 #: Columns of ``training_runs/<run>/manifest.parquet``: one row per sample the run trained on.

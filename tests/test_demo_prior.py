@@ -249,3 +249,31 @@ def test_run_ids_and_base_records_do_not_depend_on_the_clone_folder() -> None:
     # What changes the weights still changes the id.
     assert key("/a/clone", rebuilt) != key("/a/clone", [*rebuilt, "--steps", "10"])
     assert key("/a/clone", rebuilt) != key("/a/clone", ["--base", "/outside/prior"])
+
+
+def test_the_shards_identity_ignores_where_the_store_is(tmp_path: Path) -> None:
+    """The training shards' digest in a run id covers what was trained on, not the store
+    URIs their manifest records."""
+    import pyarrow as pa
+
+    from cotir_pipeline.shards import parquet_bytes
+    from cotir_pipeline.store import LocalObjectStore
+    from models.training_stage import shards_digest
+
+    def digest(folder: str, samples: list[str]) -> str:
+        store = LocalObjectStore(tmp_path / folder)
+        uri = f"file:///{folder}/training_shards/low_light/low_light-000000.tar"
+        table = pa.table(
+            {
+                "sample_id": samples,
+                "degradation": ["low_light"] * len(samples),
+                "shard_uri": [uri] * len(samples),
+                "shard_key": samples,
+            }
+        )
+        store.put_bytes("training_shards/manifest.parquet", parquet_bytes(table))
+        return shards_digest(store)
+
+    assert shards_digest(LocalObjectStore(tmp_path / "empty")) == ""
+    assert digest("a", ["s1", "s2"]) == digest("elsewhere", ["s2", "s1"])
+    assert digest("a", ["s1", "s2"]) != digest("b", ["s1", "s3"])
