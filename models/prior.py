@@ -322,10 +322,9 @@ def edits_for(config: PriorConfig) -> tuple[Edit, ...]:
     return EDITS + EXTENDED_EDITS if config.edit_set == "extended" else EDITS
 
 
-def all_prompts(config: PriorConfig | None = None) -> list[str]:
-    """Every instruction the prior is trained with (``None``: the shipped recipe's)."""
-    edits = edits_for(config) if config is not None else EDITS
-    return [prompt for edit in (COPY, *edits) for prompt in edit.prompts]
+def all_prompts(config: PriorConfig) -> list[str]:
+    """Every instruction a prior of ``config`` is trained with."""
+    return [prompt for edit in (COPY, *edits_for(config)) for prompt in edit.prompts]
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -404,6 +403,7 @@ def draw_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Reference and target crops in [-1, 1] and the instruction of each sample."""
     references, targets, prompts = [], [], []
+    edits = edits_for(config)
     for _ in range(config.batch_size):
         image = photos.train[int(torch.randint(len(photos.train), (1,), generator=generator))]
         crop = _random_crop(image, config.crop, generator)
@@ -412,7 +412,6 @@ def draw_batch(
         if float(torch.rand(1, generator=generator)) < config.copy_probability:
             edit = COPY
         else:
-            edits = edits_for(config)
             edit = edits[int(torch.randint(len(edits), (1,), generator=generator))]
         prompt = edit.prompts[int(torch.randint(len(edit.prompts), (1,), generator=generator))]
         target = edit.apply(crop.unsqueeze(0))[0].clamp(0, 1)

@@ -149,11 +149,15 @@ def _load_text_encoder(variant: Variant, base: Path | None, dtype: torch.dtype) 
     return Qwen3TextEncoder.from_pipeline_folder(base, dtype=dtype, layers=variant.text_layers)
 
 
+#: The folder shipped bases lie in (the ``models`` package).
+BUNDLED_BASES_DIR = Path(__file__).resolve().parent
+
+
 def bundled_base_path(variant: Variant) -> Path:
     """Where the variant's base shipped inside the ``models`` package lies (not checked)."""
     if variant.bundled_base is None:
         raise ValueError(f"{variant.name} ships no base")
-    return Path(__file__).resolve().parent / variant.bundled_base
+    return BUNDLED_BASES_DIR / variant.bundled_base
 
 
 def bundled_base_folder(variant: Variant) -> Path:
@@ -184,8 +188,8 @@ def base_fingerprint(folder: Path) -> dict[str, str]:
     from models.prior import RECORD_FILE, read_record
 
     folder = Path(folder).resolve()
-    package = Path(__file__).resolve().parent
-    identity = {"bundled": folder.name} if folder.parent == package else {"path": str(folder)}
+    shipped = folder.parent == BUNDLED_BASES_DIR
+    identity = {"bundled": folder.name} if shipped else {"path": str(folder)}
     if (folder / RECORD_FILE).is_file():
         identity["sha256"] = str(read_record(folder)["sha256"])
     else:
