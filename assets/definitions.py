@@ -24,10 +24,12 @@ from assets.lineage import build_lineage_assets, lineage_lookup
 from assets.monitoring import build_dead_run_worker_sensor
 from assets.profiles import resources_for
 from assets.training.assets import build_training_assets
-from assets.training.resource import TrainingResource
+from assets.training.resource import LQ_FLOW_ASSET, TrainingResource
+from assets.training.serving import ONNX_EXPORT_JOB, build_onnx_export_asset
 from assets.training.table_vii import TABLE_VII_JOB, build_table_vii_asset
 from cotir_pipeline.settings import CotirSettings, Profile, load_settings
 from cotir_pipeline.sources.catalog import load_catalog
+from models.variants import get_variant
 
 #: Materializes every asset of the DAG except the method x bench evaluation and the tables
 #: (an asset job takes one partitions definition); the README's first command runs it with
@@ -67,6 +69,12 @@ def build_definitions(
     training_resource = training or resources["training"]
     training_assets = build_training_assets(tags, lq_flow_run=training_resource.lq_flow_run)
     checkpoints = [asset.key for asset in training_assets if asset.key.path[-1] != "base_model"]
+    # The main row's ONNX export, where the variant exports (the CPU demo variants).
+    serving_assets = (
+        [build_onnx_export_asset(tags(LQ_FLOW_ASSET))]
+        if training_resource.lq_flow_run and get_variant(training_resource.variant).exports_to_onnx
+        else []
+    )
     evaluation = build_evaluation_definitions(
         settings, tags, evaluation=resources["evaluation"], checkpoints=checkpoints
     )
@@ -92,11 +100,21 @@ def build_definitions(
         selection=dg.AssetSelection.assets(*lineage_assets),
         description="Rebuild the sample lineage index from every stage's manifests.",
     )
+    serving_jobs = []
+    if serving_assets:
+        serving_jobs.append(
+            dg.define_asset_job(
+                name=ONNX_EXPORT_JOB,
+                selection=dg.AssetSelection.assets(*serving_assets),
+                description="Export the demo's main-row checkpoint to ONNX (about 40 s on "
+                "one core); `make demo` runs it beside the evaluation.",
+            )
+        )
     demo_job = dg.define_asset_job(
         name=DEMO_JOB_NAME,
         selection=dg.AssetSelection.all()
         - evaluation_run_selection()
-        - dg.AssetSelection.assets(*lineage_assets, table_vii),
+        - dg.AssetSelection.assets(*lineage_assets, table_vii, *serving_assets),
         description="Every asset of the DAG up to the bench sets, end to end; run it with the "
         f"partition '{DEMO_SOURCE}' on the demo profile (minutes on a CPU), then the "
         "'evaluation' job per method x bench partition and 'reporting'.",
@@ -111,6 +129,7 @@ def build_definitions(
                 pair_shards,
                 *annotation_assets,
                 *training_assets,
+                *serving_assets,
                 table_vii,
                 *evaluation.assets,
                 *lineage_assets,
@@ -119,7 +138,14 @@ def build_definitions(
     definitions = dg.Definitions(
         assets=assets,
         asset_checks=dg.load_asset_checks_from_modules([environment]),
-        jobs=[demo_job, *evaluation.jobs, lineage_job, lineage_lookup, table_vii_job],
+        jobs=[
+            demo_job,
+            *evaluation.jobs,
+            lineage_job,
+            lineage_lookup,
+            table_vii_job,
+            *serving_jobs,
+        ],
         schedules=evaluation.schedules,
         sensors=[*evaluation.sensors, build_dead_run_worker_sensor()],
         executor=build_executor(settings),

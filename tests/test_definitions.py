@@ -256,6 +256,7 @@ OWN_JOBS = {
     "reporting": {"benchmark_tables"},
     "lineage": {"sample_lineage"},
     "table_vii_ablation": {"table_vii"},
+    "onnx_export": {"cotir_onnx_export"},
 }
 
 
@@ -274,6 +275,8 @@ class DemoRuns:
     looked_up_sample: str
     mistyped_lookup: dg.ExecuteInProcessResult
     placeholder_lookup: dg.ExecuteInProcessResult
+    export: dg.ExecuteInProcessResult
+    export_again: dg.ExecuteInProcessResult
 
 
 @pytest.fixture(scope="module")
@@ -292,6 +295,9 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> DemoRuns:
         provenance = [info.key for info in store.list("provenance/")]
         second = job.execute_in_process(instance=instance, partition_key="demo")
         lineage = definitions.resolve_job_def("lineage").execute_in_process(instance=instance)
+        export_job = definitions.resolve_job_def("onnx_export")
+        export = export_job.execute_in_process(instance=instance, raise_on_error=False)
+        export_again = export_job.execute_in_process(instance=instance, raise_on_error=False)
         run_keys = [i.key for i in store.list("training_runs/") if i.key.endswith(".parquet")]
         consumed = pq.read_table(io.BytesIO(store.get_bytes(run_keys[-1])))
         sample = consumed.column("sample_id")[0].as_py()
@@ -316,6 +322,8 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> DemoRuns:
             looked_up_sample=sample,
             mistyped_lookup=look_up("0" * 32),
             placeholder_lookup=look_up(None),
+            export=export,
+            export_again=export_again,
         )
 
 
@@ -352,6 +360,30 @@ def test_every_asset_check_passes_but_the_prior_warning(demo_runs: DemoRuns) -> 
     # is below the project's target (docs/TRAINING.md).
     assert all(check.passed or name == "prior_copy_fidelity" for name, check in by_name.items())
     assert by_name["prior_copy_fidelity"].severity == dg.AssetCheckSeverity.WARN
+
+
+def test_the_main_row_is_exported_to_onnx_that_restores_like_torch(demo_runs: DemoRuns) -> None:
+    """The export job writes the main row's ONNX export into its checkpoint folder, where
+    `cotir restore --checkpoint` picks it up; it restores like the torch engine and a
+    second run keeps it."""
+    assert demo_runs.export.success, _failure_text(demo_runs.export)
+    trained = _metadata(demo_runs.first, "cotir_checkpoint_lq_flow")
+    metadata = _metadata(demo_runs.export, "cotir_onnx_export")
+    checkpoint = Path(metadata["checkpoint"].value)
+    assert checkpoint == Path(trained["checkpoint"].value)
+    assert metadata["kept_current_export"].value is False
+    assert (checkpoint / "onnx" / "manifest.json").is_file()
+    assert metadata["size_mb"].value > 50  # the MiniLM text encoder is most of it
+    (check,) = [
+        event.event_specific_data
+        for event in demo_runs.export.all_events
+        if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+    assert check.check_name == "engines_agree"  # type: ignore[union-attr]
+    assert check.passed  # type: ignore[union-attr]
+    assert demo_runs.export_again.success
+    again = _metadata(demo_runs.export_again, "cotir_onnx_export")
+    assert again["kept_current_export"].value is True
 
 
 def test_the_environment_record_is_written_once(demo_runs: DemoRuns) -> None:

@@ -13,6 +13,7 @@ from assets.resources import ObjectStoreResource
 from assets.training.assets import build_training_assets
 from assets.training.metadata import metrics_table
 from assets.training.resource import TrainingResource
+from assets.training.serving import build_onnx_export_asset
 from cotir_pipeline.annotation.clip_filter import ConsistencyFilter
 from cotir_pipeline.annotation.template_backend import TemplateBackend
 from cotir_pipeline.annotation_stage import annotate_source, filter_source, write_training_shards
@@ -225,3 +226,27 @@ def test_metrics_table_samples_rows() -> None:
     assert table[-1].startswith("| 49 |")
     assert len(table) <= 2 + 6
     assert metrics_table([]) == "no metrics were reported"
+
+
+def test_the_export_asset_says_what_to_train_first_and_where_the_checkpoint_is_missing(
+    tmp_path: Path,
+) -> None:
+    asset = build_onnx_export_asset({})
+    with dg.instance_for_test() as instance:
+        untrained = dg.materialize([asset], instance=instance, raise_on_error=False)
+        assert not untrained.success
+        assert "cotir_checkpoint_lq_flow has not been materialized" in _failure(untrained)
+        gone = tmp_path / "elsewhere" / "model"
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key="cotir_checkpoint_lq_flow",
+                metadata={"checkpoint": dg.MetadataValue.path(str(gone))},
+            )
+        )
+        elsewhere = dg.materialize([asset], instance=instance, raise_on_error=False)
+        assert not elsewhere.success
+        assert f"{gone} is not on this machine" in _failure(elsewhere)
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    return " ".join(str(e.event_specific_data) for e in result.all_events if e.is_failure)
