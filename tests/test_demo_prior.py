@@ -277,3 +277,42 @@ def test_the_shards_identity_ignores_where_the_store_is(tmp_path: Path) -> None:
     assert shards_digest(LocalObjectStore(tmp_path / "empty")) == ""
     assert digest("a", ["s1", "s2"]) == digest("elsewhere", ["s2", "s1"])
     assert digest("a", ["s1", "s2"]) != digest("b", ["s1", "s3"])
+
+
+def test_the_shards_identity_is_the_same_by_arrow_kernels_as_by_its_definition() -> None:
+    """The run id's data part: the fast path (Arrow kernels) gives the bytes of the
+    definition, value by value in Python, whatever the text, chunking and row order."""
+    import random
+
+    import pyarrow as pa
+
+    from models.training_stage import _reference_table_digest, table_digest
+
+    def reference(table: pa.Table) -> str:
+        kept = sorted(name for name in table.column_names if not name.endswith("_uri"))
+        return _reference_table_digest(table.select(kept), kept)
+
+    rng = random.Random(0)
+    words = ["", "a", "ab", "b", "haze", "h\u00e4ze", "\u96e8", "a b", "Z", "low_light+noise"]
+    rows = [(rng.choice(words), rng.choice(words), f"id{rng.randrange(40)}") for _ in range(300)]
+    columns = {
+        "sample_id": [row[2] for row in rows],
+        "degradation": [row[0] for row in rows],
+        "source": [row[1] for row in rows],
+        "shard_uri": [f"s3://bucket/{row[2]}" for row in rows],
+    }
+    table = pa.table(columns)
+    chunked = pa.concat_tables([table.slice(0, 7), table.slice(7, 200), table.slice(207)])
+    shuffled = table.take(pa.array(rng.sample(range(len(rows)), len(rows))))
+    expected = reference(table)
+    assert table_digest(table) == expected
+    assert table_digest(chunked) == expected
+    assert table_digest(shuffled) == expected
+    assert table_digest(table.slice(0, 0)) == reference(table.slice(0, 0))
+    # Columns the kernels do not cover take the definition itself.
+    with_nul = pa.table({**columns, "source": [f"{v}\0x" for v in columns["source"]]})
+    with_null = pa.table({**columns, "source": [None, *columns["source"][1:]]})
+    with_int = pa.table({**columns, "source": list(range(len(rows)))})
+    for other in (with_nul, with_null, with_int):
+        assert table_digest(other) == reference(other)
+        assert table_digest(other) != expected
