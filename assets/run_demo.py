@@ -32,7 +32,7 @@ from assets.evaluation.resource import (
 from assets.execution import entry_point_settings
 from assets.profiles import evaluation_resource
 from assets.resources import ObjectStoreResource
-from assets.training.serving import ONNX_EXPORT_ASSET, ONNX_EXPORT_JOB
+from assets.training.serving import ONNX_EXPORT_ASSET, ONNX_EXPORT_JOB, restore_command
 from cotir_pipeline.evaluation.method_names import BUILTIN_METHODS
 from cotir_pipeline.evaluation.stage import BENCHMARK_TABLES_PREFIX, bench_specs
 from cotir_pipeline.store import ObjectStore
@@ -103,10 +103,8 @@ def _finish_export(
     materialization = event.asset_materialization if event is not None else None
     checkpoint = materialization.metadata.get("checkpoint") if materialization else None
     if checkpoint is not None:
-        print(
-            "restore: `.venv/bin/cotir restore LQ.png -p 'Remove the haze.' --checkpoint "
-            f"{checkpoint.value}` (the main row, on its ONNX export)"
-        )
+        command = restore_command(Path(str(checkpoint.value)))
+        print(f"restore: `.venv/bin/{command}` (the main row, on its ONNX export)")
     return True
 
 

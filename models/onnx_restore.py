@@ -118,6 +118,17 @@ def read_manifest(checkpoint: Path) -> dict[str, Any]:
     return manifest
 
 
+def levels_apart(first: Image.Image, second: Image.Image) -> tuple[int, float]:
+    """How far two 8-bit images of one size are apart: the largest difference of a value,
+    in levels, and the share of values that differ (how the two engines are compared)."""
+    a = np.asarray(first, dtype=np.int16)
+    b = np.asarray(second, dtype=np.int16)
+    if a.shape != b.shape:
+        raise ValueError(f"images of different shapes: {a.shape} and {b.shape}")
+    difference = np.abs(a - b)
+    return int(difference.max()), float((difference > 0).mean())
+
+
 def has_current_export(checkpoint: Path) -> bool:
     """Whether the checkpoint has an export :func:`read_manifest` accepts."""
     try:

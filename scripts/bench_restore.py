@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.onnx_restore import has_current_export
+from models.onnx_restore import has_current_export, levels_apart
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -325,10 +325,8 @@ def _levels_apart(first: Path, second: Path) -> tuple[int, float]:
     """Largest difference of two 8-bit PNGs and the share of values that differ."""
     from PIL import Image
 
-    a = np.asarray(Image.open(first), dtype=np.int16)
-    b = np.asarray(Image.open(second), dtype=np.int16)
-    difference = np.abs(a - b)
-    return int(difference.max()), float((difference > 0).mean())
+    with Image.open(first) as a, Image.open(second) as b:
+        return levels_apart(a, b)
 
 
 def _print_stages(stages: list[tuple[str, float]]) -> None:

@@ -145,5 +145,6 @@ def main() -> None:
         f"{digest_peak / old_peak:.2f}x memory; / read: {digest_seconds / read_seconds:.1f}x time"
     )
 
+
 if __name__ == "__main__":
     main()

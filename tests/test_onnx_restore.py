@@ -24,6 +24,7 @@ from models.onnx_restore import (
     OnnxRestorer,
     StaleExportError,
     checkpoint_digest,
+    levels_apart,
     read_manifest,
 )
 from models.restore import CoTIRRestorer
@@ -60,14 +61,6 @@ def _checkpoint(folder: Path, variant: str, meta: dict[str, object]) -> Path:
     )
 
 
-def _levels_apart(first: Image.Image, second: Image.Image) -> tuple[int, float]:
-    a = np.asarray(first, dtype=np.int16)
-    b = np.asarray(second, dtype=np.int16)
-    assert a.shape == b.shape
-    difference = np.abs(a - b)
-    return int(difference.max()), float((difference > 0).mean())
-
-
 @pytest.fixture(scope="module")
 def lq_start_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's main-row recipe: flow from the LQ, velocity = change to the prior, one
@@ -96,7 +89,7 @@ def test_a_cold_restore_on_the_export_never_imports_torch_and_matches_the_torch_
     assert "torch imported: False" in completed.stdout
     photo = Image.open(lq).convert("RGB")
     expected = CoTIRRestorer.from_pretrained(lq_start_checkpoint).restore(photo, PROMPT)
-    worst, share = _levels_apart(Image.open(out), expected)
+    worst, share = levels_apart(Image.open(out), expected)
     print(f"ONNX vs torch engine: at most {worst} level apart, {share:.4%} of values differ")
     assert worst <= 1
     assert share < 0.01
@@ -224,7 +217,7 @@ def test_a_noise_start_flux1_checkpoint_exports_and_samples_like_torch(tmp_path:
     assert exported.flow_start == "noise"
     ours = exported.restore(photo, PROMPT, steps=3, seed=7)
     expected = CoTIRRestorer.from_pretrained(folder).restore(photo, PROMPT, steps=3, seed=7)
-    worst, share = _levels_apart(ours, expected)
+    worst, share = levels_apart(ours, expected)
     print(f"noise start, 3 steps: at most {worst} level apart, {share:.4%} of values differ")
     assert worst <= 1
     assert share < 0.01

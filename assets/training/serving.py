@@ -21,12 +21,18 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 from PIL import Image
 
 from assets.training.resource import LQ_FLOW_ASSET
 from cotir_pipeline import demo_photos
-from models.onnx_restore import EXPORT_DIR, OnnxRestorer, has_current_export, read_manifest
+from cotir_pipeline.checkpoint_layout import META_FILE
+from models.onnx_restore import (
+    EXPORT_DIR,
+    OnnxRestorer,
+    has_current_export,
+    levels_apart,
+    read_manifest,
+)
 
 ONNX_EXPORT_ASSET = "cotir_onnx_export"
 ONNX_EXPORT_JOB = "onnx_export"
@@ -58,11 +64,11 @@ def _checkpoint_folder(context: dg.AssetExecutionContext) -> tuple[Path, str]:
             allow_retries=False,
         )
     folder = Path(str(entry.value))
-    if not (folder / "cotir.json").is_file():
+    if not (folder / META_FILE).is_file():
         raise dg.Failure(
             description=(
                 f"the checkpoint folder {folder} is not on this machine (or holds no "
-                f"cotir.json): run {ONNX_EXPORT_ASSET} where {LQ_FLOW_ASSET} trained "
+                f"{META_FILE}): run {ONNX_EXPORT_ASSET} where {LQ_FLOW_ASSET} trained "
                 "(the same Celery queue), or export it by hand with `cotir export-onnx`"
             ),
             allow_retries=False,
@@ -85,10 +91,12 @@ def engines_apart(checkpoint: Path) -> tuple[int, float]:
     image = _check_image()
     with_torch = CoTIRRestorer.from_pretrained(checkpoint).restore(image, CHECK_PROMPT)
     with_onnx = OnnxRestorer.from_checkpoint(checkpoint).restore(image, CHECK_PROMPT)
-    difference = np.abs(
-        np.asarray(with_torch, dtype=np.int16) - np.asarray(with_onnx, dtype=np.int16)
-    )
-    return int(difference.max()), float((difference > 0).mean())
+    return levels_apart(with_torch, with_onnx)
+
+
+def restore_command(checkpoint: Path) -> str:
+    """The command that restores an image with the exported checkpoint (printed by make demo)."""
+    return f"cotir restore LQ.png -p 'Remove the haze.' --checkpoint {checkpoint}"
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -140,7 +148,6 @@ def build_onnx_export_asset(op_tags: dict[str, str]) -> dg.AssetsDefinition:
         manifest = read_manifest(checkpoint)
         worst, share = engines_apart(checkpoint)
         folder = checkpoint / EXPORT_DIR
-        command = f"cotir restore LQ.png -p 'Remove the haze.' --checkpoint {checkpoint}"
         return dg.MaterializeResult(
             metadata={
                 "export": dg.MetadataValue.path(str(folder)),
@@ -150,7 +157,7 @@ def build_onnx_export_asset(op_tags: dict[str, str]) -> dg.AssetsDefinition:
                 "size_mb": round(_folder_bytes(folder) / 1e6, 1),
                 "kept_current_export": kept,
                 "export_seconds": round(export_seconds, 1),
-                "restore_command": dg.MetadataValue.md(f"`{command}`"),
+                "restore_command": dg.MetadataValue.md(f"`{restore_command(checkpoint)}`"),
             },
             check_results=[
                 dg.AssetCheckResult(
