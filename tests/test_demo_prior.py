@@ -46,6 +46,36 @@ def test_the_shipped_prior_matches_its_record_and_never_saw_a_bench_photo() -> N
     assert size < 8 * 2**20, f"the shipped prior is {size / 2**20:.1f} MiB"
 
 
+def test_the_shipped_recipe_continues_its_first_stage_at_the_restore_size() -> None:
+    """The shipped prior is the second stage of a recipe whose first stage is recorded by
+    config and digest, and the command line trains that recipe unless told otherwise."""
+    from models.prior import BASE_STAGE_SHA256, base_stage_config, build_parser, config_from_args
+
+    record = read_record(BUNDLED_PRIOR_DIR)
+    recipe = shipped_config()
+    assert recipe.parent == base_stage_config()
+    assert record["parent"]["config_sha256"] == base_stage_config().digest()
+    assert record["parent"]["sha256"] == BASE_STAGE_SHA256 == recipe.parent_sha256
+    # The second stage trains at the size the demo restores and benches at.
+    assert recipe.crop == record["config"]["eval_size"] == 128
+    assert record["total_steps"] == recipe.steps + base_stage_config().steps
+
+    def parsed(*argv: str) -> tuple[PriorConfig, Path | None]:
+        return config_from_args(build_parser().parse_args(["--out", "X", *argv]))
+
+    assert parsed() == (recipe, None)  # `make prior`: both stages, the first in X-parent
+    steps_changed, _ = parsed("--steps", "7", "--crop", "96")
+    assert steps_changed.parent == recipe.parent
+    assert (steps_changed.steps, steps_changed.crop) == (7, 96)
+    first_only, _ = parsed("--first-stage-only", "--steps", "7", "--batch-size", "2")
+    assert first_only.parent is None
+    assert first_only == base_stage_config().model_copy(update={"steps": 7, "batch_size": 2})
+    from models.prior import main
+
+    with pytest.raises(SystemExit):  # from random weights and from a parent: refused
+        main(["--out", "X", "--first-stage-only", "--continue-from", str(BUNDLED_PRIOR_DIR)])
+
+
 @pytest.mark.slow
 def test_the_shipped_prior_reproduces_its_recorded_quality(
     capsys: pytest.CaptureFixture[str],
