@@ -37,7 +37,7 @@ system-deps:
 demo: setup
 	$(BIN)/python -m assets.run_demo
 
-## prior: retrain the demo's editing prior from scratch, both stages (about an hour and a half on 2 cores), and
+## prior: retrain the demo's editing prior from scratch, both stages (about 71 minutes on 2 cores), and
 ## check it is bit-for-bit the shipped one (models/demo_prior); PRIOR_OUT picks the folder
 PRIOR_OUT ?= .cotir/prior-rebuild
 prior: setup

@@ -2,7 +2,7 @@
 
 CoTIR fine-tunes a *pretrained* FLUX editing model (FLUX.1 Kontext, FLUX.2 klein). The
 demo profile cannot download one, so it ships its own stand-in: the ``demo`` variant's
-``Flux2Transformer2DModel`` (3.2 M parameters, 8x8 pixel tokens), every parameter
+``Flux2Transformer2DModel`` (3.2 M parameters, 8x8-pixel luma-chroma tokens), every parameter
 trained here on a general editing objective over the demo *train* photos only:
 
 - ``copy``: reproduce the reference image ("Keep the image unchanged."), half the samples;
@@ -164,7 +164,7 @@ _LATER_FIELDS: dict[str, Any] = {
 
 #: sha256 of the first stage's weights as trained for the shipped prior (2026-12-05, the
 #: project's 2-core VM); a rebuild on another CPU kind may differ and is used with a warning.
-BASE_STAGE_SHA256 = "1cbe95a6d202de2e22962cb672936f07bc70005de9743c94180fa9e644504d39"
+BASE_STAGE_SHA256 = "8e0e407a4e7bb7fdd968d4ac9d1a7858cc2c8b64e2ab83230df5811be375048f"
 
 
 def base_stage_config() -> PriorConfig:
@@ -466,13 +466,12 @@ class PriorParts:
 def build_parts(config: PriorConfig) -> PriorParts:
     """A freshly initialised demo transformer (seeded), its pixel codec and text encoder."""
     from models.backbones import build_transformer
-    from models.codecs import PixelUnshuffleCodec
     from models.text_encoders import MiniLMTextEncoder
 
     variant = get_variant(config.variant)
     torch.manual_seed(config.seed)
     transformer = build_transformer(variant.backbone, variant.transformer_config).train()
-    codec = PixelUnshuffleCodec(variant.token_stride)
+    codec = codec_for(config.variant)
     text_encoder = MiniLMTextEncoder.from_folder().eval()
     features = {
         prompt: text_encoder.encode([prompt], variant.max_text_tokens).embeds.float()
@@ -514,9 +513,28 @@ def prior_loss(
         from_reference = (from_reference < config.reference_start_probability).view(-1, 1, 1)
         noise = torch.where(from_reference, reference, noise)
     text = torch.cat([parts.prompt_features[prompt] for prompt in prompts])
-    ids, txt_ids = _token_ids(config.variant, config.crop // parts.codec.stride, text.shape[1])
-    prediction = parts.transformer(
-        hidden_states=torch.cat([interpolate(clean, noise, t), reference], dim=1),
+    grid = config.crop // parts.codec.stride
+    prediction = predict_velocity(
+        parts.transformer, config.variant, interpolate(clean, noise, t), reference, text, t, grid
+    )
+    return flow_matching_loss(prediction, velocity_target(clean, noise))
+
+
+def predict_velocity(
+    transformer: torch.nn.Module,
+    variant_name: str,
+    noisy: torch.Tensor,
+    reference: torch.Tensor,
+    text: torch.Tensor,
+    t: torch.Tensor,
+    grid: int,
+) -> torch.Tensor:
+    """The prior's velocity for the noisy tokens of a ``grid`` x ``grid`` image, the
+    reference image's tokens appended as FLUX.2 reference tokens (training and diagnosis
+    share it, so both see the same token layout and positions)."""
+    ids, txt_ids = _token_ids(variant_name, grid, text.shape[1])
+    prediction = transformer(
+        hidden_states=torch.cat([noisy, reference], dim=1),
         encoder_hidden_states=text,
         timestep=t,
         img_ids=ids,
@@ -524,7 +542,7 @@ def prior_loss(
         guidance=None,
         return_dict=False,
     )[0]
-    return flow_matching_loss(prediction[:, : clean.shape[1]], velocity_target(clean, noise))
+    return prediction[:, : noisy.shape[1]]
 
 
 def psnr(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -559,7 +577,7 @@ def measure_prior(
     model = CoTIRTransformer.with_new_adapter(
         transformer.eval(), text_dim=variant.text_dim, adapter_depth=variant.adapter_depth
     )
-    restorer = CoTIRRestorer(variant, model, _codec_for(variant_name), text_encoder, device="cpu")
+    restorer = CoTIRRestorer(variant, model, codec_for(variant_name), text_encoder, device="cpu")
     restorer.flow_start = flow_start
     results: dict[str, float] = {}
     for edit in (COPY, *edits):
@@ -576,10 +594,12 @@ def measure_prior(
     return results
 
 
-def _codec_for(variant_name: str) -> Any:
-    from models.codecs import PixelUnshuffleCodec
+def codec_for(variant_name: str) -> Any:
+    """The demo variant's weightless codec (the prior, its diagnosis and benchmarks share it)."""
+    from models.codecs import weightless_codec
 
-    return PixelUnshuffleCodec(get_variant(variant_name).token_stride)
+    variant = get_variant(variant_name)
+    return weightless_codec(variant.codec, variant.token_stride)
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -899,6 +919,11 @@ def _prior_record(
         "command": command,
         "config": json.loads(config.model_dump_json()),
         "config_sha256": config.digest(),
+        "codec": {
+            "kind": get_variant(config.variant).codec.value,
+            "stride": get_variant(config.variant).token_stride,
+            "token_channels": get_variant(config.variant).transformer_config["in_channels"],
+        },
         "steps": config.steps,
         "seed": config.seed,
         "data": {

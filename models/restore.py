@@ -50,7 +50,7 @@ from models.checkpoint_io import (
     load_release_checkpoint,
     read_checkpoint_meta,
 )
-from models.codecs import Flux2VAECodec, FluxVAECodec, LatentCodec, PixelUnshuffleCodec
+from models.codecs import Flux2VAECodec, FluxVAECodec, LatentCodec, weightless_codec
 from models.restore_requests import (
     checked_steps,
     resized_back,
@@ -126,8 +126,8 @@ def _build_demo_transformer(variant: Variant, seed: int) -> CoTIRTransformer:
 
 
 def _load_codec(variant: Variant, base: Path | None, dtype: torch.dtype) -> LatentCodec:
-    if variant.codec is CodecKind.PIXEL:
-        return PixelUnshuffleCodec(variant.token_stride)
+    if variant.codec.weightless:
+        return weightless_codec(variant.codec, variant.token_stride)
     if base is None:
         raise MissingWeightsError(f"the {variant.name} VAE needs a base weights folder")
     from diffusers import AutoencoderKL, AutoencoderKLFlux2

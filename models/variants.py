@@ -39,6 +39,12 @@ class CodecKind(StrEnum):
     FLUX1_VAE = "flux1-vae"
     FLUX2_VAE = "flux2-vae"
     PIXEL = "pixel-unshuffle"
+    LUMA_CHROMA = "luma-chroma-420"
+
+    @property
+    def weightless(self) -> bool:
+        """True for the demo-only pixel codecs (no weights; exportable to ONNX)."""
+        return self in (CodecKind.PIXEL, CodecKind.LUMA_CHROMA)
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,7 @@ class Variant:
         the pixel codec and the MiniLM text encoder (the FLUX VAEs and text encoders are
         for GPUs)."""
         return (
-            self.is_demo
-            and self.codec is CodecKind.PIXEL
-            and self.text_encoder is TextEncoderKind.MINILM
+            self.is_demo and self.codec.weightless and self.text_encoder is TextEncoderKind.MINILM
         )
 
     @property
@@ -225,7 +229,7 @@ VARIANTS: dict[str, Variant] = {
         transformer_config=_frozen(
             {
                 "patch_size": 1,
-                "in_channels": 192,
+                "in_channels": 96,
                 "num_layers": 1,
                 "num_single_layers": 3,
                 "attention_head_dim": 32,
@@ -241,7 +245,7 @@ VARIANTS: dict[str, Variant] = {
         ),
         text_encoder=TextEncoderKind.MINILM,
         text_dim=384,
-        codec=CodecKind.PIXEL,
+        codec=CodecKind.LUMA_CHROMA,
         token_stride=8,
         steps=4,
         adapter_depth=2,
@@ -250,7 +254,8 @@ VARIANTS: dict[str, Variant] = {
         max_text_tokens=64,
         bundled_base="demo_prior",
         description="demo only: a 3.2M-parameter FLUX.2-architecture editing prior pretrained "
-        "on the demo train photos (shipped in models/demo_prior), 8x8 pixel tokens",
+        "on the demo train photos (shipped in models/demo_prior); 8x8-pixel tokens of 96 "
+        "numbers: brightness at full resolution, colour at half",
     ),
     "tiny-kontext": Variant(
         name="tiny-kontext",

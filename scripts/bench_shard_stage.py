@@ -113,7 +113,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=96, help="pairs to process per variant")
     parser.add_argument("--size", type=int, default=512, help="stored size (and source size)")
     parser.add_argument(
-        "--shard-size", type=int, default=8,
+        "--shard-size",
+        type=int,
+        default=8,
         help="samples per shard (small, so 2 workers get an even share of shards)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant; best is kept")

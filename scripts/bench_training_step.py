@@ -50,7 +50,7 @@ from models.losses import (
     sample_timesteps,
     velocity_target,
 )
-from models.prior import PriorConfig, draw_batch, load_prior_photos
+from models.prior import PriorConfig, codec_for, draw_batch, load_prior_photos
 from models.restore import bundled_base_folder
 from models.text_encoders import MiniLMTextEncoder
 from models.variants import Variant, get_variant
@@ -100,14 +100,15 @@ def _batch(size: int, patch: int) -> Batch:
     generator = torch.Generator().manual_seed(0)
     references, targets, _ = draw_batch(load_prior_photos(config), config, generator)
     stride = variant.token_stride
+    codec = codec_for(variant.name)
     length = variant.max_text_tokens
     parts = ("a hazy street scene", "dense haze lowers the contrast", "remove the haze")
     grid = patch // stride
     return Batch(
         variant=variant,
         base=bundled_base_folder(variant) / "transformer",
-        clean=grid_to_tokens(torch.nn.functional.pixel_unshuffle(targets, stride)),
-        reference=grid_to_tokens(torch.nn.functional.pixel_unshuffle(references, stride)),
+        clean=grid_to_tokens(codec.encode(targets)),
+        reference=grid_to_tokens(codec.encode(references)),
         prompt=encoder.encode(["Please remove the haze."] * size, length).embeds,
         cot={
             name: encoder.encode([text] * size, length).embeds

@@ -20,15 +20,16 @@ from pathlib import Path
 
 import torch
 
-from models.backbones import (
-    grid_to_tokens,
-    load_transformer,
-    noisy_and_reference_ids,
-    text_ids,
-    tokens_to_grid,
+from models.backbones import grid_to_tokens, load_transformer, tokens_to_grid
+from models.prior import (
+    COPY,
+    PriorConfig,
+    codec_for,
+    load_prior_photos,
+    predict_velocity,
+    psnr,
+    read_record,
 )
-from models.codecs import PixelUnshuffleCodec
-from models.prior import COPY, PriorConfig, load_prior_photos, psnr, read_record
 from models.text_encoders import MiniLMTextEncoder
 from models.variants import get_variant
 
@@ -39,19 +40,20 @@ TIMES = (1.0, 0.95, 0.8, 0.5, 0.2, 0.05)
 @torch.no_grad()
 def copy_estimates(
     prior: Path, sizes: list[int], times: tuple[float, ...], seed: int
-) -> dict[int, list[float]]:
-    """Mean PSNR (dB) of the one-step clean estimate, per crop size, at each of ``times``."""
+) -> dict[int, tuple[float, list[float]]]:
+    """Per crop size: the mean PSNR (dB) of the crops through the codec alone (the ceiling
+    of any copy), and of the one-step clean estimate at each of ``times``."""
     record = read_record(prior)
     config = PriorConfig(**record["config"])
     variant = get_variant(config.variant)
     kind = variant.backbone
     transformer = load_transformer(kind, prior, dtype=torch.float32).eval()
-    codec = PixelUnshuffleCodec(variant.token_stride)
+    codec = codec_for(config.variant)
     prompt = COPY.prompts[0]
     text = MiniLMTextEncoder.from_folder().encode([prompt], variant.max_text_tokens).embeds
     crops = load_prior_photos(config).evaluation * 2 - 1
     generator = torch.Generator().manual_seed(seed)
-    results: dict[int, list[float]] = {}
+    results: dict[int, tuple[float, list[float]]] = {}
     for size in sizes:
         if size > crops.shape[-1] or size % variant.token_stride:
             raise SystemExit(
@@ -61,24 +63,23 @@ def copy_estimates(
         images = crops[:, :, :size, :size]
         reference = grid_to_tokens(codec.encode(images))
         grid = size // variant.token_stride
-        ids = noisy_and_reference_ids(kind, grid, grid)
-        txt_ids = text_ids(kind, text.shape[1])
         scores = []
         for t in times:
             noise = torch.randn(reference.shape, generator=generator)
             noisy = (1 - t) * reference + t * noise
-            velocity = transformer(
-                hidden_states=torch.cat([noisy, reference], dim=1),
-                encoder_hidden_states=text.expand(reference.shape[0], -1, -1),
-                timestep=torch.full((reference.shape[0],), t),
-                img_ids=ids,
-                txt_ids=txt_ids,
-                guidance=None,
-                return_dict=False,
-            )[0][:, : reference.shape[1]]
+            velocity = predict_velocity(
+                transformer,
+                config.variant,
+                noisy,
+                reference,
+                text.expand(reference.shape[0], -1, -1),
+                torch.full((reference.shape[0],), t),
+                grid,
+            )
             estimate = codec.decode(tokens_to_grid(noisy - t * velocity, grid, grid))
             scores.append(float(psnr((estimate + 1) / 2, (images + 1) / 2).mean()))
-        results[size] = scores
+        ceiling = psnr((codec.decode(codec.encode(images)) + 1) / 2, (images + 1) / 2)
+        results[size] = (float(ceiling.mean()), scores)
     return results
 
 
@@ -89,12 +90,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42, help="Seed of the noise.")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print("| prior | crop | " + " | ".join(f"t = {t}" for t in TIMES) + " |")
-    print("|---|---:|" + "---:|" * len(TIMES))
+    print("| prior | crop | codec alone | " + " | ".join(f"t = {t}" for t in TIMES) + " |")
+    print("|---|---:|---:|" + "---:|" * len(TIMES))
     for prior in args.prior:
-        for size, scores in copy_estimates(prior, args.sizes, TIMES, args.seed).items():
+        estimates = copy_estimates(prior, args.sizes, TIMES, args.seed)
+        for size, (ceiling, scores) in estimates.items():
             cells = " | ".join(f"{score:.2f}" for score in scores)
-            print(f"| {prior} | {size} px | {cells} |")
+            print(f"| {prior} | {size} px | {ceiling:.2f} | {cells} |")
 
 
 if __name__ == "__main__":

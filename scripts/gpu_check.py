@@ -95,7 +95,7 @@ def build_restorer(variant_name: str, device: str, dtype: Any) -> Any:
     import torch
 
     from models.backbones import CoTIRTransformer
-    from models.codecs import Flux2VAECodec, FluxVAECodec, PixelUnshuffleCodec
+    from models.codecs import Flux2VAECodec, FluxVAECodec, weightless_codec
     from models.lora import apply_lora
     from models.restore import CoTIRRestorer
     from models.text_encoders import MiniLMTextEncoder, Qwen3TextEncoder, T5ClipTextEncoder
@@ -128,7 +128,7 @@ def build_restorer(variant_name: str, device: str, dtype: Any) -> Any:
 
                 codec = Flux2VAECodec(AutoencoderKLFlux2())
             else:
-                codec = PixelUnshuffleCodec()
+                codec = weightless_codec(variant.codec, variant.token_stride)
             if variant.text_encoder is TextEncoderKind.QWEN3:
                 from transformers import Qwen3Config, Qwen3ForCausalLM
 

@@ -349,17 +349,18 @@ def test_the_demo_job_materializes_every_other_asset(demo_runs: DemoRuns) -> Non
     assert materialized == set(every) - elsewhere
 
 
-def test_every_asset_check_passes_but_the_prior_warning(demo_runs: DemoRuns) -> None:
+def test_every_asset_check_passes(demo_runs: DemoRuns) -> None:
     by_name = {
         event.event_specific_data.check_name: event.event_specific_data  # type: ignore[union-attr]
         for event in demo_runs.first.all_events
         if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
     }
     assert by_name["stored_catalog_reads_back"].passed
-    # Every check passes but the prior's copy fidelity, which warns while the shipped prior
-    # is below the project's target (docs/TRAINING.md).
-    assert all(check.passed or name == "prior_copy_fidelity" for name, check in by_name.items())
+    failed = sorted(name for name, check in by_name.items() if not check.passed)
+    assert not failed, f"asset checks that did not pass: {failed}"
+    # The shipped prior meets the copy target (docs/TRAINING.md); the check is a warning.
     assert by_name["prior_copy_fidelity"].severity == dg.AssetCheckSeverity.WARN
+    assert by_name["prior_copy_fidelity"].passed
 
 
 def test_the_main_row_is_exported_to_onnx_that_restores_like_torch(demo_runs: DemoRuns) -> None:
