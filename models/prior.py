@@ -162,8 +162,9 @@ _LATER_FIELDS: dict[str, Any] = {
 }
 
 
-#: sha256 of the first stage's weights as trained for the shipped prior (2026-12-05, the
-#: project's 2-core VM); a rebuild on another CPU kind may differ and is used with a warning.
+#: sha256 of the first stage's weights as trained for the shipped prior (2026-12-07, the
+#: project's 2-core VM, luma-chroma codec); a rebuild on another CPU kind may differ and is
+#: used with a warning.
 BASE_STAGE_SHA256 = "8e0e407a4e7bb7fdd968d4ac9d1a7858cc2c8b64e2ab83230df5811be375048f"
 
 
@@ -464,7 +465,7 @@ class PriorParts:
 
 
 def build_parts(config: PriorConfig) -> PriorParts:
-    """A freshly initialised demo transformer (seeded), its pixel codec and text encoder."""
+    """A freshly initialised demo transformer (seeded), its weightless codec and text encoder."""
     from models.backbones import build_transformer
     from models.text_encoders import MiniLMTextEncoder
 
@@ -913,6 +914,7 @@ def _prior_record(
     loss log, environment and the sha256 of every file."""
     from diffusers import __version__ as diffusers_version
 
+    variant = get_variant(config.variant)
     return {
         "format": RECORD_FORMAT,
         "variant": config.variant,
@@ -920,9 +922,9 @@ def _prior_record(
         "config": json.loads(config.model_dump_json()),
         "config_sha256": config.digest(),
         "codec": {
-            "kind": get_variant(config.variant).codec.value,
-            "stride": get_variant(config.variant).token_stride,
-            "token_channels": get_variant(config.variant).transformer_config["in_channels"],
+            "kind": variant.codec.value,
+            "stride": variant.token_stride,
+            "token_channels": variant.transformer_config["in_channels"],
         },
         "steps": config.steps,
         "seed": config.seed,

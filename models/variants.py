@@ -91,7 +91,7 @@ class Variant:
     @property
     def exports_to_onnx(self) -> bool:
         """True where ``cotir export-onnx`` covers the variant: the CPU demo variants, with
-        the pixel codec and the MiniLM text encoder (the FLUX VAEs and text encoders are
+        a weightless pixel codec and the MiniLM text encoder (the FLUX VAEs and text encoders are
         for GPUs)."""
         return (
             self.is_demo and self.codec.weightless and self.text_encoder is TextEncoderKind.MINILM
