@@ -52,13 +52,15 @@ bench-model: setup
 	$(BIN)/python scripts/bench_training_step.py
 	$(BIN)/python scripts/bench_restore.py
 
-## lint: ruff over the whole tree
+## lint: ruff over the whole tree (lint rules, then formatting, code blocks in docs included)
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ## test: lint, then the whole test suite (starts radosgw and dagster dev itself)
 test: setup system-deps
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 ## dev: the Dagster UI on http://127.0.0.1:3000

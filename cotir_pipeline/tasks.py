@@ -132,7 +132,13 @@ DEGRADATION_ALIASES: dict[str, Degradation] = {
     **{
         spelling: Degradation.LOW_RESOLUTION
         for spelling in (
-            "lowres", "low_res", "lr", "sr", "super_resolution", "downsample", "bicubic"
+            "lowres",
+            "low_res",
+            "lr",
+            "sr",
+            "super_resolution",
+            "downsample",
+            "bicubic",
         )
     },
     **{
@@ -142,7 +148,11 @@ DEGRADATION_ALIASES: dict[str, Degradation] = {
     **{
         spelling: Degradation.JPEG
         for spelling in (
-            "jpg", "jpeg_artifact", "jpeg_artifacts", "compression", "jpeg_compression"
+            "jpg",
+            "jpeg_artifact",
+            "jpeg_artifacts",
+            "compression",
+            "jpeg_compression",
         )
     },
     **{spelling: Degradation.FLARE for spelling in ("lens_flare",)},

@@ -26,12 +26,10 @@ from cotir_pipeline.settings import CotirSettings
 from cotir_pipeline.shards import parquet_bytes
 from cotir_pipeline.store import ObjectStore
 from cotir_pipeline.weights import MissingWeightsError, require_weights
+from models import REPOSITORY_ROOT
 from models.consumption import read_consumption
 from models.prior import PriorIntegrityError, read_record, shipped_config, train_prior
 from models.variants import get_variant
-
-#: The repository's root folder: paths under it enter run ids relative to it.
-REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 
 class BaseModelError(Exception):

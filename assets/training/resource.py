@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.resources import ObjectStoreResource
+from models import REPOSITORY_ROOT
 
 #: The training entry point, run as a module.
 TRAIN_MODULE = "models.train"
@@ -19,9 +20,6 @@ DEMO_VARIANT = "demo"
 LQ_FLOW_ASSET = "cotir_checkpoint_lq_flow"
 #: Where a rebuilt demo prior goes, under COTIR_HOME.
 REBUILT_PRIOR_DIR = "base_model/rebuilt-prior"
-#: Rows of the metrics table in the asset's metadata.
-#: Folder that holds the ``models`` package, put on the subprocess's PYTHONPATH.
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Runs an entry point in a process that ends with the step that started it.
 LAUNCH_MODULE = "models.launch"
 
@@ -163,5 +161,5 @@ class TrainingResource(dg.ConfigurableResource):
 def subprocess_env(store: ObjectStoreResource) -> dict[str, str]:
     """PYTHONPATH with the repo, and the whole store config the trainer's uploads need."""
     path = os.environ.get("PYTHONPATH", "")
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)}
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPOSITORY_ROOT), path) if p)}
     return {**env, **store.config().environment()}
