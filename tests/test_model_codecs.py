@@ -68,6 +68,13 @@ def test_weightless_codec_picks_by_kind_and_refuses_the_vaes() -> None:
     assert weightless_codec(CodecKind.LUMA_CHROMA, 16).token_channels == 256 + 2 * 64
     with pytest.raises(ValueError, match="has weights"):
         weightless_codec(CodecKind.FLUX2_VAE, 16)
+    # CodecKind.weightless and weightless_codec name the same kinds (kept in step here).
+    for kind in CodecKind:
+        if kind.weightless:
+            assert weightless_codec(kind, 8).token_channels > 0
+        else:
+            with pytest.raises(ValueError, match="has weights"):
+                weightless_codec(kind, 8)
     with pytest.raises(ValueError, match="even"):
         LumaChromaCodec(3)
     with pytest.raises(ValueError, match="not a multiple of 8"):
