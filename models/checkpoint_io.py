@@ -9,7 +9,7 @@ Our layout, one folder:
   ``Flux2KleinPipeline`` loads it with ``pipe.load_lora_weights(folder)``;
 - ``transformer/`` (optional): the base transformer in diffusers' ``save_pretrained``
   layout, for bases that are not on disk elsewhere (the demo variants);
-- ``cotir.json``: variant, backbone, adapter sizes, LoRA rank and bias; written last, so
+- ``cotir.json``: variant, backbone, adapter sizes, LoRA rank, bias and scope; written last, so
   a folder without it is an unfinished save.
 
 The public release ships ``cot_adapter.pt`` and ``lora.pt``, plain state dicts, possibly
@@ -45,14 +45,14 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from cotir_pipeline.checkpoint_layout import META_FILE
 from cotir_pipeline.weights import MissingWeightsError
 from models.backbones import BackboneKind, CoTIRTransformer
-from models.lora import ADAPTER_NAME, apply_lora, has_lora
+from models.lora import ADAPTER_NAME, LORA_SCOPES, LoraScope, apply_lora, has_lora
 
 ADAPTER_FILE = "cot_adapter.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -102,15 +102,18 @@ def _pipeline_class(kind: BackboneKind) -> Any:
 def _lora_settings(model: CoTIRTransformer) -> dict[str, Any] | None:
     if not has_lora(model):
         return None
-    from models.lora import capped_ranks
+    from models.lora import capped_ranks, lora_scope_of
 
     config = model.transformer.peft_config[ADAPTER_NAME]
+    scope = lora_scope_of(model)
     return {
         "rank": int(config.r),
         "alpha": float(config.lora_alpha),
         "bias": bool(config.lora_bias),
         # Modules whose rank is their smaller side (alpha equal: scale 1.0), as the release.
-        "capped": capped_ranks(model, int(config.r)),
+        "capped": capped_ranks(model, int(config.r), scope),
+        # Which Linears carry LoRA (models.lora.lora_targets); absent in older checkpoints.
+        "scope": scope,
     }
 
 
@@ -254,19 +257,32 @@ def _infer_lora(state: Mapping[str, torch.Tensor]) -> tuple[int, bool]:
     return max(ranks), has_bias
 
 
-def _ensure_lora(model: CoTIRTransformer, rank: int, bias: bool) -> None:
+def _ensure_lora(
+    model: CoTIRTransformer, rank: int, bias: bool, scope: LoraScope = "paper"
+) -> None:
     if has_lora(model):
         current = _lora_settings(model) or {}
-        if current.get("rank") != rank or current.get("bias") != bias:
+        if (current.get("rank"), current.get("bias"), current.get("scope")) != (rank, bias, scope):
             raise CheckpointError(
-                f"the model's LoRA (rank {current.get('rank')}, bias {current.get('bias')}) does "
-                f"not match the checkpoint's (rank {rank}, bias {bias})"
+                f"the model's LoRA (rank {current.get('rank')}, bias {current.get('bias')}, "
+                f"scope {current.get('scope')}) does not match the checkpoint's (rank {rank}, "
+                f"bias {bias}, scope {scope})"
             )
         return
-    apply_lora(model, rank, lora_bias=bias)
+    apply_lora(model, rank, lora_bias=bias, scope=scope)
 
 
-def merge_lora_weights(model: CoTIRTransformer, state: Mapping[str, torch.Tensor]) -> None:
+def _checkpoint_scope(lora_meta: Mapping[str, Any]) -> LoraScope:
+    """The ``scope`` of a checkpoint's LoRA settings (``paper`` when it predates scopes)."""
+    scope = lora_meta.get("scope", "paper")
+    if scope not in LORA_SCOPES:
+        raise CheckpointError(f"unknown LoRA scope {scope!r} (known: {', '.join(LORA_SCOPES)})")
+    return cast("LoraScope", scope)
+
+
+def merge_lora_weights(
+    model: CoTIRTransformer, state: Mapping[str, torch.Tensor], scope: LoraScope = "paper"
+) -> None:
     """Add every LoRA's ``B A`` (and B's bias) into its base Linear, for inference.
 
     The merged model computes the same function as the LoRA'd one (LoRA scale is 1.0
@@ -280,11 +296,11 @@ def merge_lora_weights(model: CoTIRTransformer, state: Mapping[str, torch.Tensor
     """
     from torch import nn
 
-    from models.lora import LORA_TARGETS
+    from models.lora import lora_targets
 
     if has_lora(model):
         raise CheckpointError("the model has peft LoRA layers already; load, do not merge")
-    pattern = re.compile(LORA_TARGETS[model.kind])
+    pattern = re.compile(lora_targets(model.kind, scope))
     targets = {
         name: module
         for name, module in model.transformer.named_modules()
@@ -337,10 +353,11 @@ def load_checkpoint(
     if lora_meta:
         lora_path = _require_file(folder / LORA_FILE, "CoTIR checkpoint's LoRA")
         state = load_file(str(lora_path))
+        scope = _checkpoint_scope(lora_meta)
         if merge_lora:
-            merge_lora_weights(model, state)
+            merge_lora_weights(model, state, scope)
         else:
-            _ensure_lora(model, int(lora_meta["rank"]), bool(lora_meta["bias"]))
+            _ensure_lora(model, int(lora_meta["rank"]), bool(lora_meta["bias"]), scope)
             load_lora_weights(model, state)
     return meta
 

@@ -1,4 +1,5 @@
-"""LoRA (peft) on the single-stream blocks and the final layer; everything else frozen.
+"""LoRA (peft) on the single-stream blocks and the final layer (and, by choice, the text
+path); everything else frozen.
 
 the CoTIR paper and its release: LoRA on every Linear of the single-stream blocks and of the
 final layer only, rank 96, scale 1.0, with a bias on B; the double-stream blocks, the
@@ -17,6 +18,13 @@ Targets (diffusers names):
 - FLUX.2: ``single_transformer_blocks.N.attn.{to_qkv_mlp_proj, to_out}`` and the
   top-level ``proj_out`` and ``norm_out.linear`` (FLUX.2's single-stream modulation is
   shared outside the blocks and gets no LoRA, as in the release).
+
+Scope (a documented choice): ``scope="paper"`` (default) is the targets above.
+``scope="text_path"`` adds the prompt's way in: ``context_embedder`` (the text
+features' projection) and the text stream of every double-stream block (its attention
+projections and feed-forward). The demo's main recipe uses it because the demo prior,
+pretrained on a handful of edit instructions, projects the restoration prompts into
+nearly one direction (docs/TRAINING.md); FLUX's own text path saw far more text.
 
 Initialisation of B (a documented choice): ``init_b="zero"`` (default) is standard
 LoRA practice: B = 0 (and its bias 0), so training starts exactly at the base model
@@ -43,6 +51,8 @@ if TYPE_CHECKING:
 DEFAULT_RANK = 96
 ADAPTER_NAME = "default"
 InitB = Literal["zero", "random"]
+LoraScope = Literal["paper", "text_path"]
+LORA_SCOPES: tuple[LoraScope, ...] = ("paper", "text_path")
 
 #: Full-match regexes over module names inside the diffusers transformer (peft's
 #: ``target_modules`` as a string). The top-level ``proj_out`` alternative cannot match a
@@ -58,6 +68,38 @@ LORA_TARGETS: dict[BackboneKind, str] = {
 }
 
 
+#: The text path's Linears, added by ``scope="text_path"``: the projection of the text
+#: encoder's features and each double-stream block's text-stream attention and MLP.
+LORA_TEXT_PATH_TARGETS: dict[BackboneKind, str] = {
+    BackboneKind.FLUX1_KONTEXT: (
+        r"context_embedder|transformer_blocks\.\d+\.(attn\.add_q_proj|attn\.add_k_proj"
+        r"|attn\.add_v_proj|attn\.to_add_out|ff_context\.net\.0\.proj|ff_context\.net\.2)"
+    ),
+    BackboneKind.FLUX2_KLEIN: (
+        r"context_embedder|transformer_blocks\.\d+\.(attn\.add_q_proj|attn\.add_k_proj"
+        r"|attn\.add_v_proj|attn\.to_add_out|ff_context\.linear_in|ff_context\.linear_out)"
+    ),
+}
+
+
+def lora_targets(kind: BackboneKind, scope: LoraScope = "paper") -> str:
+    """peft's ``target_modules`` regex for ``kind`` and ``scope`` (see the module docstring)."""
+    if scope == "paper":
+        return LORA_TARGETS[kind]
+    if scope == "text_path":
+        return f"{LORA_TARGETS[kind]}|{LORA_TEXT_PATH_TARGETS[kind]}"
+    raise ValueError(f"LoRA scope must be one of {LORA_SCOPES}, got {scope!r}")
+
+
+def lora_scope_of(model: CoTIRTransformer) -> LoraScope:
+    """The scope the model's LoRA was injected with (from peft's recorded targets)."""
+    targets = model.transformer.peft_config[ADAPTER_NAME].target_modules
+    for scope in LORA_SCOPES:
+        if targets == lora_targets(model.kind, scope):
+            return scope
+    raise ValueError(f"the model's LoRA targets {targets!r} match no LoRA scope")
+
+
 def exact_module_pattern(name: str) -> str:
     """A peft ``rank_pattern`` key that matches the module ``name`` and nothing else.
 
@@ -68,14 +110,14 @@ def exact_module_pattern(name: str) -> str:
     return r"(?<![\w.])" + re.escape(name)
 
 
-def capped_ranks(model: CoTIRTransformer, rank: int) -> dict[str, int]:
+def capped_ranks(model: CoTIRTransformer, rank: int, scope: LoraScope = "paper") -> dict[str, int]:
     """Target modules whose rank is capped at min(in, out) < ``rank``, as the release does.
 
     The release's LoRA layer lowers its rank to the smaller side of the Linear, so
     CoTIR-12B's ``final_layer.linear`` (3072 -> 64) is stored at rank 64 while the others
     are 96. Returns ``{module name: capped rank}`` for those modules only.
     """
-    pattern = re.compile(LORA_TARGETS[model.kind])
+    pattern = re.compile(lora_targets(model.kind, scope))
     capped: dict[str, int] = {}
     for name, module in model.transformer.named_modules():
         if isinstance(module, nn.Linear) and pattern.fullmatch(name):
@@ -92,8 +134,9 @@ def lora_config(
     lora_bias: bool = True,
     init_b: InitB = "zero",
     capped: Mapping[str, int] | None = None,
+    scope: LoraScope = "paper",
 ) -> LoraConfig:
-    """A peft ``LoraConfig`` for ``kind``: scale 1.0 (alpha = rank), no dropout.
+    """A peft ``LoraConfig`` for ``kind`` and ``scope``: scale 1.0 (alpha = rank), no dropout.
 
     ``capped`` gives per-module ranks (:func:`capped_ranks`); their alpha equals their
     rank too, so every module keeps the release's scale of 1.0.
@@ -109,7 +152,7 @@ def lora_config(
         r=rank,
         lora_alpha=rank,
         lora_dropout=0.0,
-        target_modules=LORA_TARGETS[kind],
+        target_modules=lora_targets(kind, scope),
         lora_bias=lora_bias,
         rank_pattern=dict(per_module),
         alpha_pattern={key: float(r) for key, r in per_module.items()},
@@ -129,6 +172,7 @@ def apply_lora(
     *,
     lora_bias: bool = True,
     init_b: InitB = "zero",
+    scope: LoraScope = "paper",
 ) -> None:
     """Inject LoRA into ``model.transformer`` and freeze all non-LoRA backbone weights.
 
@@ -145,7 +189,8 @@ def apply_lora(
         rank,
         lora_bias=lora_bias,
         init_b=init_b,
-        capped=capped_ranks(model, rank),
+        capped=capped_ranks(model, rank, scope),
+        scope=scope,
     )
     model.transformer.requires_grad_(False)
     with warnings.catch_warnings():

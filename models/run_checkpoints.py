@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +16,9 @@ from cotir_pipeline.store.local import write_atomically
 from cotir_pipeline.store.sync import pull, push
 from models.variants import Variant
 
+if TYPE_CHECKING:
+    from models.lora import LoraScope
+
 
 def export_inference_checkpoint(
     trainable: Mapping[str, torch.Tensor],
@@ -23,6 +26,7 @@ def export_inference_checkpoint(
     folder: Path,
     *,
     lora_bias: bool = True,
+    lora_scope: LoraScope = "paper",
     extra_meta: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write adapter + LoRA as an inference checkpoint (``models.checkpoint_io`` layout).
@@ -36,7 +40,7 @@ def export_inference_checkpoint(
     from models.lora import apply_lora
 
     skeleton = CoTIRTransformer.from_variant(variant, device="meta")
-    apply_lora(skeleton, variant.lora_rank, lora_bias=lora_bias)
+    apply_lora(skeleton, variant.lora_rank, lora_bias=lora_bias, scope=lora_scope)
     wanted = {name for name, p in skeleton.named_parameters() if p.requires_grad}
     missing = sorted(wanted - set(trainable))
     if missing:

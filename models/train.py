@@ -212,7 +212,7 @@ def _build(
     elif variant.bundled_base is not None:
         base_info = base_fingerprint(bundled_base_path(variant))  # checked by from_variant
     model = restorer.model
-    apply_lora(model, variant.lora_rank, init_b=config.lora_init_b)
+    apply_lora(model, variant.lora_rank, init_b=config.lora_init_b, scope=config.lora_scope)
     model.velocity_delta = config.velocity == "delta"
     for parameter in model.parameters():
         if parameter.requires_grad:
@@ -456,6 +456,7 @@ class _Checkpointer:
                 tensors,
                 parts.variant,
                 partial / MODEL_DIR,
+                lora_scope=parts.config.lora_scope,
                 extra_meta={
                     "flow_start": parts.config.flow_start,
                     "velocity": parts.config.velocity,

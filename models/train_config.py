@@ -273,6 +273,12 @@ class TrainConfig(_Frozen):
     lora_init_b: Literal["zero", "random"] = Field(
         default="zero", description="LoRA B init: zero (standard) or random (the release)."
     )
+    lora_scope: Literal["paper", "text_path"] = Field(
+        default="paper",
+        description="paper: LoRA on the single-stream blocks and the final layer (the paper); "
+        "text_path: also on the text features' projection and the double-stream blocks' text "
+        "stream (the demo's main recipe, docs/TRAINING.md).",
+    )
     trainable_dtype: Literal["fp32", "bf16"] = Field(
         default="fp32",
         description="dtype of the adapter and LoRA weights (and so of AdamW's state). fp32: "
@@ -430,8 +436,9 @@ class TrainConfig(_Frozen):
 
 #: The demo's LQ-start recipe (docs/TRAINING.md) as ``models.train`` flags: the flow runs
 #: from the LQ tokens, trained at its start (t = 1, the LQ itself) where the sampler takes
-#: its one step; the velocity is the fine-tune's change to the base, and each pair's error
-#: counts relative to its own target.
+#: its one step; the velocity is the fine-tune's change to the base, each pair's error
+#: counts relative to its own target (floor 1e-2), and the LoRA also reaches the prompt's
+#: path in.
 LQ_START_FLAGS: tuple[str, ...] = (
     "--flow-start",
     "reference",
@@ -441,6 +448,10 @@ LQ_START_FLAGS: tuple[str, ...] = (
     "delta",
     "--fm-weighting",
     "relative",
+    "--fm-relative-floor",
+    "1e-2",
+    "--lora-scope",
+    "text_path",
 )
 
 

@@ -37,6 +37,7 @@ class TrainOptions:
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
     lora_init_b: str | None = None
+    lora_scope: str | None = None
     trainable_dtype: str | None = None
     flow_start: str | None = None
     flow_times: str | None = None
@@ -135,6 +136,12 @@ def _add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
         help="LoRA B initialisation: zero (standard, default) or random (the release).",
     )
     group.add_argument(
+        "--lora-scope",
+        choices=["paper", "text_path"],
+        help="Which Linears carry LoRA: paper (single-stream blocks and final layer, default) "
+        "or text_path (also the prompt's projection and the double-stream text stream).",
+    )
+    group.add_argument(
         "--trainable-dtype",
         choices=["fp32", "bf16"],
         help="dtype of the trained adapter and LoRA weights: fp32 master weights (default) "
@@ -228,6 +235,7 @@ def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
         lora_init_b=args.lora_init_b,
+        lora_scope=args.lora_scope,
         trainable_dtype=args.trainable_dtype,
         flow_start=args.flow_start,
         flow_times=args.flow_times,
@@ -258,6 +266,7 @@ def build_config(options: TrainOptions) -> TrainConfig:
         "keep_checkpoints",
         "mixed_precision",
         "lora_init_b",
+        "lora_scope",
         "trainable_dtype",
         "flow_start",
         "flow_times",

@@ -25,7 +25,8 @@ def _save_untrained(folder: Path, velocity: str, **meta: object) -> Path:
     from models.restore import CoTIRRestorer
 
     restorer = CoTIRRestorer.from_variant("demo")
-    apply_lora(restorer.model, 4)  # B = 0: no change to the prior yet
+    # B = 0: no change to the prior yet, also on the text path the main recipe adds.
+    apply_lora(restorer.model, 4, scope="text_path")
     save_checkpoint(
         restorer.model,
         folder,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -21,7 +22,15 @@ from models.checkpoint_io import (
     save_checkpoint,
 )
 from models.kinds import BackboneKind
-from models.lora import LORA_TARGETS, apply_lora, lora_target_names, trainable_report
+from models.lora import (
+    LORA_SCOPES,
+    LORA_TARGETS,
+    LoraScope,
+    apply_lora,
+    lora_scope_of,
+    lora_target_names,
+    trainable_report,
+)
 from models.testing import TINY_CONFIGS, TINY_TEXT_DIM, randomize_gates, tiny_inputs, tiny_model
 
 KINDS = list(BackboneKind)
@@ -139,21 +148,28 @@ def _stock_pipeline(kind: BackboneKind, transformer: torch.nn.Module):
     )
 
 
-def _trained_like(kind: BackboneKind, rank: int = 4) -> CoTIRTransformer:
+def _trained_like(
+    kind: BackboneKind, rank: int = 4, scope: LoraScope = "paper"
+) -> CoTIRTransformer:
     model = tiny_model(kind)
     torch.manual_seed(5)
-    apply_lora(model, rank, init_b="random")
+    apply_lora(model, rank, init_b="random", scope=scope)
     return model
 
 
 @pytest.mark.filterwarnings("ignore:.*lora_bias=True.*has no bias")  # FLUX.2: expected
-@pytest.mark.parametrize("rank", [4, 24], ids=["uncapped", "final-layer-capped"])
+@pytest.mark.parametrize(
+    ("rank", "scope"),
+    [(4, "paper"), (24, "paper"), (4, "text_path")],
+    ids=["uncapped", "final-layer-capped", "text-path"],
+)
 @pytest.mark.parametrize("kind", KINDS)
 def test_saved_lora_loads_into_a_stock_diffusers_pipeline(
-    kind: BackboneKind, rank: int, tmp_path: Path
+    kind: BackboneKind, rank: int, scope: LoraScope, tmp_path: Path
 ) -> None:
-    """Also with per-module ranks: at 24 the tiny final ``proj_out`` (32 -> 16) is rank 16."""
-    model = _trained_like(kind, rank)  # gates stay at zero: the sample is base + LoRA
+    """Also with per-module ranks: at 24 the tiny final ``proj_out`` (32 -> 16) is rank 16.
+    The text-path scope's extra Linears load through diffusers' own loader too."""
+    model = _trained_like(kind, rank, scope)  # gates stay at zero: the sample is base + LoRA
     save_checkpoint(model, tmp_path / "ckpt", variant="test")
     saved = load_file(str(tmp_path / "ckpt" / LORA_FILE))
     assert all(key.startswith("transformer.") for key in saved)
@@ -175,30 +191,88 @@ def test_saved_lora_loads_into_a_stock_diffusers_pipeline(
     torch.testing.assert_close(stock_out, ours, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("scope", LORA_SCOPES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_checkpoint_round_trip_restores_adapter_and_lora(
-    kind: BackboneKind, tmp_path: Path
+    kind: BackboneKind, scope: LoraScope, tmp_path: Path
 ) -> None:
-    model = _trained_like(kind)
+    model = _trained_like(kind, scope=scope)
     randomize_gates(model, 0.3)
     with torch.no_grad():
         for parameter in model.cot_adapter.parameters():
             parameter.add_(0.01)
     folder = save_checkpoint(model, tmp_path / "ckpt", variant="test", include_base=True)
     meta = read_checkpoint_meta(folder)
-    assert meta["lora"] == {"rank": 4, "alpha": 4.0, "bias": True, "capped": {}}
+    assert meta["lora"] == {"rank": 4, "alpha": 4.0, "bias": True, "capped": {}, "scope": scope}
     assert (folder / ADAPTER_FILE).is_file()
 
     fresh = CoTIRTransformer.from_pretrained_base(
         kind, folder / "transformer", text_dim=TINY_TEXT_DIM, adapter_depth=2
     )
     load_checkpoint(fresh, folder)
+    assert lora_scope_of(fresh) == scope
     inputs = tiny_inputs(model)
     with torch.no_grad():
         a, b = model(**inputs.kwargs), fresh(**inputs.kwargs)
     for x, y in ((a.sample, b.sample), (a.scene, b.scene), (a.plan, b.plan)):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
     assert lora_state_dict(fresh).keys() == lora_state_dict(model).keys()
+
+    merged = CoTIRTransformer.from_pretrained_base(
+        kind, folder / "transformer", text_dim=TINY_TEXT_DIM, adapter_depth=2
+    )
+    load_checkpoint(merged, folder, merge_lora=True)  # the inference path: LoRA in the weights
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs.kwargs).sample, a.sample, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_path_scope_adds_the_prompt_projection_and_the_text_stream_only(
+    kind: BackboneKind,
+) -> None:
+    """The text path: ``context_embedder`` and every Linear of the double-stream blocks'
+    text stream; the image stream, the embedders of image and time and the modulations
+    stay without LoRA, and every paper target keeps its LoRA."""
+    paper, text_path = tiny_model(kind), tiny_model(kind)
+    apply_lora(paper, 4)
+    apply_lora(text_path, 4, scope="text_path")
+    added = set(lora_target_names(text_path)) - set(lora_target_names(paper))
+    assert set(lora_target_names(paper)) <= set(lora_target_names(text_path))
+    text_stream = {
+        f"transformer_blocks.{index}.{name}"
+        for index, block in enumerate(text_path.transformer.transformer_blocks)
+        for name, module in block.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and "lora_" not in name
+        and (".add_" in f".{name}" or "to_add_out" in name or "ff_context" in name)
+    }
+    text_stream = {name.replace(".base_layer", "") for name in text_stream}
+    assert text_stream, "the tiny double-stream blocks have a text stream"
+    assert added == {"context_embedder"} | text_stream
+    assert lora_scope_of(paper) == "paper"
+    assert lora_scope_of(text_path) == "text_path"
+    with pytest.raises(ValueError, match="scope"):
+        apply_lora(tiny_model(kind), 4, scope="everything")  # type: ignore[arg-type]
+
+
+def test_a_checkpoint_of_another_lora_scope_is_refused_and_an_old_one_reads_as_paper(
+    tmp_path: Path,
+) -> None:
+    kind = BackboneKind.FLUX2_KLEIN
+    folder = save_checkpoint(_trained_like(kind, scope="text_path"), tmp_path / "text")
+    paper_model = tiny_model(kind)
+    apply_lora(paper_model, 4)
+    with pytest.raises(CheckpointError, match="scope"):
+        load_checkpoint(paper_model, folder)
+
+    old = save_checkpoint(_trained_like(kind), tmp_path / "old")
+    meta_file = old / "cotir.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["lora"]["scope"]  # written before scopes existed
+    meta_file.write_text(json.dumps(meta))
+    fresh = tiny_model(kind)
+    load_checkpoint(fresh, old)
+    assert lora_scope_of(fresh) == "paper"
 
 
 def test_loading_into_a_model_of_another_rank_or_backbone_fails(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 from cotir_test_support import noise_image
 from models.checkpoint_io import save_checkpoint
 from models.cli import export_onnx, restore
-from models.lora import apply_lora
+from models.lora import LoraScope, apply_lora
 from models.onnx_restore import (
     EXPORT_DIR,
     MANIFEST_FILE,
@@ -49,11 +49,13 @@ def _lq(path: Path, size: tuple[int, int]) -> Path:
     return path
 
 
-def _checkpoint(folder: Path, variant: str, meta: dict[str, object]) -> Path:
+def _checkpoint(
+    folder: Path, variant: str, meta: dict[str, object], scope: LoraScope = "paper"
+) -> Path:
     """A trained-looking checkpoint: random LoRA and adapter gates on the variant's base."""
     trained = CoTIRRestorer.from_variant(variant)
     torch.manual_seed(0)
-    apply_lora(trained.model, 4, init_b="random")
+    apply_lora(trained.model, 4, init_b="random", scope=scope)
     randomize_gates(trained.model, 0.2)
     builds_in_code = variant != "demo"
     return save_checkpoint(
@@ -64,10 +66,10 @@ def _checkpoint(folder: Path, variant: str, meta: dict[str, object]) -> Path:
 @pytest.fixture(scope="module")
 def lq_start_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's main-row recipe: flow from the LQ, velocity = change to the prior, one
-    step; exported through the command."""
+    step, LoRA on the text path too; exported through the command."""
     folder = tmp_path_factory.mktemp("lq-start") / "model"
     meta = {"flow_start": "reference", "velocity": "delta", "sample_steps": 1}
-    _checkpoint(folder, "demo", meta)
+    _checkpoint(folder, "demo", meta, scope="text_path")
     result = CliRunner().invoke(export_onnx, [str(folder)])
     assert result.exit_code == 0, result.output
     return folder

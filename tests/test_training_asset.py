@@ -189,7 +189,11 @@ def test_resources_from_settings(tmp_path: Path) -> None:
     assert command[command.index("--velocity") + 1] == "delta"
     assert command[command.index("--flow-times") + 1] == "start"
     assert command[command.index("--fm-weighting") + 1] == "relative"
+    assert command[command.index("--fm-relative-floor") + 1] == "1e-2"
+    assert command[command.index("--lora-scope") + 1] == "text_path"
     assert "--base" not in command  # the variant's own (shipped) base
+    paper = demo["training"].command(shards="/s", out=tmp_path / "r", store_url=None)
+    assert "--lora-scope" not in paper  # the paper-objective row keeps the paper's LoRA
 
 
 def test_the_demo_trains_its_paper_objective_row_at_table_vii_budget(tmp_path: Path) -> None:

@@ -341,7 +341,8 @@ def test_the_lq_start_flags_set_the_whole_recipe_and_the_paper_is_the_default() 
         "delta",
     )
     assert lq_start.fm_weighting == "relative"
-    assert lq_start.fm_relative_floor == pytest.approx(1e-3)
+    assert lq_start.fm_relative_floor == pytest.approx(1e-2)
+    assert (paper.lora_scope, lq_start.lora_scope) == ("paper", "text_path")
     floor = build_config(parse_options([*base, *LQ_START_FLAGS, "--fm-relative-floor", "2e-4"]))
     assert floor.fm_relative_floor == pytest.approx(2e-4)
     with pytest.raises(ValidationError, match="greater than 0"):
