@@ -64,7 +64,8 @@ class TrainingResource(dg.ConfigurableResource):
     lq_flow_run: bool = Field(
         default=False,
         description="Also train the same run with the LQ-start recipe (the flow from the LQ "
-        f"tokens, the velocity as the change to the base), as the asset {LQ_FLOW_ASSET} "
+        "tokens, the velocity as the change to the base, LoRA also on the prompt's path), "
+        f"as the asset {LQ_FLOW_ASSET} "
         "(the demo's main row; docs/TRAINING.md).",
     )
     base: Literal["default", "rebuild"] = Field(
