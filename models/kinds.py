@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal, get_args
+
+#: Which Linears carry LoRA (``models.lora.lora_targets``): the paper's, or also the text path.
+LoraScope = Literal["paper", "text_path"]
+LORA_SCOPES: tuple[LoraScope, ...] = get_args(LoraScope)
 
 
 class BackboneKind(StrEnum):

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Literal
 from torch import nn
 
 from models.backbones import BackboneKind, CoTIRTransformer, has_peft_layers
+from models.kinds import LORA_SCOPES, LoraScope
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
 DEFAULT_RANK = 96
 ADAPTER_NAME = "default"
 InitB = Literal["zero", "random"]
-LoraScope = Literal["paper", "text_path"]
-LORA_SCOPES: tuple[LoraScope, ...] = ("paper", "text_path")
 
 #: Full-match regexes over module names inside the diffusers transformer (peft's
 #: ``target_modules`` as a string). The top-level ``proj_out`` alternative cannot match a

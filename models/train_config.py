@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from models.codecs import TOKEN_STRIDE
 from models.dual import DUAL_BETAS, DUAL_LR
+from models.kinds import LoraScope
 from models.losses import DEFAULT_DELTA, DEFAULT_RELATIVE_FLOOR, ConstraintMode
 from models.variants import get_variant
 
@@ -273,7 +274,7 @@ class TrainConfig(_Frozen):
     lora_init_b: Literal["zero", "random"] = Field(
         default="zero", description="LoRA B init: zero (standard) or random (the release)."
     )
-    lora_scope: Literal["paper", "text_path"] = Field(
+    lora_scope: LoraScope = Field(
         default="paper",
         description="paper: LoRA on the single-stream blocks and the final layer (the paper); "
         "text_path: also on the text features' projection and the double-stream blocks' text "

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.kinds import LORA_SCOPES
 from models.losses import ConstraintMode
 from models.train_config import Stage, TrainConfig, config_for_variant
 
@@ -137,7 +138,7 @@ def _add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--lora-scope",
-        choices=["paper", "text_path"],
+        choices=list(LORA_SCOPES),
         help="Which Linears carry LoRA: paper (single-stream blocks and final layer, default) "
         "or text_path (also the prompt's projection and the double-stream text stream).",
     )
