@@ -9,6 +9,7 @@ was launched with COTIR_EXECUTOR=celery:
 """
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -20,6 +21,24 @@ import yaml
 from assets.execution import CPU_QUEUE, GPU_QUEUE, celery_config, entry_point_settings
 
 
+def write_worker_config(text: str, dagster_home: Path) -> Path:
+    """Store the worker's executor config under ``$DAGSTER_HOME/celery``, named by its digest.
+
+    The process execs into ``dagster-celery`` and can clean nothing up afterwards, so the
+    file lives in the instance folder rather than a fresh temp dir: workers that share
+    settings share one file, a restart rewrites nothing, and different settings never race
+    for one name.
+    """
+    folder = dagster_home / "celery"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"executor-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.exists() or path.read_text() != text:
+        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as handle:
+            handle.write(text)
+        os.replace(handle.name, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the worker's config from the settings and run ``dagster-celery worker start``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1, help="steps run at once")
     arguments = parser.parse_args(argv)
     settings = entry_point_settings("celery worker")
-    config_dir = Path(tempfile.mkdtemp(prefix="cotir-celery-"))
-    config_path = config_dir / "celery.yaml"
-    config_path.write_text(yaml.safe_dump({"execution": {"celery": celery_config(settings)}}))
+    config_path = write_worker_config(
+        yaml.safe_dump({"execution": {"celery": celery_config(settings)}}),
+        Path(os.environ["DAGSTER_HOME"]),
+    )
     executable = str(Path(sys.executable).parent / "dagster-celery")
     if not Path(executable).exists():
         executable = shutil.which("dagster-celery") or "dagster-celery"
