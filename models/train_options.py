@@ -122,7 +122,11 @@ def _add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
         choices=[mode.value for mode in ConstraintMode],
         help="How the CoT losses enter: none, union, fixed, lagrangian (default).",
     )
-    group.add_argument("--lr", type=float, help="Peak learning rate (default 5e-4).")
+    group.add_argument(
+        "--lr",
+        type=float,
+        help="Peak learning rate (default: the variant's: 5e-4, or 2e-3 for the demo variants).",
+    )
     group.add_argument(
         "--batch-size", type=int, help="Per-process batch for every stage (default: per stage)."
     )
