@@ -31,7 +31,7 @@ from cotir_pipeline.postprocess import DEFAULT_GAMMA, DEFAULT_SIGMA, postprocess
 from cotir_pipeline.settings import SettingsError, load_settings
 from cotir_pipeline.tasks import Degradation, split_degradation_label
 from cotir_pipeline.weights import MissingWeightsError
-from models.cli import hidden_modules, modules_to_hide
+from models.optional_imports import without_unused_imports
 from models.restore_requests import ImageTooLargeError
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def _load_restorer(option: MethodOption, device: str) -> CoTIRRestorer:
 
     try:
         settings = load_settings()
-        with hidden_modules(modules_to_hide()):  # as `cotir restore`: skip unused libraries
+        with without_unused_imports():  # as `cotir restore`: skip unused libraries
             from models.restore import CoTIRRestorer
 
             return CoTIRRestorer.from_pretrained(

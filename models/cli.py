@@ -27,51 +27,30 @@ from models.onnx_restore import (
     StaleExportError,
     has_current_export,
 )
+from models.optional_imports import hidden_modules, modules_to_hide, without_unused_imports
 from models.variants import VARIANTS, get_variant
 
 if TYPE_CHECKING:
-    from models.restore import CoTIRRestorer
+    from models.restore import CoTIRRestorer, EvaluationRestorer
 
 EXIT_BAD_SETTING = 2
 DTYPES = ("float32", "bfloat16", "float16")
 #: ``--engine``: the checkpoint's ONNX export when it has a current one (auto), always
 #: the torch model code, or always the export.
 ENGINES = ("auto", "torch", "onnx")
-#: Installed packages the restore path never uses but that its libraries import whenever
-#: they find them, about two seconds of every cold ``cotir restore`` on 2 cores: peft
-#: imports bitsandbytes (a dependency of pyiqa) for 4/8-bit layers, which pulls in
-#: torch's inductor; diffusers imports scipy.stats for optional scheduler sigmas (the
-#: restore path samples with its own Euler loop). Hidden only while the model loads.
-UNUSED_OPTIONAL_IMPORTS = ("bitsandbytes", "scipy")
-#: The libraries that probe for those packages: once one is imported it may already have
-#: decided they are there (and will import them), so nothing is hidden any more.
-PROBING_LIBRARIES = ("diffusers", "peft", "transformers")
 
 
-def modules_to_hide() -> tuple[str, ...]:
-    """:data:`UNUSED_OPTIONAL_IMPORTS` in a fresh process; nothing once a prober is loaded."""
-    if any(name in sys.modules for name in PROBING_LIBRARIES):
-        return ()
-    return UNUSED_OPTIONAL_IMPORTS
+def checkpoint_restorer(checkpoint: str) -> EvaluationRestorer:
+    """``cotir bench --method cotir:DIR``: a restorer for a saved checkpoint folder.
 
-
-@contextlib.contextmanager
-def hidden_modules(names: tuple[str, ...] = UNUSED_OPTIONAL_IMPORTS) -> Iterator[None]:
-    """Make ``names`` look uninstalled while the model code loads, then importable again.
-
-    A ``None`` entry in ``sys.modules`` makes ``importlib.util.find_spec`` report the
-    package missing, so libraries that probe for it skip it. Names already imported are
-    left alone; the entries are removed on exit, so later imports in the process work.
+    Registered under the ``cotir.restorers`` entry point, so the core command line
+    reaches the model without importing torch; loads like ``cotir restore``, with the
+    optional packages the model never uses hidden.
     """
-    hidden = [name for name in names if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        for name in hidden:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
+    with without_unused_imports():
+        from models.restore import restorer_from_checkpoint
+
+        return restorer_from_checkpoint(checkpoint)
 
 
 def _turn_path(output: Path, turn: int, turns: int) -> Path:

@@ -711,8 +711,8 @@ class EvaluationRestorer:
 def restorer_from_checkpoint(checkpoint: str) -> EvaluationRestorer:
     """A restorer for a saved CoTIR checkpoint folder (`cotir bench --method cotir:DIR`).
 
-    Registered under the ``cotir.restorers`` entry point, so the command line reaches
-    the model without the library importing torch.
+    ``models.cli.checkpoint_restorer``, the ``cotir.restorers`` entry point, calls it, so
+    the command line reaches the model without the library importing torch.
     """
     folder = Path(checkpoint)
     name = checkpoint_folder_method(folder)  # as the tables name it (cotir bench's rows)

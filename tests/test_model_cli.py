@@ -108,7 +108,7 @@ def test_hidden_modules_look_uninstalled_only_inside_the_block() -> None:
     """The restore command hides unused optional packages while the model code loads."""
     import importlib.util
 
-    from models.cli import hidden_modules
+    from models.optional_imports import hidden_modules
 
     name = "cotir_probe_optional_package"
     with hidden_modules((name, "sys")):
@@ -122,7 +122,7 @@ def test_nothing_is_hidden_once_a_probing_library_is_loaded() -> None:
     """diffusers decides at import whether bitsandbytes is there; hiding it later breaks it."""
     import diffusers  # noqa: F401 - the point of the test
 
-    from models.cli import modules_to_hide
+    from models.optional_imports import modules_to_hide
 
     assert modules_to_hide() == ()
 
@@ -211,6 +211,39 @@ def test_a_cold_restore_skips_unused_libraries_and_restores_the_same_image(
     assert np.abs(unmerged - np.asarray(expected, dtype=np.int16)).max() <= 1
     base = CoTIRRestorer.from_variant("demo").restore(photo, "Remove the haze.", steps=2)
     assert not np.array_equal(unmerged, np.asarray(base))  # the LoRA and gates did act
+
+
+def test_the_bench_entry_point_loads_a_checkpoint_without_unused_libraries(
+    tmp_path: Path,
+) -> None:
+    """``cotir bench --method cotir:DIR`` reaches the model through the ``cotir.restorers``
+    entry point; loading it in a fresh process imports neither bitsandbytes (which on
+    some CPUs asks the hub for a kernel and logs a warning) nor scipy, and the restorer
+    it returns is the checkpoint's, named as the tables name it."""
+    from models.checkpoint_io import save_checkpoint
+    from models.lora import apply_lora
+    from models.restore import CoTIRRestorer
+
+    trained = CoTIRRestorer.from_variant("demo")
+    apply_lora(trained.model, 4)  # peft's LoRA layers are what import bitsandbytes
+    save_checkpoint(trained.model, tmp_path / "ckpt", variant="demo")
+    probe = (
+        "import sys\n"
+        "from importlib.metadata import entry_points\n"
+        "(point,) = [p for p in entry_points(group='cotir.restorers') if p.name == 'cotir']\n"
+        "restorer = point.load()(sys.argv[1])\n"
+        "print('loaded:', sorted(n for n in ('bitsandbytes', 'scipy') if n in sys.modules))\n"
+        "print('name:', restorer.name)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "loaded: []" in completed.stdout
+    assert "name: cotir-" in completed.stdout, completed.stdout
 
 
 def test_release_compat_flag_reaches_the_restorer(

@@ -171,15 +171,19 @@ class EvaluationResource(dg.ConfigurableResource):
 
 
 def load_checkpoint(request: CheckpointLoad) -> LoadedCheckpoint:
-    """Load a CoTIR checkpoint with the project's restorer (``models.restore``)."""
-    from models.restore import CoTIRRestorer
+    """Load a CoTIR checkpoint with the project's restorer (``models.restore``), with the
+    optional packages it never uses hidden while the model code loads."""
+    from models.optional_imports import without_unused_imports
 
     settings = None
     if request.weights_dir is not None:
         settings = CotirSettings(home=request.home, weights_dir=request.weights_dir)
-    model = CoTIRRestorer.from_pretrained(
-        request.folder, variant=request.variant, settings=settings, device=request.device
-    )
+    with without_unused_imports():
+        from models.restore import CoTIRRestorer
+
+        model = CoTIRRestorer.from_pretrained(
+            request.folder, variant=request.variant, settings=settings, device=request.device
+        )
     restorer = model.for_evaluation(name=request.name, version=request.version, steps=request.steps)
     parameters = sum(p.numel() for p in model.model.parameters())
     return LoadedCheckpoint(restorer, int(parameters), request.steps or model.variant.steps)
