@@ -15,6 +15,7 @@ from cotir_pipeline.evaluation.stage import (
     bench_specs,
 )
 from cotir_pipeline.settings import CotirSettings, Profile
+from models.optional_imports import without_unused_imports
 
 EVALUATION_GROUP = "evaluation"
 #: The dynamic partitions definition of the method dimension.
@@ -173,8 +174,6 @@ class EvaluationResource(dg.ConfigurableResource):
 def load_checkpoint(request: CheckpointLoad) -> LoadedCheckpoint:
     """Load a CoTIR checkpoint with the project's restorer (``models.restore``), with the
     optional packages it never uses hidden while the model code loads."""
-    from models.optional_imports import without_unused_imports
-
     settings = None
     if request.weights_dir is not None:
         settings = CotirSettings(home=request.home, weights_dir=request.weights_dir)
