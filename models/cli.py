@@ -27,7 +27,7 @@ from models.onnx_restore import (
     StaleExportError,
     has_current_export,
 )
-from models.optional_imports import hidden_modules, modules_to_hide, without_unused_imports
+from models.optional_imports import without_unused_imports
 from models.variants import VARIANTS, get_variant
 
 if TYPE_CHECKING:
@@ -317,7 +317,7 @@ def export_onnx(checkpoint: Path, force: bool) -> None:
         click.echo(f"{checkpoint / 'onnx'} (current, kept)")
         return
     _settings_or_exit()
-    with hidden_modules(modules_to_hide()):
+    with without_unused_imports():
         from models.onnx_export import ExportError
         from models.onnx_export import export_onnx as export
 
@@ -365,7 +365,7 @@ def _load_restorer(
 
     torch_dtype = None if dtype is None else getattr(torch, dtype)
     try:
-        with hidden_modules(modules_to_hide()):
+        with without_unused_imports():
             from models.restore import CoTIRRestorer
 
             if checkpoint is None:

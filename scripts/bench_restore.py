@@ -6,7 +6,7 @@ In one run:
   and checkpoint loading, the Euler steps, the PNG), ``--repeats`` times; the
   baseline is a fresh process that only imports torch and PIL and reads the image,
   the floor any Python CLI on torch pays here; also the same command with every
-  optional library imported (``models.cli.modules_to_hide`` returning nothing, the
+  optional library imported (``models.optional_imports.modules_to_hide`` returning nothing, the
   path before those were hidden);
 - warm: per-image restore time in a loaded process (median of ``--repeats``), against
   the classical tool chain on the same image as the baseline; with ``--checkpoint``,
@@ -56,7 +56,8 @@ COLD_BASELINE = (
 )
 #: ``cotir restore`` with nothing hidden from the libraries (the previous cold path).
 ALL_IMPORTS = (
-    "import sys\nimport models.cli\nmodels.cli.modules_to_hide = lambda: ()\n"
+    "import sys\nimport models.optional_imports\n"
+    "models.optional_imports.modules_to_hide = lambda: ()\n"
     "from cotir_pipeline.cli import main\nmain()\n"
 )
 
@@ -73,8 +74,8 @@ def mark(name):
     started = now
 import torch
 mark("import torch")
-from models.cli import hidden_modules, modules_to_hide
-with hidden_modules(modules_to_hide()):
+from models.optional_imports import without_unused_imports
+with without_unused_imports():
     import diffusers
     mark("import diffusers (its top level: torch._dynamo)")
     from diffusers import Flux2Transformer2DModel
